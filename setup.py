@@ -1,0 +1,41 @@
+"""anygpt-jax: any-to-any multimodal LLaMA (AnyGPT) in JAX for TPU pods."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.10,<0.11",
+    "flax>=0.12,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12,<0.13",
+    "seqio>=0.0.20,<0.1",
+    "tensorflow-datasets>=4.9,<5",
+    "sentencepiece>=0.2,<0.3",
+    "numpy>=2.0,<3",
+    "librosa>=0.11,<0.12",
+    "soundfile>=0.13,<1",
+    "gin-config>=0.5,<0.6",
+    "safetensors>=0.5,<1",
+]
+
+EXTRAS_REQUIRE = {
+    # The reference PyTorch stack: converters' tests and parity checks run against it.
+    # torch 2.13.0 is pinned because that CPU build is the one these machines install offline.
+    "test": [
+        "torch==2.13.0",
+        "transformers>=5.0,<6",
+        "pytest>=8",
+        "pytest-xdist>=3",
+        "ruff>=0.6",
+    ],
+}
+
+setup(
+    name="anygpt-jax",
+    version="0.1.0",
+    description="AnyGPT (any-to-any multimodal LLaMA) training and inference in JAX",
+    packages=find_packages(include=["anygpt_jax", "anygpt_jax.*", "converters", "converters.*"]),
+    package_data={"anygpt_jax": ["py.typed"]},
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

@@ -1,0 +1,148 @@
+"""Shared pieces of every converter: atomic output directories and streaming tensor reads."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import numpy as np
+
+
+class ConversionError(ValueError):
+    """A checkpoint or its files cannot be converted; the message names the file or key."""
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str) -> Iterator[str]:
+    """Yields a temporary sibling of `out_dir` that is renamed to it only on success.
+
+    An existing non-empty `out_dir` is refused so nothing is overwritten; on any error the
+    temporary directory is removed, so no partial output is left behind.
+    """
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise ConversionError(f"output {out_dir} already exists and is not empty; refusing to overwrite")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        yield tmp
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty, checked above
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_json(path: str) -> dict:
+    """Reads a JSON file, naming the file in any error."""
+    if not os.path.isfile(path):
+        raise ConversionError(f"missing file: {path}")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConversionError(f"{path}: not valid JSON ({e})") from e
+
+
+class TensorReader:
+    """Reads named tensors one at a time from safetensors or PyTorch .bin shards.
+
+    Only the tensor asked for is materialized, so a 7B checkpoint converts in bounded memory.
+    Sharded checkpoints are found through their `*.index.json`; a single file works too.
+    """
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self._key_to_file: dict[str, str] = {}
+        self._open: dict[str, object] = {}
+        files = self._weight_files(directory)
+        for path in files:
+            for key in self._keys_of(path):
+                self._key_to_file[key] = path
+
+    @staticmethod
+    def _weight_files(directory: str) -> list[str]:
+        for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+            index_path = os.path.join(directory, index_name)
+            if os.path.exists(index_path):
+                weight_map = read_json(index_path).get("weight_map")
+                if not isinstance(weight_map, dict):
+                    raise ConversionError(f"{index_path}: no 'weight_map'")
+                files = sorted({os.path.join(directory, f) for f in weight_map.values()})
+                missing = [f for f in files if not os.path.exists(f)]
+                if missing:
+                    raise ConversionError(f"{index_path} names missing shard files: {missing}")
+                return files
+        files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
+        if not files:
+            files = sorted(glob.glob(os.path.join(directory, "*.bin")))
+        if not files:
+            raise ConversionError(
+                f"no weights in {directory}: expected *.safetensors or pytorch_model*.bin files"
+            )
+        return files
+
+    def _handle(self, path: str):
+        if path not in self._open:
+            if path.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                self._open[path] = safe_open(path, framework="pt")
+            else:
+                import torch
+
+                try:
+                    self._open[path] = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+                except Exception as e:  # noqa: BLE001 - re-raised with the file named
+                    raise ConversionError(f"{path}: cannot read PyTorch weights ({e})") from e
+        return self._open[path]
+
+    def _keys_of(self, path: str) -> list[str]:
+        handle = self._handle(path)
+        return list(handle.keys())
+
+    def keys(self) -> list[str]:
+        return sorted(self._key_to_file)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._key_to_file
+
+    def get(self, key: str) -> np.ndarray:
+        """Returns one tensor as numpy in its stored dtype (bfloat16 through ml_dtypes)."""
+        if key not in self._key_to_file:
+            raise ConversionError(f"{self.directory}: missing tensor {key!r}")
+        handle = self._handle(self._key_to_file[key])
+        tensor = handle.get_tensor(key) if hasattr(handle, "get_tensor") else handle[key]
+        return torch_to_numpy(tensor)
+
+    def close(self) -> None:
+        self._open.clear()
+
+
+def torch_to_numpy(tensor) -> np.ndarray:
+    """Converts a CPU torch tensor to numpy without changing its dtype (bf16 kept as ml_dtypes)."""
+    import ml_dtypes
+    import torch
+
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def numpy_to_torch(array: np.ndarray):
+    """Converts numpy to a torch tensor bit for bit (ml_dtypes bfloat16 included)."""
+    import ml_dtypes
+    import torch
+
+    array = np.ascontiguousarray(array)
+    if array.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)

@@ -1,0 +1,273 @@
+"""The LLaMA decoder in Flax linen, with logical axis names on every parameter and activation.
+
+Parameter names follow transformers' LLaMA (q_proj, gate_proj, ...) so the converter is a
+table of renames and transposes; kernels keep heads as their own axis so that the tensor
+axis shards them without reshapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from anygpt_jax.model.attention import apply_rotary, attention_mask, dot_product_attention
+from anygpt_jax.model.cache import KVCache
+from anygpt_jax.model.config import ModelConfig
+
+constrain = nn.with_logical_constraint
+
+# Remat policies by name; the names tag activations with `checkpoint_name` below.
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_qkv_proj": jax.checkpoint_policies.save_only_these_names(
+        "query_proj", "key_proj", "value_proj"
+    ),
+    "save_dot_except_mlp": jax.checkpoint_policies.save_only_these_names(
+        "query_proj", "key_proj", "value_proj", "attention_out", "out_proj"
+    ),
+}
+
+
+def _init(config: ModelConfig, axes: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm as transformers computes it: statistics in fp32, scale applied in compute dtype."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+            (x.shape[-1],),
+            jnp.dtype(cfg.param_dtype),
+        )
+        x32 = x.astype(jnp.float32)
+        variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        normed = (x32 * jax.lax.rsqrt(variance + cfg.rms_norm_eps)).astype(cfg.dtype)
+        return scale.astype(cfg.dtype) * normed
+
+
+def _dense(config: ModelConfig, features, axis, kernel_axes, name) -> nn.DenseGeneral:
+    return nn.DenseGeneral(
+        features=features,
+        axis=axis,
+        use_bias=False,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        kernel_init=_init(config, kernel_axes),
+        name=name,
+    )
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with RoPE; reads and writes the layer's KV cache."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array,
+        layer_cache: tuple[jax.Array, jax.Array] | None,
+        cache_segment_ids: jax.Array | None,
+        cache_index: jax.Array | None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        cfg = self.config
+        head_dim = cfg.resolved_head_dim
+        q = _dense(cfg, (cfg.num_heads, head_dim), -1, ("embed", "heads", "head_dim"), "q_proj")(x)
+        k = _dense(cfg, (cfg.num_kv_heads, head_dim), -1, ("embed", "kv_heads", "head_dim"), "k_proj")(x)
+        v = _dense(cfg, (cfg.num_kv_heads, head_dim), -1, ("embed", "kv_heads", "head_dim"), "v_proj")(x)
+        q = constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
+        kv_axes = ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim")
+        k, v = constrain(k, kv_axes), constrain(v, kv_axes)
+        q = checkpoint_name(apply_rotary(q, positions, cfg.rope_theta), "query_proj")
+        k = checkpoint_name(apply_rotary(k, positions, cfg.rope_theta), "key_proj")
+        v = checkpoint_name(v, "value_proj")
+
+        q_len = x.shape[1]
+        if layer_cache is None:
+            slots = jnp.arange(q_len)
+            mask = attention_mask(slots, slots, segment_ids, segment_ids)
+            new_cache = None
+        else:
+            cached_k, cached_v = layer_cache
+            start = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), start)
+            v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), start)
+            new_cache = (k, v)
+            query_slots = cache_index + jnp.arange(q_len)
+            key_slots = jnp.arange(k.shape[1])
+            mask = attention_mask(query_slots, key_slots, segment_ids, cache_segment_ids)
+
+        out = dot_product_attention(q, k, v, mask, jnp.dtype(cfg.dtype))
+        out = checkpoint_name(out, "attention_out")
+        out = _dense(cfg, x.shape[-1], (-2, -1), ("heads", "head_dim", "embed"), "o_proj")(out)
+        return out, new_cache
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        gate = _dense(cfg, cfg.intermediate_size, -1, ("embed", "mlp"), "gate_proj")(x)
+        up = _dense(cfg, cfg.intermediate_size, -1, ("embed", "mlp"), "up_proj")(x)
+        hidden = constrain(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+        return _dense(cfg, x.shape[-1], -1, ("mlp", "embed"), "down_proj")(hidden)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm transformer block. Signature fits `nn.scan`: (carry, *broadcast, cache)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids, cache_segment_ids, cache_index, layer_cache):
+        cfg = self.config
+        x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        attn_out, new_cache = Attention(cfg, name="self_attn")(
+            RMSNorm(cfg, name="input_layernorm")(x),
+            positions,
+            segment_ids,
+            layer_cache,
+            cache_segment_ids,
+            cache_index,
+        )
+        x = x + attn_out
+        mlp_out = MLP(cfg, name="mlp")(RMSNorm(cfg, name="post_attention_layernorm")(x))
+        x = checkpoint_name(x + mlp_out, "out_proj")
+        return constrain(x, ("activation_batch", "activation_length", "activation_embed")), new_cache
+
+
+def _layer_class(config: ModelConfig) -> type[nn.Module]:
+    if config.remat_policy == "none":
+        return DecoderLayer
+    return nn.remat(
+        DecoderLayer,
+        policy=_REMAT_POLICIES[config.remat_policy],
+        prevent_cse=not config.scan_layers,
+    )
+
+
+class Transformer(nn.Module):
+    """AnyGPT's LLaMA over the merged vocabulary.
+
+    `__call__` returns logits [batch, length, padded_vocab] in fp32 with the padded rows
+    masked out; with a `cache` it also returns the updated cache (prefill and decode).
+    `return_hidden=True` returns the final normed hidden states instead, for a loss that
+    projects to the vocabulary in tiles (see `project`).
+    """
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embed_tokens = nn.Embed(
+            num_embeddings=cfg.padded_vocab_size,
+            features=cfg.hidden_size,
+            dtype=jnp.dtype(cfg.dtype),
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            embedding_init=_init(cfg, ("vocab", "embed")),
+        )
+        layer_cls = _layer_class(cfg)
+        if cfg.scan_layers:
+            self.layers = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg)
+        else:
+            self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+        self.norm = RMSNorm(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _dense(cfg, cfg.padded_vocab_size, -1, ("embed", "vocab"), "lm_head")
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        cache: KVCache | None = None,
+        return_hidden: bool = False,
+    ) -> Any:
+        cfg = self.config
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+        if segment_ids is None:
+            segment_ids = jnp.ones_like(input_ids, dtype=jnp.int32)
+        x = self.embed_tokens(input_ids)
+        x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+
+        if cache is not None:
+            cache_segment_ids = jax.lax.dynamic_update_slice(
+                cache.segment_ids, segment_ids.astype(jnp.int32), (0, cache.index)
+            )
+            cache_index = cache.index
+            layer_caches = (cache.keys, cache.values)
+        else:
+            cache_segment_ids = cache_index = layer_caches = None
+
+        if cfg.scan_layers:
+            x, new_layer_caches = self.layers(
+                x, positions, segment_ids, cache_segment_ids, cache_index, layer_caches
+            )
+        else:
+            outputs = []
+            for i, layer in enumerate(self.layers):
+                layer_cache = None if layer_caches is None else (layer_caches[0][i], layer_caches[1][i])
+                x, out_cache = layer(x, positions, segment_ids, cache_segment_ids, cache_index, layer_cache)
+                outputs.append(out_cache)
+            new_layer_caches = (
+                None
+                if layer_caches is None
+                else (jnp.stack([c[0] for c in outputs]), jnp.stack([c[1] for c in outputs]))
+            )
+
+        hidden = self.norm(x)
+        result = hidden if return_hidden else self.project(hidden)
+        if cache is None:
+            return result
+        new_cache = KVCache(
+            keys=new_layer_caches[0],
+            values=new_layer_caches[1],
+            segment_ids=cache_segment_ids,
+            index=cache.index + input_ids.shape[1],
+        )
+        return result, new_cache
+
+    def project(self, hidden: jax.Array) -> jax.Array:
+        """Final hidden states -> fp32 logits over the padded vocabulary, padding masked."""
+        cfg = self.config
+        if cfg.tie_word_embeddings:
+            logits = self.embed_tokens.attend(hidden)
+        else:
+            logits = self.lm_head(hidden)
+        logits = constrain(logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
+        return mask_padded_vocab(logits, cfg.vocab_size)
+
+
+def mask_padded_vocab(logits: jax.Array, vocab_size: int, vocab_offset: int = 0) -> jax.Array:
+    """Gives the padding rows of the vocabulary (ids >= vocab_size) no probability.
+
+    `vocab_offset` is the id of the first column, for a loss computed over vocabulary tiles.
+    """
+    ids = vocab_offset + jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    return jnp.where(ids < vocab_size, logits, jnp.finfo(logits.dtype).min)

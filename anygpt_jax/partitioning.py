@@ -1,0 +1,107 @@
+"""The device mesh and the one table that maps logical axis names to mesh axes.
+
+Every parameter and main activation in the model carries logical axis names (MaxText style);
+this module alone knows mesh axes. Changing how the model shards means changing the rules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# (logical axis, mesh axis or axes or None). The first rule whose mesh axes are all free in
+# a given array wins, so the order matters only where a name appears twice.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    # Parameters.
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("layers", None),
+    ("norm", None),
+    # Activations.
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_head_dim", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    # KV cache.
+    ("cache_layers", None),
+    ("cache_batch", ("data", "fsdp")),
+    ("cache_length", None),
+    ("cache_kv_heads", "tensor"),
+    ("cache_head_dim", None),
+)
+
+
+@gin.configurable
+def logical_axis_rules(rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> tuple:
+    """The logical->mesh rules in force (gin may replace the default table)."""
+    return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+
+
+@gin.configurable
+def make_mesh(
+    mesh_shape: dict[str, int] | None = None,
+    devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
+    """Builds a (data, fsdp, tensor) mesh; one axis may be -1 to take the remaining devices.
+
+    The default puts every device on fsdp, the usual choice for a single host or slice.
+    """
+    devices = list(devices) if devices is not None else jax.devices()
+    shape = dict(mesh_shape or {"fsdp": -1})
+    unknown = sorted(set(shape) - set(MESH_AXES))
+    if unknown:
+        raise ValueError(f"mesh_shape has unknown axes {unknown}; known axes are {MESH_AXES}")
+    sizes = [int(shape.get(axis, 1)) for axis in MESH_AXES]
+    free = [i for i, s in enumerate(sizes) if s == -1]
+    if len(free) > 1:
+        raise ValueError(f"mesh_shape {shape}: at most one axis may be -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if free:
+        if len(devices) % known:
+            raise ValueError(f"mesh_shape {shape} does not divide {len(devices)} devices")
+        sizes[free[0]] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(
+            f"mesh_shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+            f"but {len(devices)} are available"
+        )
+    try:
+        device_array = mesh_utils.create_device_mesh(sizes, devices=devices)
+    except (AssertionError, ValueError, NotImplementedError):
+        # Physical-topology aware placement is unavailable (e.g. forced host devices).
+        device_array = np.asarray(devices).reshape(sizes)
+    return Mesh(device_array, MESH_AXES)
+
+
+def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: Sequence | None = None) -> Any:
+    """Maps a pytree of logical PartitionSpecs to NamedShardings on `mesh`."""
+    rules = logical_axis_rules() if rules is None else rules
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def logical_sharding(axes: Sequence[str | None], mesh: Mesh, rules: Sequence | None = None) -> NamedSharding:
+    """The NamedSharding of one array whose dimensions have the given logical names."""
+    return logical_to_sharding(PartitionSpec(*axes), mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, rules: Sequence | None = None) -> NamedSharding:
+    """Sharding of [batch, length] input arrays (ids, segment ids, positions, weights)."""
+    return logical_sharding(("activation_batch", "activation_length"), mesh, rules)

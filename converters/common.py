@@ -2,53 +2,30 @@
 
 from __future__ import annotations
 
-import contextlib
 import glob
-import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 
 import numpy as np
+
+from anygpt_jax.io_utils import atomic_output_dir, read_json
+
+__all__ = [
+    "USER_ERRORS",
+    "ConversionError",
+    "TensorReader",
+    "atomic_output_dir",
+    "numpy_to_torch",
+    "read_json",
+    "torch_to_numpy",
+]
 
 
 class ConversionError(ValueError):
     """A checkpoint or its files cannot be converted; the message names the file or key."""
 
 
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: str) -> Iterator[str]:
-    """Yields a temporary sibling of `out_dir` that is renamed to it only on success.
-
-    An existing non-empty `out_dir` is refused so nothing is overwritten; on any error the
-    temporary directory is removed, so no partial output is left behind.
-    """
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise ConversionError(f"output {out_dir} already exists and is not empty; refusing to overwrite")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
-        yield tmp
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty, checked above
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def read_json(path: str) -> dict:
-    """Reads a JSON file, naming the file in any error."""
-    if not os.path.isfile(path):
-        raise ConversionError(f"missing file: {path}")
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConversionError(f"{path}: not valid JSON ({e})") from e
+# What a converter CLI reports as a one-line error and exit status 1 (no traceback).
+USER_ERRORS = (ConversionError, FileNotFoundError, FileExistsError, ValueError, KeyError)
 
 
 class TensorReader:

@@ -1,0 +1,164 @@
+"""Model checkpoints on disk: the one format converters write and training/inference read.
+
+A model directory holds:
+  model_config.json   the ModelConfig (architecture + the layout it was saved in)
+  vocab/              the merged vocabulary's files (MergedVocabulary.save)
+  params/             the parameters, an orbax checkpoint, in the dtype they were saved in
+
+Parameters restore straight into the shardings of a mesh. A config asking for another vocab
+padding or scan layout than the one saved is honoured on load.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+
+from anygpt_jax.io_utils import atomic_output_dir
+from anygpt_jax.model import ModelConfig, match_layout, param_shapes, param_shardings
+
+CONFIG_FILE = "model_config.json"
+VOCAB_DIR = "vocab"
+PARAMS_DIR = "params"
+
+# Parameters whose axis holds one row per vocabulary id: (path, vocab axis).
+VOCAB_PARAMS = ((("embed_tokens", "embedding"), 0), (("lm_head", "kernel"), 1))
+
+
+def save_model(directory: str, params: Any, config: ModelConfig, vocab=None) -> None:
+    """Writes a new model directory atomically; an existing non-empty one is refused."""
+    with atomic_output_dir(directory) as tmp:
+        config.save(os.path.join(tmp, CONFIG_FILE))
+        if vocab is not None:
+            vocab.save(os.path.join(tmp, VOCAB_DIR))
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(os.path.join(tmp, PARAMS_DIR), params)
+
+
+def load_config(directory: str) -> ModelConfig:
+    """The ModelConfig a model directory was saved with."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"model directory not found: {directory}")
+    return ModelConfig.load(os.path.join(directory, CONFIG_FILE))
+
+
+def load_vocab(directory: str):
+    """The MergedVocabulary saved in a model directory."""
+    from anygpt_jax.vocab import MergedVocabulary
+
+    vocab_dir = os.path.join(directory, VOCAB_DIR)
+    if not os.path.isdir(vocab_dir):
+        raise FileNotFoundError(f"{directory} has no vocabulary ({VOCAB_DIR}/ is missing)")
+    return MergedVocabulary.load(vocab_dir)
+
+
+def _params_path(directory: str) -> str:
+    path = os.path.join(os.path.abspath(directory), PARAMS_DIR)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{directory} has no parameters ({PARAMS_DIR}/ is missing)")
+    return path
+
+
+def _get(tree: dict, path: tuple[str, ...]):
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+    for key in path[:-1]:
+        tree = tree[key]
+    tree[path[-1]] = value
+
+
+def resize_vocab_rows(params: Any, padded_vocab_size: int, vocab_size: int) -> Any:
+    """Strips or zero-pads the vocabulary axis of embedding and LM head to `padded_vocab_size`.
+
+    Rows past `vocab_size` are padding (their logits are masked), so their values are free.
+    """
+    params = jax.tree_util.tree_map(lambda x: x, params)  # a new tree; leaves are shared
+    for path, axis in VOCAB_PARAMS:
+        array = _get(params, path)
+        if array is None:
+            continue
+        array = np.asarray(array)
+        rows = array.shape[axis]
+        if rows < vocab_size:
+            raise ValueError(f"{'/'.join(path)} has {rows} rows, fewer than vocab_size={vocab_size}")
+        kept = np.take(array, np.arange(min(rows, padded_vocab_size)), axis=axis)
+        if kept.shape[axis] < padded_vocab_size:
+            pad = [(0, 0)] * array.ndim
+            pad[axis] = (0, padded_vocab_size - kept.shape[axis])
+            kept = np.pad(kept, pad)
+        _set(params, path, kept)
+    return params
+
+
+def check_params(params: Any, config: ModelConfig, source: str) -> None:
+    """Refuses params whose tree or shapes differ from what `config` builds, naming them."""
+    expected = param_shapes(config)
+    want = dict(jax.tree_util.tree_leaves_with_path(expected))
+    have = dict(jax.tree_util.tree_leaves_with_path(params))
+    fmt = jax.tree_util.keystr
+    missing = sorted(fmt(k) for k in want.keys() - have.keys())
+    unexpected = sorted(fmt(k) for k in have.keys() - want.keys())
+    if missing or unexpected:
+        raise ValueError(f"{source}: parameters do not match the config: missing {missing}, unexpected {unexpected}")
+    wrong = [
+        f"{fmt(k)} {tuple(have[k].shape)} != {tuple(want[k].shape)}"
+        for k in want
+        if tuple(have[k].shape) != tuple(want[k].shape)
+    ]
+    if wrong:
+        raise ValueError(f"{source}: parameter shapes do not match the config: {wrong}")
+
+
+def load_params(
+    directory: str,
+    config: ModelConfig | None = None,
+    mesh: Mesh | None = None,
+    rules=None,
+) -> tuple[Any, ModelConfig]:
+    """Restores parameters, in `config`'s dtype, layout and vocab padding, sharded on `mesh`.
+
+    `config` defaults to the saved one; its architecture fields must match the saved ones.
+    Returns (params, config). Without a mesh, params come back as host numpy arrays.
+    """
+    saved = load_config(directory)
+    config = saved if config is None else config
+    arch = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+            "num_kv_heads", "resolved_head_dim", "tie_word_embeddings")
+    differ = [f"{a}: saved {getattr(saved, a)} vs asked {getattr(config, a)}"
+              for a in arch if getattr(saved, a) != getattr(config, a)]
+    if differ:
+        raise ValueError(f"{directory}: the checkpoint's architecture differs from the config: {differ}")
+    path = _params_path(directory)
+    same_layout = (saved.padded_vocab_size == config.padded_vocab_size
+                   and saved.scan_layers == config.scan_layers)
+    target_shapes = param_shapes(config)
+    with ocp.StandardCheckpointer() as checkpointer:
+        if same_layout:
+            if mesh is not None:
+                shardings = param_shardings(config, mesh, rules)
+                target = jax.tree_util.tree_map(
+                    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                    target_shapes, shardings)
+            else:
+                target = target_shapes
+            params = checkpointer.restore(path, target)
+            return params, config
+        params = checkpointer.restore(path)
+    params = match_layout(params, config)
+    params = resize_vocab_rows(params, config.padded_vocab_size, config.vocab_size)
+    check_params(params, config, directory)
+    params = jax.tree_util.tree_map(lambda x, s: np.asarray(x, dtype=s.dtype), params, target_shapes)
+    if mesh is not None:
+        params = jax.device_put(params, param_shardings(config, mesh, rules))
+    return params, config

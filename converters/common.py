@@ -14,6 +14,7 @@ __all__ = [
     "ConversionError",
     "TensorReader",
     "atomic_output_dir",
+    "fold_weight_norm",
     "numpy_to_torch",
     "read_json",
     "torch_to_numpy",
@@ -123,3 +124,16 @@ def numpy_to_torch(array: np.ndarray):
     if array.dtype == ml_dtypes.bfloat16:
         return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(array)
+
+
+def fold_weight_norm(g: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Weight norm's weight g * v / ||v|| (norm over all axes but the first, as torch's dim=0).
+
+    Serves both key styles: `weight_g`/`weight_v` and `parametrizations.weight.original0/1`.
+    For ConvTranspose1d (in, out, k) the first axis is the input channel, as in torch.
+    """
+    if g.shape[0] != v.shape[0] or g.size != g.shape[0]:
+        raise ConversionError(f"weight norm: g of shape {g.shape} does not fit v {v.shape}")
+    v64 = v.astype(np.float64)  # fold in float64, round once
+    norm = np.sqrt(np.sum(v64**2, axis=tuple(range(1, v.ndim)), keepdims=True))
+    return (g.astype(np.float64).reshape(norm.shape) * v64 / norm).astype(v.dtype)

@@ -57,16 +57,31 @@ class RMSNorm(nn.Module):
         return scale.astype(cfg.dtype) * normed
 
 
-def _dense(config: ModelConfig, features, axis, kernel_axes, name) -> nn.DenseGeneral:
-    return nn.DenseGeneral(
-        features=features,
-        axis=axis,
-        use_bias=False,
-        dtype=jnp.dtype(config.dtype),
-        param_dtype=jnp.dtype(config.param_dtype),
-        kernel_init=_init(config, kernel_axes),
-        name=name,
-    )
+class Projection(nn.Module):
+    """A bias-free linear map contracting x's last `len(in_shape)` axes, kernel [*in, *out].
+
+    Written out rather than nn.DenseGeneral so the kernel is created in its final named
+    shape (DenseGeneral initializes a flattened 2-D kernel, which breaks logical sharding).
+    """
+
+    config: ModelConfig
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        kernel = self.param(
+            "kernel",
+            _init(cfg, self.kernel_axes),
+            (*self.in_shape, *self.out_shape),
+            jnp.dtype(cfg.param_dtype),
+        )
+        n_in = len(self.in_shape)
+        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+        dtype = jnp.dtype(cfg.dtype)
+        return jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
 
 
 class Attention(nn.Module):
@@ -86,12 +101,15 @@ class Attention(nn.Module):
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         cfg = self.config
         head_dim = cfg.resolved_head_dim
-        q = _dense(cfg, (cfg.num_heads, head_dim), -1, ("embed", "heads", "head_dim"), "q_proj")(x)
-        k = _dense(cfg, (cfg.num_kv_heads, head_dim), -1, ("embed", "kv_heads", "head_dim"), "k_proj")(x)
-        v = _dense(cfg, (cfg.num_kv_heads, head_dim), -1, ("embed", "kv_heads", "head_dim"), "v_proj")(x)
+        embed = (cfg.hidden_size,)
+        q_axes = ("embed", "heads", "head_dim")
+        kv_axes = ("embed", "kv_heads", "head_dim")
+        q = Projection(cfg, embed, (cfg.num_heads, head_dim), q_axes, name="q_proj")(x)
+        k = Projection(cfg, embed, (cfg.num_kv_heads, head_dim), kv_axes, name="k_proj")(x)
+        v = Projection(cfg, embed, (cfg.num_kv_heads, head_dim), kv_axes, name="v_proj")(x)
         q = constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
-        kv_axes = ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim")
-        k, v = constrain(k, kv_axes), constrain(v, kv_axes)
+        kv_act = ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim")
+        k, v = constrain(k, kv_act), constrain(v, kv_act)
         q = checkpoint_name(apply_rotary(q, positions, cfg.rope_theta), "query_proj")
         k = checkpoint_name(apply_rotary(k, positions, cfg.rope_theta), "key_proj")
         v = checkpoint_name(v, "value_proj")
@@ -113,7 +131,9 @@ class Attention(nn.Module):
 
         out = dot_product_attention(q, k, v, mask, jnp.dtype(cfg.dtype))
         out = checkpoint_name(out, "attention_out")
-        out = _dense(cfg, x.shape[-1], (-2, -1), ("heads", "head_dim", "embed"), "o_proj")(out)
+        out = Projection(
+            cfg, (cfg.num_heads, head_dim), embed, ("heads", "head_dim", "embed"), name="o_proj"
+        )(out)
         return out, new_cache
 
 
@@ -125,10 +145,11 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        gate = _dense(cfg, cfg.intermediate_size, -1, ("embed", "mlp"), "gate_proj")(x)
-        up = _dense(cfg, cfg.intermediate_size, -1, ("embed", "mlp"), "up_proj")(x)
+        embed, mlp = (cfg.hidden_size,), (cfg.intermediate_size,)
+        gate = Projection(cfg, embed, mlp, ("embed", "mlp"), name="gate_proj")(x)
+        up = Projection(cfg, embed, mlp, ("embed", "mlp"), name="up_proj")(x)
         hidden = constrain(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-        return _dense(cfg, x.shape[-1], -1, ("mlp", "embed"), "down_proj")(hidden)
+        return Projection(cfg, mlp, embed, ("mlp", "embed"), name="down_proj")(hidden)
 
 
 class DecoderLayer(nn.Module):
@@ -198,7 +219,9 @@ class Transformer(nn.Module):
             self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
         self.norm = RMSNorm(cfg)
         if not cfg.tie_word_embeddings:
-            self.lm_head = _dense(cfg, cfg.padded_vocab_size, -1, ("embed", "vocab"), "lm_head")
+            self.lm_head = Projection(
+                cfg, (cfg.hidden_size,), (cfg.padded_vocab_size,), ("embed", "vocab"), name="lm_head"
+            )
 
     def __call__(
         self,

@@ -1,0 +1,21 @@
+"""Media tokenizers: speech (SpeechTokenizer) and music (Encodec 32 kHz) in JAX.
+
+`SpeechTokenizer.load(dir)` / `MusicTokenizer.load(dir)` read directories written by
+`python -m converters.speechtokenizer` / `python -m converters.encodec`; both give
+`encode(waveform, sample_rate) -> int32 codes (n_q, frames)` and `decode(codes) -> waveform`.
+"""
+
+from anygpt_jax.modalities.audio_io import AudioError, load_audio
+from anygpt_jax.modalities.music import MusicTokenizer, music_codes_from_ids, music_ids
+from anygpt_jax.modalities.speech import SpeechTokenizer, speech_ids, speech_units_from_ids
+
+__all__ = [
+    "AudioError",
+    "MusicTokenizer",
+    "SpeechTokenizer",
+    "load_audio",
+    "music_codes_from_ids",
+    "music_ids",
+    "speech_ids",
+    "speech_units_from_ids",
+]

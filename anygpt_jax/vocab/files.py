@@ -1,0 +1,215 @@
+"""Reading and writing the vocabulary files of a transformers tokenizer directory.
+
+Ids are read from the files, never assumed: `tokenizer.json` (`added_tokens`),
+`tokenizer_config.json` (`added_tokens_decoder`) and `added_tokens.json` may each list them;
+where several do, they must agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from sentencepiece import sentencepiece_model_pb2
+
+SPM_FILE = "tokenizer.model"
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+ADDED_TOKENS_JSON = "added_tokens.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+PREPEND_SCHEMES = ("first", "always", "never")
+
+
+@dataclasses.dataclass(frozen=True)
+class AddedToken:
+    """One added token and the matching flags transformers stores with it."""
+
+    content: str
+    id: int
+    special: bool = False
+    lstrip: bool = False  # the token swallows whitespace on its left
+    rstrip: bool = False  # ... and on its right
+    normalized: bool = True
+    single_word: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "content": self.content,
+            "lstrip": self.lstrip,
+            "normalized": self.normalized,
+            "rstrip": self.rstrip,
+            "single_word": self.single_word,
+            "special": self.special,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerFiles:
+    """What a tokenizer directory says: the SentencePiece model, added tokens, text options."""
+
+    spm_bytes: bytes
+    added: tuple[AddedToken, ...]  # sorted by id; includes <unk>/<s>/</s> when files list them
+    prepend_scheme: str = "first"  # where a '▁' is prepended to text chunks (tokenizers Metaspace)
+    source: str = "<memory>"
+
+
+def spm_proto(spm_bytes: bytes, source: str = "<memory>") -> sentencepiece_model_pb2.ModelProto:
+    """Parses a SentencePiece model, naming `source` when it is not one."""
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(spm_bytes)
+    except Exception as e:  # protobuf raises DecodeError, a private class
+        raise ValueError(f"{source} is not a SentencePiece model: {e}") from e
+    if not proto.pieces:
+        raise ValueError(f"{source} is not a SentencePiece model: it has no pieces")
+    return proto
+
+
+def read_spm(path: str) -> bytes:
+    """Reads a SentencePiece model file with a clear error when it is missing."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"SentencePiece model {path} not found: a tokenizer directory must hold the "
+            f"LLaMA {SPM_FILE} that its added tokens extend"
+        )
+    with open(path, "rb") as f:
+        data = f.read()
+    spm_proto(data, path)
+    return data
+
+
+def _load_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def _flag(entry: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    value = entry.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}: {key}={value!r} must be true or false")
+    return value
+
+
+def _token_from_entry(entry: Any, tid: Any, where: str) -> AddedToken:
+    if isinstance(entry, str):  # very old tokenizer_config files store plain strings
+        entry = {"content": entry}
+    if not isinstance(entry, dict) or not isinstance(entry.get("content"), str):
+        raise ValueError(f"{where}: expected an object with a string 'content', got {entry!r}")
+    try:
+        tid = int(tid)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: id {tid!r} of {entry['content']!r} is not an integer") from None
+    return AddedToken(
+        content=entry["content"],
+        id=tid,
+        special=_flag(entry, "special", False, where),
+        lstrip=_flag(entry, "lstrip", False, where),
+        rstrip=_flag(entry, "rstrip", False, where),
+        normalized=_flag(entry, "normalized", True, where),
+        single_word=_flag(entry, "single_word", False, where),
+    )
+
+
+def _prepend_scheme(tok_json: dict[str, Any] | None, config: dict[str, Any], where: str) -> str:
+    """Where '▁' goes: read from tokenizer.json's Metaspace, else as transformers 5 derives it."""
+    if tok_json is not None:
+        pre = tok_json.get("pre_tokenizer") or {}
+        parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+        for p in parts:
+            if p.get("type") == "Metaspace":
+                if p.get("split", False):
+                    raise ValueError(f"{where}: Metaspace with split=true is not a LLaMA tokenizer")
+                scheme = p.get("prepend_scheme", "always")
+                if scheme not in PREPEND_SCHEMES:
+                    raise ValueError(f"{where}: unknown Metaspace prepend_scheme {scheme!r}")
+                return scheme
+    # LlamaTokenizer: add_prefix_space (default true) and legacy (transformers 5 default false).
+    if config.get("add_prefix_space") is False:
+        return "never"
+    return "always" if config.get("legacy") is True else "first"
+
+
+def read_tokenizer_dir(path: str) -> TokenizerFiles:
+    """Reads tokenizer.model and every added token (with its flags) of a transformers directory."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"tokenizer directory {path} does not exist")
+    spm_bytes = read_spm(os.path.join(path, SPM_FILE))
+    by_id: dict[int, tuple[AddedToken, str]] = {}
+
+    def add(tok: AddedToken, where: str, flags_known: bool = True) -> None:
+        if tok.id < 0:
+            raise ValueError(f"{where}: negative id {tok.id} for {tok.content!r}")
+        old = by_id.get(tok.id)
+        if old is None:
+            by_id[tok.id] = (tok, where)
+        elif old[0].content != tok.content:
+            raise ValueError(
+                f"{old[1]} gives id {tok.id} to {old[0].content!r} but {where} gives it to "
+                f"{tok.content!r}"
+            )
+        elif flags_known and old[0] != tok:
+            raise ValueError(f"{old[1]} and {where} disagree on the flags of {tok.content!r}")
+
+    tok_json = None
+    tj = os.path.join(path, TOKENIZER_JSON)
+    if os.path.isfile(tj):
+        tok_json = _load_json(tj)
+        for i, e in enumerate(tok_json.get("added_tokens") or []):
+            add(_token_from_entry(e, e.get("id") if isinstance(e, dict) else None,
+                                  f"{tj} added_tokens[{i}]"), tj)
+    config: dict[str, Any] = {}
+    tc = os.path.join(path, TOKENIZER_CONFIG)
+    if os.path.isfile(tc):
+        config = _load_json(tc)
+        decoder = config.get("added_tokens_decoder") or {}
+        if not isinstance(decoder, dict):
+            raise ValueError(f"{tc}: added_tokens_decoder must be an object of id -> token")
+        for tid, e in decoder.items():
+            add(_token_from_entry(e, tid, f"{tc} added_tokens_decoder[{tid!r}]"), tc)
+    at = os.path.join(path, ADDED_TOKENS_JSON)
+    if os.path.isfile(at):
+        table = _load_json(at)
+        if not isinstance(table, dict):
+            raise ValueError(f"{at}: expected an object of token -> id")
+        for content, tid in table.items():
+            # Ids only: flags come from the other files, else transformers 5's defaults.
+            tok = _token_from_entry({"content": content}, tid, f"{at} key {content!r}")
+            add(tok, at, flags_known=tok.id not in by_id)
+    for tok, where in by_id.values():
+        if tok.single_word:
+            raise ValueError(f"{where}: token {tok.content!r} has single_word=true (unsupported)")
+    added = tuple(t for t, _ in sorted(by_id.values(), key=lambda x: x[0].id))
+    scheme = _prepend_scheme(tok_json, config, tj if tok_json is not None else tc)
+    return TokenizerFiles(spm_bytes=spm_bytes, added=added, prepend_scheme=scheme, source=path)
+
+
+def write_tokenizer_dir(files: TokenizerFiles, path: str, spm_size: int) -> None:
+    """Writes tokenizer.model, added_tokens.json, tokenizer_config.json, special_tokens_map.json."""
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, SPM_FILE), "wb") as f:
+        f.write(files.spm_bytes)
+    added = {t.content: t.id for t in files.added if t.id >= spm_size}
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "add_prefix_space": files.prepend_scheme != "never",
+        "legacy": files.prepend_scheme == "always",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": None,
+        "clean_up_tokenization_spaces": False,
+        "added_tokens_decoder": {str(t.id): t.to_json() for t in files.added},
+    }
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    for name, obj in ((ADDED_TOKENS_JSON, added), (TOKENIZER_CONFIG, config),
+                      (SPECIAL_TOKENS_MAP, special)):
+        with open(os.path.join(path, name), "w", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False, indent=2)
+            f.write("\n")

@@ -1,0 +1,420 @@
+"""transformers LlamaForCausalLM <-> anygpt-jax model directories.
+
+    python -m converters.llama import HF_DIR OUT_DIR   # safetensors or .bin shards, any dtype
+    python -m converters.llama export CKPT_DIR OUT_DIR
+
+The mapping is one table (`LAYER_KEYS`, `GLOBAL_KEYS`) plus four transforms. Tensors stream
+one at a time, are kept in their stored dtype unless --dtype says otherwise, and land in one
+preallocated tree, so a 7B checkpoint converts with a single copy of the weights in memory.
+Both directions are exact: HF -> ours -> HF gives back every tensor bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from anygpt_jax import checkpointing
+from anygpt_jax.io_utils import write_json
+from anygpt_jax.model import ModelConfig, param_shapes
+from converters.common import (
+    USER_ERRORS,
+    ConversionError,
+    TensorReader,
+    atomic_output_dir,
+    numpy_to_torch,
+    read_json,
+)
+
+# HF key inside `model.layers.{i}.` -> (our path inside a layer, transform name).
+LAYER_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
+    "self_attn.q_proj.weight": (("self_attn", "q_proj", "kernel"), "heads_in:q"),
+    "self_attn.k_proj.weight": (("self_attn", "k_proj", "kernel"), "heads_in:kv"),
+    "self_attn.v_proj.weight": (("self_attn", "v_proj", "kernel"), "heads_in:kv"),
+    "self_attn.o_proj.weight": (("self_attn", "o_proj", "kernel"), "heads_out"),
+    "mlp.gate_proj.weight": (("mlp", "gate_proj", "kernel"), "transpose"),
+    "mlp.up_proj.weight": (("mlp", "up_proj", "kernel"), "transpose"),
+    "mlp.down_proj.weight": (("mlp", "down_proj", "kernel"), "transpose"),
+    "input_layernorm.weight": (("input_layernorm", "scale"), "copy"),
+    "post_attention_layernorm.weight": (("post_attention_layernorm", "scale"), "copy"),
+}
+# HF key -> (our path, transform name). lm_head is absent when embeddings are tied.
+GLOBAL_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
+    "model.embed_tokens.weight": (("embed_tokens", "embedding"), "vocab_rows"),
+    "model.norm.weight": (("norm", "scale"), "copy"),
+    "lm_head.weight": (("lm_head", "kernel"), "vocab_columns"),
+}
+# Buffers some checkpoints carry that hold no weights.
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def _rope_theta(hf: dict, source: str) -> float:
+    rope = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling")
+    rope_type = rope.get("rope_type") or (scaling or {}).get("rope_type") or (scaling or {}).get("type")
+    if rope_type not in (None, "default"):
+        raise ConversionError(f"{source}: rope scaling {rope_type!r} is not supported (only default RoPE)")
+    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+    return float(theta)
+
+
+def hf_to_model_config(hf: dict, source: str, **layout) -> ModelConfig:
+    """A ModelConfig from a transformers LlamaConfig dict; unsupported variants are refused."""
+    archs = hf.get("architectures") or []
+    if hf.get("model_type") != "llama" or not set(archs) & set(SUPPORTED_ARCHITECTURES):
+        raise ConversionError(
+            f"{source}: unknown architecture (model_type={hf.get('model_type')!r}, "
+            f"architectures={archs}); expected a llama LlamaForCausalLM"
+        )
+    for key, want in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
+        if hf.get(key, want) != want:
+            raise ConversionError(f"{source}: {key}={hf[key]!r} is not supported (need {want!r})")
+    if hf.get("pretraining_tp", 1) != 1:
+        raise ConversionError(f"{source}: pretraining_tp={hf['pretraining_tp']} is not supported")
+    try:
+        heads = int(hf["num_attention_heads"])
+        return ModelConfig(
+            vocab_size=int(hf["vocab_size"]),
+            hidden_size=int(hf["hidden_size"]),
+            intermediate_size=int(hf["intermediate_size"]),
+            num_layers=int(hf["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+            head_dim=hf.get("head_dim"),
+            rope_theta=_rope_theta(hf, source),
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            initializer_range=float(hf.get("initializer_range", 0.02)),
+            **layout,
+        )
+    except KeyError as e:
+        raise ConversionError(f"{source}: missing config key {e.args[0]!r}") from e
+
+
+def model_to_hf_config(config: ModelConfig, dtype: str, vocab=None) -> dict:
+    """The config.json of the transformers checkpoint `export` writes."""
+    from transformers import LlamaConfig
+
+    special = {}
+    if vocab is not None:
+        special = {"bos_token_id": vocab.bos_id, "eos_token_id": vocab.eos_id}
+    hf = LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads,
+        head_dim=config.resolved_head_dim,
+        rope_theta=config.rope_theta,
+        rms_norm_eps=config.rms_norm_eps,
+        max_position_embeddings=config.max_position_embeddings,
+        tie_word_embeddings=config.tie_word_embeddings,
+        initializer_range=config.initializer_range,
+        architectures=list(SUPPORTED_ARCHITECTURES),
+        dtype=dtype,
+        **special,
+    )
+    return hf.to_dict()
+
+
+# ------------------------------------------------------------------------- transforms
+
+
+def _to_ours(name: str, w: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    d = cfg.resolved_head_dim
+    if name == "heads_in:q":
+        return w.T.reshape(cfg.hidden_size, cfg.num_heads, d)
+    if name == "heads_in:kv":
+        return w.T.reshape(cfg.hidden_size, cfg.num_kv_heads, d)
+    if name == "heads_out":
+        return w.T.reshape(cfg.num_heads, d, cfg.hidden_size)
+    if name == "transpose":
+        return w.T
+    if name == "vocab_rows":
+        return np.pad(w, ((0, cfg.padded_vocab_size - w.shape[0]), (0, 0)))
+    if name == "vocab_columns":
+        return np.pad(w.T, ((0, 0), (0, cfg.padded_vocab_size - w.shape[0])))
+    return w
+
+
+def _to_hf(name: str, w: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    if name in ("heads_in:q", "heads_in:kv"):
+        return w.reshape(cfg.hidden_size, -1).T
+    if name == "heads_out":
+        return w.reshape(-1, cfg.hidden_size).T
+    if name == "transpose":
+        return w.T
+    if name == "vocab_rows":
+        return w[: cfg.vocab_size]
+    if name == "vocab_columns":
+        return w[:, : cfg.vocab_size].T
+    return w
+
+
+def _expected_hf_keys(cfg: ModelConfig) -> dict[str, tuple[tuple[str, ...], str, int | None]]:
+    """Every HF key the config implies -> (our leaf path, transform, layer index or None)."""
+    keys = {}
+    for hf_key, (path, transform) in GLOBAL_KEYS.items():
+        if hf_key == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        keys[hf_key] = (path, transform, None)
+    for i in range(cfg.num_layers):
+        for suffix, (path, transform) in LAYER_KEYS.items():
+            keys[f"model.layers.{i}.{suffix}"] = (path, transform, i)
+    return keys
+
+
+def _get_path(tree: dict, path: tuple[str, ...]):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _layer_prefix(cfg: ModelConfig, layer: int | None) -> tuple[str, ...]:
+    if layer is None:
+        return ()
+    return ("layers",) if cfg.scan_layers else (f"layers_{layer}",)
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def _load_vocab(hf_dir: str, vocab_size: int):
+    from anygpt_jax.vocab import MergedVocabulary
+
+    vocab = MergedVocabulary.from_tokenizer_dir(hf_dir)
+    if vocab.vocab_size != vocab_size:
+        raise ConversionError(
+            f"{hf_dir}: the tokenizer has {vocab.vocab_size} tokens but config.json says "
+            f"vocab_size={vocab_size}; the checkpoint and its tokenizer disagree"
+        )
+    return vocab
+
+
+def convert_hf_state(reader: TensorReader, cfg: ModelConfig, dtype: str | None) -> dict:
+    """Reads every tensor of an HF LLaMA into our parameter tree (numpy, one copy)."""
+    expected = _expected_hf_keys(cfg)
+    present = [k for k in reader.keys() if not k.endswith(IGNORED_SUFFIXES)]
+    if cfg.tie_word_embeddings:
+        present = [k for k in present if k != "lm_head.weight"]  # saved by some exporters
+    missing = sorted(set(expected) - set(present))
+    unexpected = sorted(set(present) - set(expected))
+    if missing or unexpected:
+        raise ConversionError(
+            f"{reader.directory}: checkpoint keys do not match a LLaMA with "
+            f"{cfg.num_layers} layers: missing {missing[:10]}{'...' if len(missing) > 10 else ''}, "
+            f"unexpected {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}"
+        )
+    shapes = param_shapes(cfg)
+    params: dict = {}
+    for hf_key, (path, transform, layer) in expected.items():
+        w = reader.get(hf_key)
+        ours_shape = _get_path(shapes, _layer_prefix(cfg, layer) + path).shape
+        if layer is not None and cfg.scan_layers:
+            ours_shape = ours_shape[1:]
+        # The HF shape is what the inverse transform makes of ours (a stride-0 stand-in).
+        want = _to_hf(transform, np.broadcast_to(np.float32(0), ours_shape), cfg).shape
+        if tuple(w.shape) != tuple(want):
+            raise ConversionError(f"{reader.directory}: {hf_key} has shape {tuple(w.shape)}, expected {want}")
+        if dtype is not None:
+            w = w.astype(np.dtype(jax.numpy.dtype(dtype)))
+        ours = _to_ours(transform, w, cfg)
+        full_path = _layer_prefix(cfg, layer) + path
+        node = params
+        for key in full_path[:-1]:
+            node = node.setdefault(key, {})
+        if layer is not None and cfg.scan_layers:
+            if full_path[-1] not in node:
+                node[full_path[-1]] = np.empty((cfg.num_layers, *ours.shape), ours.dtype)
+            node[full_path[-1]][layer] = ours
+        else:
+            node[full_path[-1]] = np.ascontiguousarray(ours)
+    checkpointing.check_params(params, cfg, reader.directory)
+    dtypes = {str(x.dtype) for x in jax.tree_util.tree_leaves(params)}
+    if len(dtypes) != 1:
+        raise ConversionError(f"{reader.directory}: mixed tensor dtypes {sorted(dtypes)}; pass --dtype")
+    return params
+
+
+def import_checkpoint(
+    hf_dir: str,
+    out_dir: str,
+    dtype: str | None = None,
+    scan_layers: bool = True,
+    vocab_pad_multiple: int = 128,
+) -> ModelConfig:
+    """Converts a transformers LLaMA directory (with its tokenizer) to a model directory."""
+    if not os.path.isdir(hf_dir):
+        raise ConversionError(f"input directory not found: {hf_dir}")
+    hf_config = read_json(os.path.join(hf_dir, "config.json"))
+    cfg = hf_to_model_config(
+        hf_config, os.path.join(hf_dir, "config.json"),
+        scan_layers=scan_layers, vocab_pad_multiple=vocab_pad_multiple,
+    )
+    vocab = _load_vocab(hf_dir, cfg.vocab_size)
+    reader = TensorReader(hf_dir)
+    try:
+        params = convert_hf_state(reader, cfg, dtype)
+    finally:
+        reader.close()
+    stored = str(jax.tree_util.tree_leaves(params)[0].dtype)
+    cfg = cfg.replace(param_dtype=stored)
+    checkpointing.save_model(out_dir, params, cfg, vocab)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _stream_params(ckpt_dir: str, cfg: ModelConfig) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """Yields (leaf path, array) one parameter at a time via orbax partial restore."""
+    path = os.path.join(os.path.abspath(ckpt_dir), checkpointing.PARAMS_DIR)
+    if not os.path.isdir(path):
+        raise ConversionError(f"{ckpt_dir} has no parameters ({checkpointing.PARAMS_DIR}/ is missing)")
+    with ocp.StandardCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(path).item_metadata.tree
+    leaves = jax.tree_util.tree_leaves_with_path(metadata, is_leaf=lambda x: hasattr(x, "shape"))
+    restorer = ocp.PyTreeCheckpointer()
+    for key_path, meta in leaves:
+        names = tuple(k.key for k in key_path)
+        item: dict = {}
+        node = item
+        for n in names[:-1]:
+            node = node.setdefault(n, {})
+        node[names[-1]] = np.empty(0)
+        args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+        restored = restorer.restore(
+            path, args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
+        )
+        for n in names:
+            restored = restored[n]
+        yield names, np.asarray(restored)
+
+
+def _hf_entries(cfg: ModelConfig) -> dict[tuple[str, ...], list[tuple[str, str, int | None]]]:
+    """Our leaf path -> the HF keys (with transform and layer) it produces."""
+    table: dict[tuple[str, ...], list] = {}
+    for hf_key, (path, transform, layer) in _expected_hf_keys(cfg).items():
+        table.setdefault(_layer_prefix(cfg, layer) + path, []).append((hf_key, transform, layer))
+    return table
+
+
+def export_checkpoint(
+    ckpt_dir: str, out_dir: str, max_shard_bytes: int = 2 * 1024**3, dtype: str | None = None
+) -> None:
+    """Writes a model directory as a transformers LLaMA directory (config, safetensors, tokenizer)."""
+    from safetensors.torch import save_file
+
+    cfg = checkpointing.load_config(ckpt_dir)
+    vocab = checkpointing.load_vocab(ckpt_dir)
+    entries = _hf_entries(cfg)
+    out_dtype = dtype or cfg.param_dtype
+    with atomic_output_dir(out_dir) as tmp:
+        shard: dict = {}
+        shard_bytes = 0
+        shards: list[dict] = []
+
+        def flush():
+            nonlocal shard, shard_bytes
+            if shard:
+                shards.append(shard)
+                name = f"model-{len(shards):05d}.safetensors.tmp"
+                save_file(shard, os.path.join(tmp, name), metadata={"format": "pt"})
+                shard, shard_bytes = {}, 0
+
+        seen = set()
+        for path, array in _stream_params(ckpt_dir, cfg):
+            if path not in entries:
+                raise ConversionError(f"{ckpt_dir}: unexpected parameter {'/'.join(path)}")
+            seen.add(path)
+            for hf_key, transform, layer in entries[path]:
+                w = array[layer] if (layer is not None and cfg.scan_layers) else array
+                w = _to_hf(transform, w, cfg)
+                if dtype is not None:
+                    w = w.astype(np.dtype(jax.numpy.dtype(dtype)))
+                tensor = numpy_to_torch(np.ascontiguousarray(w))
+                if shard_bytes + w.nbytes > max_shard_bytes:
+                    flush()
+                shard[hf_key] = tensor
+                shard_bytes += w.nbytes
+            del array
+        flush()
+        missing = sorted("/".join(p) for p in set(entries) - seen)
+        if missing:
+            raise ConversionError(f"{ckpt_dir}: parameters missing from the checkpoint: {missing}")
+        _name_shards(tmp, shards)
+        write_json(os.path.join(tmp, "config.json"), model_to_hf_config(cfg, out_dtype, vocab))
+        vocab.save_hf_tokenizer(tmp)
+
+
+def _name_shards(directory: str, shards: list[dict]) -> None:
+    """Renames shard files to transformers' names and writes the index for several shards."""
+    n = len(shards)
+    if n == 1:
+        os.rename(os.path.join(directory, "model-00001.safetensors.tmp"),
+                  os.path.join(directory, "model.safetensors"))
+        return
+    weight_map = {}
+    total = 0
+    for i, shard in enumerate(shards, start=1):
+        final = f"model-{i:05d}-of-{n:05d}.safetensors"
+        os.rename(os.path.join(directory, f"model-{i:05d}.safetensors.tmp"), os.path.join(directory, final))
+        for key, tensor in shard.items():
+            weight_map[key] = final
+            total += tensor.numel() * tensor.element_size()
+    write_json(os.path.join(directory, "model.safetensors.index.json"),
+               {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+
+
+# -------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m converters.llama {import,export} SRC OUT`; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m converters.llama", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="transformers LLaMA directory -> anygpt-jax model directory")
+    imp.add_argument("hf_dir")
+    imp.add_argument("out_dir")
+    imp.add_argument("--dtype", choices=DTYPES, help="cast weights (default: keep the stored dtype)")
+    imp.add_argument("--no_scan_layers", action="store_true", help="store per-layer params")
+    imp.add_argument("--vocab_pad_multiple", type=int, default=128,
+                     help="pad the vocabulary axis to a multiple of this (128 x tensor degree)")
+    exp = sub.add_parser("export", help="anygpt-jax model directory -> transformers LLaMA directory")
+    exp.add_argument("ckpt_dir")
+    exp.add_argument("out_dir")
+    exp.add_argument("--dtype", choices=DTYPES, help="cast weights (default: the stored dtype)")
+    exp.add_argument("--max_shard_gb", type=float, default=2.0)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "import":
+            cfg = import_checkpoint(args.hf_dir, args.out_dir, dtype=args.dtype,
+                                    scan_layers=not args.no_scan_layers,
+                                    vocab_pad_multiple=args.vocab_pad_multiple)
+            print(f"imported {args.hf_dir} -> {args.out_dir} ({cfg.num_layers} layers, "
+                  f"vocab {cfg.vocab_size} padded to {cfg.padded_vocab_size}, {cfg.param_dtype})")
+        else:
+            export_checkpoint(args.ckpt_dir, args.out_dir, int(args.max_shard_gb * 1024**3), args.dtype)
+            print(f"exported {args.ckpt_dir} -> {args.out_dir}")
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

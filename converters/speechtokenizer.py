@@ -1,0 +1,130 @@
+"""SpeechTokenizer (ZhangXInFD/SpeechTokenizer: config.json + ckpt.dev) -> an anygpt_jax codec dir.
+
+    python -m converters.speechtokenizer --config config.json --ckpt ckpt.dev --out OUT
+
+The output (config.json + params.safetensors) loads with
+`anygpt_jax.modalities.speech.SpeechTokenizer.load(OUT)`. Weight norm is folded (either key
+style); the semantic-distillation head `transform.*` and the codebooks' training buffers are
+dropped, as encode/decode never use them. Missing, unknown or wrongly shaped tensors are
+refused with their names, and nothing is left behind on error.
+
+`import_reference()` imports the PyTorch reference package without its trainer, whose
+dependencies (torchaudio, accelerate, ...) the model itself never needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import types
+
+from anygpt_jax.modalities.audio_layers import SEANetConfig
+from anygpt_jax.modalities.codec import save_codec
+from converters.common import (
+    USER_ERRORS,
+    ConversionError,
+    atomic_output_dir,
+    read_json,
+    torch_to_numpy,
+)
+from converters.encodec import TorchNames, TorchTensors, seanet_params_from_torch
+
+KIND = "speechtokenizer"
+REFERENCE_REQUIREMENT = "speechtokenizer==1.0.1 (pip install --no-deps speechtokenizer==1.0.1)"
+
+SPEECHTOKENIZER_NAMES = TorchNames(
+    encoder="encoder.model.", decoder="decoder.model.", conv="conv.conv", convtr="convtr.convtr",
+    codebook="quantizer.vq.layers.{q}._codebook.embed",
+    ignored=r"transform\.(weight|bias)"
+            r"|quantizer\.vq\.layers\.\d+\._codebook\.(inited|cluster_size|embed_avg)",
+)
+
+# Fields of SpeechTokenizer's config.json that shape the model; the rest are training settings.
+_REQUIRED = ("n_filters", "strides", "dimension", "bidirectional", "dilation_base",
+             "residual_kernel_size", "n_residual_layers", "lstm_layers", "activation",
+             "sample_rate", "codebook_size", "n_q")
+
+
+def seanet_config_from_speechtokenizer(cfg: dict, where: str) -> SEANetConfig:
+    """SpeechTokenizer's config.json -> SEANetConfig (its SEANet defaults filled in)."""
+    missing = [k for k in _REQUIRED if k not in cfg]
+    if missing:
+        raise ConversionError(f"{where}: missing config fields {missing}")
+    if cfg["activation"] != "ELU":
+        raise ConversionError(f"{where}: activation {cfg['activation']!r} unsupported (ELU only)")
+    return SEANetConfig(
+        sample_rate=int(cfg["sample_rate"]), dimension=int(cfg["dimension"]),
+        n_filters=int(cfg["n_filters"]), ratios=tuple(int(s) for s in cfg["strides"]),
+        n_q=int(cfg["n_q"]), codebook_size=int(cfg["codebook_size"]),
+        n_residual_layers=int(cfg["n_residual_layers"]),
+        residual_kernel_size=int(cfg["residual_kernel_size"]),
+        dilation_base=int(cfg["dilation_base"]), lstm_layers=int(cfg["lstm_layers"]),
+        encoder_bidirectional=bool(cfg["bidirectional"]),
+        # SpeechTokenizer's SEANet defaults: non-causal, reflect, 1x1-conv shortcuts, k7.
+        causal=False, pad_mode="reflect", true_skip=False, compress=2,
+        kernel_size=7, last_kernel_size=7,
+    )
+
+
+def convert(config: str, ckpt: str, out: str) -> str:
+    """Converts a SpeechTokenizer checkpoint (a torch state dict file) into `out`."""
+    import torch
+
+    st_config = read_json(config)
+    seanet = seanet_config_from_speechtokenizer(st_config, config)
+    if not os.path.isfile(ckpt):
+        raise ConversionError(f"missing file: {ckpt}")
+    try:
+        state = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types; re-raised named
+        raise ConversionError(f"{ckpt}: cannot read PyTorch weights ({e})") from e
+    if not isinstance(state, dict):
+        raise ConversionError(f"{ckpt}: expected a state dict, got {type(state).__name__}")
+    tensors = TorchTensors(list(state), lambda k: torch_to_numpy(state[k]), ckpt)
+    params = seanet_params_from_torch(tensors, seanet, SPEECHTOKENIZER_NAMES)
+    with atomic_output_dir(out) as tmp:
+        save_codec(tmp, KIND, seanet, params, st_config)
+    return out
+
+
+def import_reference() -> types.ModuleType:
+    """Imports the reference `speechtokenizer` package (model only) or says how to install it."""
+    trainer = "speechtokenizer.trainer"
+    had = trainer in sys.modules
+    if not had:
+        # The package's __init__ imports its trainer (torchaudio, accelerate, tensorboard, ...);
+        # a stand-in satisfies that import and is removed again right after.
+        stub = types.ModuleType(trainer)
+        stub.SpeechTokenizerTrainer = None
+        sys.modules[trainer] = stub
+    try:
+        import speechtokenizer
+    except ImportError as e:
+        raise ImportError(f"the reference SpeechTokenizer is not installed: "
+                          f"{REFERENCE_REQUIREMENT} ({e})") from e
+    finally:
+        if not had:
+            sys.modules.pop(trainer, None)
+    return speechtokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m converters.speechtokenizer",
+        description="Convert SpeechTokenizer weights into an anygpt_jax codec directory.")
+    parser.add_argument("--config", required=True, help="SpeechTokenizer config.json")
+    parser.add_argument("--ckpt", required=True, help="SpeechTokenizer checkpoint (ckpt.dev)")
+    parser.add_argument("--out", required=True, help="output directory (must not exist)")
+    args = parser.parse_args(argv)
+    try:
+        convert(args.config, args.ckpt, args.out)
+    except USER_ERRORS + (OSError,) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Shared test set-up: 8 forced CPU devices, exact fp32 numerics, tiny reference models."""
+
+import os
+
+# Must precede the first jax import: multi-device tests run on 8 host "devices".
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_exact():
+    """Parity tests compare against PyTorch in true fp32: no TF32, fixed seeds."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    yield
+
+
+# Tiny LLaMA variants covering what the converter and model must get right.
+LLAMA_VARIANTS = {
+    # GQA, vocab not a multiple of 128, non-default rope_theta, untied head.
+    "gqa_untied": dict(
+        vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
+        tie_word_embeddings=False, rms_norm_eps=1e-5,
+    ),
+    # Plain multi-head attention with a tied head.
+    "mha_tied": dict(
+        vocab_size=250, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, rope_theta=10000.0,
+        tie_word_embeddings=True, rms_norm_eps=1e-6,
+    ),
+}
+
+
+def make_hf_llama(variant: str, seed: int = 0, dtype=None, **overrides):
+    """A randomly initialized transformers LlamaForCausalLM of one tiny variant."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(**{**LLAMA_VARIANTS[variant], **overrides})
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        # Non-trivial norm scales, so a missed or transposed norm weight shows in the logits.
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+    if dtype is not None:
+        model = model.to(dtype)
+    return model

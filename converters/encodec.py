@@ -64,6 +64,11 @@ class TorchTensors:
     def __init__(self, keys: list[str], get: Callable[[str], np.ndarray], source: str):
         self.keys, self._get, self.source, self.used = set(keys), get, source, set()
 
+    @classmethod
+    def from_state_dict(cls, state: dict, source: str = "state dict") -> TorchTensors:
+        """Wraps an in-memory torch state dict."""
+        return cls(list(state), lambda k: torch_to_numpy(state[k]), source)
+
     def __contains__(self, key: str) -> bool:
         return key in self.keys
 
@@ -86,6 +91,7 @@ class TorchTensors:
 
 
 def conv_params(t: TorchTensors, module: str, transposed: bool) -> dict[str, np.ndarray]:
+    """A torch Conv1d / ConvTranspose1d at `module` -> {"kernel": (k, in, out), "bias"}."""
     weight = t.weight(module)
     # torch Conv1d (out, in, k) and ConvTranspose1d (in, out, k) -> (k, in, out)
     kernel = weight.transpose(2, 0, 1) if transposed else weight.transpose(2, 1, 0)
@@ -93,6 +99,7 @@ def conv_params(t: TorchTensors, module: str, transposed: bool) -> dict[str, np.
 
 
 def lstm_params(t: TorchTensors, module: str, num_layers: int, bidirectional: bool) -> dict:
+    """A torch nn.LSTM at `module` -> audio_layers.LSTM parameters (directions stacked)."""
     out = {}
     suffixes = ["", "_reverse"] if bidirectional else [""]
     for n in range(num_layers):

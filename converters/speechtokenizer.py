@@ -26,7 +26,6 @@ from converters.common import (
     ConversionError,
     atomic_output_dir,
     read_json,
-    torch_to_numpy,
 )
 from converters.encodec import TorchNames, TorchTensors, seanet_params_from_torch
 
@@ -81,7 +80,7 @@ def convert(config: str, ckpt: str, out: str) -> str:
         raise ConversionError(f"{ckpt}: cannot read PyTorch weights ({e})") from e
     if not isinstance(state, dict):
         raise ConversionError(f"{ckpt}: expected a state dict, got {type(state).__name__}")
-    tensors = TorchTensors(list(state), lambda k: torch_to_numpy(state[k]), ckpt)
+    tensors = TorchTensors.from_state_dict(state, ckpt)
     params = seanet_params_from_torch(tensors, seanet, SPEECHTOKENIZER_NAMES)
     with atomic_output_dir(out) as tmp:
         save_codec(tmp, KIND, seanet, params, st_config)

@@ -59,7 +59,7 @@ def _dynamic_pad(
     alone; positions past the item's own padded length are don't-care.
     """
     lengths = lengths[:, None]
-    j = jnp.arange(out_len)[None, :] - left
+    j = jnp.broadcast_to(jnp.arange(out_len)[None, :] - left, (x.shape[0], out_len))
     if mode == "reflect":
         extra = (-lengths) % stride
         max_pad = jnp.maximum(left, right + extra)

@@ -397,6 +397,10 @@ def test_save_load_and_fingerprint(env, tmp_path):
     ref = LlamaTokenizer.from_pretrained(out)  # checkpoints stay loadable by transformers
     for s in FIXED_STRINGS:
         assert ref(s, add_special_tokens=False).input_ids == vocab.encode(s)
+    hf_only = str(tmp_path / "hf")
+    vocab.save_hf_tokenizer(hf_only)
+    assert "anygpt_vocab.json" not in os.listdir(hf_only)
+    assert MergedVocabulary.load(hf_only) == vocab
     assert len(vocab.fingerprint) == 64
     assert vocab.fingerprint != env["vocabs"]["hf5"].fingerprint  # whitespace flags differ
     assert env["vocabs"]["hf5"].fingerprint != env["vocabs"]["hf5_sft"].fingerprint

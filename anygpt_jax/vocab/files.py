@@ -188,8 +188,16 @@ def read_tokenizer_dir(path: str) -> TokenizerFiles:
     return TokenizerFiles(spm_bytes=spm_bytes, added=added, prepend_scheme=scheme, source=path)
 
 
-def write_tokenizer_dir(files: TokenizerFiles, path: str, spm_size: int) -> None:
+def write_tokenizer_dir(files: TokenizerFiles, path: str) -> None:
     """Writes tokenizer.model, added_tokens.json, tokenizer_config.json, special_tokens_map.json."""
+    proto = spm_proto(files.spm_bytes, files.source)
+    spm_size = len(proto.pieces)
+    spec = proto.trainer_spec
+    special = {
+        f"{name}_token": proto.pieces[i].piece
+        for name, i in (("bos", spec.bos_id), ("eos", spec.eos_id), ("unk", spec.unk_id))
+        if 0 <= i < spm_size
+    }
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, SPM_FILE), "wb") as f:
         f.write(files.spm_bytes)
@@ -200,14 +208,11 @@ def write_tokenizer_dir(files: TokenizerFiles, path: str, spm_size: int) -> None
         "add_eos_token": False,
         "add_prefix_space": files.prepend_scheme != "never",
         "legacy": files.prepend_scheme == "always",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
+        **special,
         "pad_token": None,
         "clean_up_tokenization_spaces": False,
         "added_tokens_decoder": {str(t.id): t.to_json() for t in files.added},
     }
-    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
     for name, obj in ((ADDED_TOKENS_JSON, added), (TOKENIZER_CONFIG, config),
                       (SPECIAL_TOKENS_MAP, special)):
         with open(os.path.join(path, name), "w", encoding="utf-8") as f:

@@ -117,7 +117,7 @@ class MergedVocabulary(seqio.Vocabulary):
 
     def save(self, path: str) -> None:
         """Writes tokenizer files (transformers can load them too) and anygpt_vocab.json."""
-        files_lib.write_tokenizer_dir(self._files, path, self.text_vocab_size)
+        self.save_hf_tokenizer(path)
         meta = {
             "format": FORMAT_VERSION,
             "fingerprint": self.fingerprint,
@@ -129,6 +129,10 @@ class MergedVocabulary(seqio.Vocabulary):
         with open(os.path.join(path, VOCAB_JSON), "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False, indent=2)
             f.write("\n")
+
+    def save_hf_tokenizer(self, path: str) -> None:
+        """Writes only the transformers tokenizer files (e.g. beside an exported checkpoint)."""
+        files_lib.write_tokenizer_dir(self._files, path)
 
     def _check_ids(self, proto) -> None:
         src = self._files.source

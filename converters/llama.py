@@ -357,7 +357,7 @@ def export_checkpoint(
             raise ConversionError(f"{ckpt_dir}: parameters missing from the checkpoint: {missing}")
         _name_shards(tmp, shards)
         write_json(os.path.join(tmp, "config.json"), model_to_hf_config(cfg, out_dtype, vocab))
-        vocab.save_hf_tokenizer(tmp)
+        vocab.save(tmp)  # tokenizer files transformers loads, plus our layout metadata
 
 
 def _name_shards(directory: str, shards: list[dict]) -> None:

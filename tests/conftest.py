@@ -62,3 +62,28 @@ def make_hf_llama(variant: str, seed: int = 0, dtype=None, **overrides):
     if dtype is not None:
         model = model.to(dtype)
     return model
+
+
+@pytest.fixture(scope="session")
+def anygpt_tokenizer_dir(tmp_path_factory) -> str:
+    """A tokenizer directory made the way AnyGPT makes its own (tiny SentencePiece base)."""
+    from test_vocab import _build_anygpt_dir, _train_spm
+
+    root = str(tmp_path_factory.mktemp("anygpt_tokenizer"))
+    spm_path = os.path.join(root, "llama.model")
+    _train_spm(spm_path)
+    return _build_anygpt_dir(os.path.join(root, "tok"), spm_path)
+
+
+def make_hf_anygpt_dir(root: str, tokenizer_dir: str, variant: str, dtype=None, **overrides) -> str:
+    """A transformers AnyGPT directory: tiny random LLaMA + the AnyGPT tokenizer files."""
+    import shutil
+
+    from anygpt_jax.vocab import MergedVocabulary
+
+    vocab = MergedVocabulary.from_tokenizer_dir(tokenizer_dir)
+    model = make_hf_llama(variant, dtype=dtype, vocab_size=vocab.vocab_size, **overrides)
+    model.save_pretrained(root)
+    for name in os.listdir(tokenizer_dir):
+        shutil.copy(os.path.join(tokenizer_dir, name), os.path.join(root, name))
+    return root

@@ -1,0 +1,90 @@
+"""The user's Python entry: `AnyGPT.load(dir)` and its logits (generation arrives with inference)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from anygpt_jax import checkpointing, partitioning
+from anygpt_jax.model import ModelConfig, Transformer
+
+
+class AnyGPT:
+    """A loaded AnyGPT model: parameters, config and merged vocabulary, optionally sharded."""
+
+    def __init__(self, params: Any, config: ModelConfig, vocab=None, mesh: Mesh | None = None):
+        self.params = params
+        self.config = config
+        self.vocab = vocab
+        self.mesh = mesh
+        self.model = Transformer(config)
+
+    @classmethod
+    def load(
+        cls,
+        ckpt_dir: str,
+        mesh: Mesh | None = None,
+        **config_overrides: Any,
+    ) -> AnyGPT:
+        """Loads a model directory (imported or trained); overrides change layout/numerics only.
+
+        E.g. `AnyGPT.load(d, dtype="bfloat16", scan_layers=False)`; with a mesh the
+        parameters restore straight into their shardings.
+        """
+        config = checkpointing.load_config(ckpt_dir)
+        if config_overrides:
+            config = config.replace(**config_overrides)
+        params, config = checkpointing.load_params(ckpt_dir, config, mesh=mesh)
+        if mesh is None:
+            params = jax.tree_util.tree_map(jnp.asarray, params)
+        try:
+            vocab = checkpointing.load_vocab(ckpt_dir)
+        except FileNotFoundError:
+            vocab = None
+        return cls(params, config, vocab, mesh)
+
+    @functools.cached_property
+    def _forward(self):
+        rules = partitioning.logical_axis_rules()
+
+        def forward(params, ids, positions, segment_ids):
+            with nn.logical_axis_rules(rules):
+                logits = self.model.apply({"params": params}, ids, positions, segment_ids)
+            return logits[..., : self.config.vocab_size]
+
+        return jax.jit(forward)
+
+    def logits(
+        self,
+        ids: Any,
+        segment_ids: Any | None = None,
+        positions: Any | None = None,
+    ) -> np.ndarray:
+        """fp32 logits [batch, length, vocab_size] for int ids [batch, length].
+
+        `segment_ids` (0 = padding) and `positions` describe packed sequences; by default
+        each row is one sequence starting at position 0.
+        """
+        ids = np.asarray(ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"ids must be an int array [batch, length], got {ids.dtype} {ids.shape}")
+        bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]
+        if bad.size:
+            raise ValueError(f"ids out of range [0, {self.config.vocab_size}): {sorted(set(bad.tolist()))[:10]}")
+        if positions is None:
+            positions = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
+        if segment_ids is None:
+            segment_ids = np.ones_like(ids)
+        args = [jnp.asarray(a, jnp.int32) for a in (ids, positions, segment_ids)]
+        if self.mesh is not None:
+            sharding = partitioning.batch_sharding(self.mesh)
+            args = [jax.device_put(a, sharding) for a in args]
+            with jax.set_mesh(self.mesh):
+                return np.asarray(self._forward(self.params, *args))
+        return np.asarray(self._forward(self.params, *args))

@@ -1,0 +1,124 @@
+"""Forward+backward tokens/s of our Flax LLaMA vs transformers' LlamaForCausalLM (PyTorch).
+
+Same ~100M config, same batch, same CPU, one run. Also reports each side's model-FLOPs
+utilization against this machine's measured fp32 matmul peak. Prints the ratio ours/torch.
+
+    python benchmarks/bench_llama_step.py [--steps 5] [--batch 4] [--seq 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from anygpt_jax.model import ModelConfig, Transformer, init_params  # noqa: E402
+
+# ~100M parameters: 10 layers of width 768 plus untied 16k-row embedding and head.
+CONFIG = dict(vocab_size=16000, hidden_size=768, intermediate_size=2048, num_layers=10,
+              num_heads=12, num_kv_heads=12)
+
+
+def model_flops_per_token(cfg: ModelConfig, seq: int) -> float:
+    """Training FLOPs per token (forward + backward): 6 x matmul params + causal-free attention."""
+    d, hd = cfg.hidden_size, cfg.resolved_head_dim
+    per_layer = d * hd * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) + 3 * d * cfg.intermediate_size
+    matmul_params = cfg.num_layers * per_layer + d * cfg.vocab_size  # embedding lookup is free
+    attention = 12 * cfg.num_layers * cfg.num_heads * hd * seq
+    return 6 * matmul_params + attention
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matmul FLOP/s through XLA, the best of a few timed runs."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_jax(cfg: ModelConfig, ids: np.ndarray, steps: int) -> float:
+    """Median seconds per jitted forward+backward step of our model."""
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    model = Transformer(cfg)
+
+    def loss_fn(p, x):
+        logits = model.apply({"params": p}, x[:, :-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, x[:, 1:]).mean()
+
+    step = jax.jit(jax.value_and_grad(loss_fn))
+    x = jnp.asarray(ids)
+    jax.block_until_ready(step(params, x))
+    return statistics.median(_timed(lambda: jax.block_until_ready(step(params, x))) for _ in range(steps))
+
+
+def bench_torch(cfg: ModelConfig, ids: np.ndarray, steps: int) -> float:
+    """Median seconds per forward+backward step of transformers' LlamaForCausalLM."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(hf_cfg).train()
+    x = torch.as_tensor(ids)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(x[:, :-1], labels=None).logits.float()  # warm the same path as below
+        return None
+
+    def train_step():
+        model.zero_grad(set_to_none=True)
+        logits = model(x[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
+        loss.backward()
+
+    del step
+    train_step()
+    return statistics.median(_timed(train_step) for _ in range(steps))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    args = parser.parse_args()
+    cfg = ModelConfig(**CONFIG, vocab_pad_multiple=128, scan_layers=True)
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(
+        jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))))
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (args.batch, args.seq + 1))
+    tokens = args.batch * args.seq
+    peak = matmul_peak_flops()
+    flops = model_flops_per_token(cfg, args.seq) * tokens
+    ours = bench_jax(cfg, ids, args.steps)
+    ref = bench_torch(cfg, ids, args.steps)
+    print(f"config: {n_params / 1e6:.1f}M params, batch {args.batch} x {args.seq} tokens, "
+          f"{os.cpu_count()} CPU cores, jax {jax.__version__}")
+    print(f"measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    for name, sec in (("anygpt-jax (jit)", ours), ("transformers (torch)", ref)):
+        print(f"{name:22s} {tokens / sec:8.0f} tokens/s  step {sec * 1e3:7.1f} ms  "
+              f"MFU {flops / sec / peak:6.1%}")
+    print(f"ratio ours/torch tokens/s: {ref / ours:.2f}x (goal >= 1.5x)")
+
+
+if __name__ == "__main__":
+    main()

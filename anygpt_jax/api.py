@@ -1,4 +1,4 @@
-"""The user's Python entry: `AnyGPT.load(dir)` and its logits (generation arrives with inference)."""
+"""The user's Python entry: `AnyGPT.load(dir)` and its logits."""
 
 from __future__ import annotations
 
@@ -73,10 +73,14 @@ class AnyGPT:
         """
         ids = np.asarray(ids)
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"ids must be an int array [batch, length], got {ids.dtype} {ids.shape}")
+            raise ValueError(
+                f"ids must be an int array [batch, length], got {ids.dtype} {ids.shape}"
+            )
         bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]
         if bad.size:
-            raise ValueError(f"ids out of range [0, {self.config.vocab_size}): {sorted(set(bad.tolist()))[:10]}")
+            raise ValueError(
+                f"ids out of range [0, {self.config.vocab_size}): {sorted(set(bad.tolist()))[:10]}"
+            )
         if positions is None:
             positions = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
         if segment_ids is None:

@@ -91,7 +91,9 @@ def resize_vocab_rows(params: Any, padded_vocab_size: int, vocab_size: int) -> A
         array = np.asarray(array)
         rows = array.shape[axis]
         if rows < vocab_size:
-            raise ValueError(f"{'/'.join(path)} has {rows} rows, fewer than vocab_size={vocab_size}")
+            raise ValueError(
+                f"{'/'.join(path)} has {rows} rows, fewer than vocab_size={vocab_size}"
+            )
         kept = np.take(array, np.arange(min(rows, padded_vocab_size)), axis=axis)
         if kept.shape[axis] < padded_vocab_size:
             pad = [(0, 0)] * array.ndim
@@ -110,7 +112,10 @@ def check_params(params: Any, config: ModelConfig, source: str) -> None:
     missing = sorted(fmt(k) for k in want.keys() - have.keys())
     unexpected = sorted(fmt(k) for k in have.keys() - want.keys())
     if missing or unexpected:
-        raise ValueError(f"{source}: parameters do not match the config: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"{source}: parameters do not match the config: "
+            f"missing {missing}, unexpected {unexpected}"
+        )
     wrong = [
         f"{fmt(k)} {tuple(have[k].shape)} != {tuple(want[k].shape)}"
         for k in want
@@ -133,15 +138,30 @@ def load_params(
     """
     saved = load_config(directory)
     config = saved if config is None else config
-    arch = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-            "num_kv_heads", "resolved_head_dim", "tie_word_embeddings")
-    differ = [f"{a}: saved {getattr(saved, a)} vs asked {getattr(config, a)}"
-              for a in arch if getattr(saved, a) != getattr(config, a)]
+    arch = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "resolved_head_dim",
+        "tie_word_embeddings",
+    )
+    differ = [
+        f"{a}: saved {getattr(saved, a)} vs asked {getattr(config, a)}"
+        for a in arch
+        if getattr(saved, a) != getattr(config, a)
+    ]
     if differ:
-        raise ValueError(f"{directory}: the checkpoint's architecture differs from the config: {differ}")
+        raise ValueError(
+            f"{directory}: the checkpoint's architecture differs from the config: {differ}"
+        )
     path = _params_path(directory)
-    same_layout = (saved.padded_vocab_size == config.padded_vocab_size
-                   and saved.scan_layers == config.scan_layers)
+    same_layout = (
+        saved.padded_vocab_size == config.padded_vocab_size
+        and saved.scan_layers == config.scan_layers
+    )
     target_shapes = param_shapes(config)
     with ocp.StandardCheckpointer() as checkpointer:
         if same_layout:
@@ -149,7 +169,9 @@ def load_params(
                 shardings = param_shardings(config, mesh, rules)
                 target = jax.tree_util.tree_map(
                     lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                    target_shapes, shardings)
+                    target_shapes,
+                    shardings,
+                )
             else:
                 target = target_shapes
             params = checkpointer.restore(path, target)
@@ -158,7 +180,9 @@ def load_params(
     params = match_layout(params, config)
     params = resize_vocab_rows(params, config.padded_vocab_size, config.vocab_size)
     check_params(params, config, directory)
-    params = jax.tree_util.tree_map(lambda x, s: np.asarray(x, dtype=s.dtype), params, target_shapes)
+    params = jax.tree_util.tree_map(
+        lambda x, s: np.asarray(x, dtype=s.dtype), params, target_shapes
+    )
     if mesh is not None:
         params = jax.device_put(params, param_shardings(config, mesh, rules))
     return params, config

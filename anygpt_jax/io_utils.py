@@ -19,7 +19,9 @@ def atomic_output_dir(out_dir: str) -> Iterator[str]:
     """
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise FileExistsError(f"output {out_dir} already exists and is not empty; refusing to overwrite")
+        raise FileExistsError(
+            f"output {out_dir} already exists and is not empty; refusing to overwrite"
+        )
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)

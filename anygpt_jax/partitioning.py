@@ -79,8 +79,9 @@ def make_mesh(
             raise ValueError(f"mesh_shape {shape} does not divide {len(devices)} devices")
         sizes[free[0]] = len(devices) // known
     if math.prod(sizes) != len(devices):
+        resolved = dict(zip(MESH_AXES, sizes, strict=True))
         raise ValueError(
-            f"mesh_shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+            f"mesh_shape {resolved} needs {math.prod(sizes)} devices, "
             f"but {len(devices)} are available"
         )
     try:
@@ -97,7 +98,9 @@ def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: Sequence | None =
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
-def logical_sharding(axes: Sequence[str | None], mesh: Mesh, rules: Sequence | None = None) -> NamedSharding:
+def logical_sharding(
+    axes: Sequence[str | None], mesh: Mesh, rules: Sequence | None = None
+) -> NamedSharding:
     """The NamedSharding of one array whose dimensions have the given logical names."""
     return logical_to_sharding(PartitionSpec(*axes), mesh, rules)
 

@@ -23,8 +23,14 @@ import optax  # noqa: E402
 from anygpt_jax.model import ModelConfig, Transformer, init_params  # noqa: E402
 
 # ~100M parameters: 10 layers of width 768 plus untied 16k-row embedding and head.
-CONFIG = dict(vocab_size=16000, hidden_size=768, intermediate_size=2048, num_layers=10,
-              num_heads=12, num_kv_heads=12)
+CONFIG = dict(
+    vocab_size=16000,
+    hidden_size=768,
+    intermediate_size=2048,
+    num_layers=10,
+    num_heads=12,
+    num_kv_heads=12,
+)
 
 
 def model_flops_per_token(cfg: ModelConfig, seq: int) -> float:
@@ -63,7 +69,9 @@ def bench_jax(cfg: ModelConfig, ids: np.ndarray, steps: int) -> float:
     step = jax.jit(jax.value_and_grad(loss_fn))
     x = jnp.asarray(ids)
     jax.block_until_ready(step(params, x))
-    return statistics.median(_timed(lambda: jax.block_until_ready(step(params, x))) for _ in range(steps))
+    return statistics.median(
+        _timed(lambda: jax.block_until_ready(step(params, x))) for _ in range(steps)
+    )
 
 
 def bench_torch(cfg: ModelConfig, ids: np.ndarray, steps: int) -> float:
@@ -73,10 +81,14 @@ def bench_torch(cfg: ModelConfig, ids: np.ndarray, steps: int) -> float:
 
     torch.set_num_threads(os.cpu_count() or 1)
     hf_cfg = transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        tie_word_embeddings=False)
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        tie_word_embeddings=False,
+    )
     model = transformers.LlamaForCausalLM(hf_cfg).train()
     x = torch.as_tensor(ids)
 
@@ -103,20 +115,28 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     args = parser.parse_args()
     cfg = ModelConfig(**CONFIG, vocab_pad_multiple=128, scan_layers=True)
-    n_params = sum(x.size for x in jax.tree_util.tree_leaves(
-        jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))))
+    n_params = sum(
+        x.size
+        for x in jax.tree_util.tree_leaves(
+            jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+        )
+    )
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (args.batch, args.seq + 1))
     tokens = args.batch * args.seq
     peak = matmul_peak_flops()
     flops = model_flops_per_token(cfg, args.seq) * tokens
     ours = bench_jax(cfg, ids, args.steps)
     ref = bench_torch(cfg, ids, args.steps)
-    print(f"config: {n_params / 1e6:.1f}M params, batch {args.batch} x {args.seq} tokens, "
-          f"{os.cpu_count()} CPU cores, jax {jax.__version__}")
+    print(
+        f"config: {n_params / 1e6:.1f}M params, batch {args.batch} x {args.seq} tokens, "
+        f"{os.cpu_count()} CPU cores, jax {jax.__version__}"
+    )
     print(f"measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
     for name, sec in (("anygpt-jax (jit)", ours), ("transformers (torch)", ref)):
-        print(f"{name:22s} {tokens / sec:8.0f} tokens/s  step {sec * 1e3:7.1f} ms  "
-              f"MFU {flops / sec / peak:6.1%}")
+        print(
+            f"{name:22s} {tokens / sec:8.0f} tokens/s  step {sec * 1e3:7.1f} ms  "
+            f"MFU {flops / sec / peak:6.1%}"
+        )
     print(f"ratio ours/torch tokens/s: {ref / ours:.2f}x (goal >= 1.5x)")
 
 

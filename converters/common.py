@@ -77,7 +77,9 @@ class TensorReader:
                 import torch
 
                 try:
-                    self._open[path] = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+                    self._open[path] = torch.load(
+                        path, map_location="cpu", mmap=True, weights_only=True
+                    )
                 except Exception as e:  # noqa: BLE001 - re-raised with the file named
                     raise ConversionError(f"{path}: cannot read PyTorch weights ({e})") from e
         return self._open[path]

@@ -62,9 +62,13 @@ DTYPES = ("float32", "bfloat16", "float16")
 def _rope_theta(hf: dict, source: str) -> float:
     rope = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling")
-    rope_type = rope.get("rope_type") or (scaling or {}).get("rope_type") or (scaling or {}).get("type")
+    rope_type = (
+        rope.get("rope_type") or (scaling or {}).get("rope_type") or (scaling or {}).get("type")
+    )
     if rope_type not in (None, "default"):
-        raise ConversionError(f"{source}: rope scaling {rope_type!r} is not supported (only default RoPE)")
+        raise ConversionError(
+            f"{source}: rope scaling {rope_type!r} is not supported (only default RoPE)"
+        )
     theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
     return float(theta)
 
@@ -228,7 +232,9 @@ def convert_hf_state(reader: TensorReader, cfg: ModelConfig, dtype: str | None) 
         # The HF shape is what the inverse transform makes of ours (a stride-0 stand-in).
         want = _to_hf(transform, np.broadcast_to(np.float32(0), ours_shape), cfg).shape
         if tuple(w.shape) != tuple(want):
-            raise ConversionError(f"{reader.directory}: {hf_key} has shape {tuple(w.shape)}, expected {want}")
+            raise ConversionError(
+                f"{reader.directory}: {hf_key} has shape {tuple(w.shape)}, expected {want}"
+            )
         if dtype is not None:
             w = w.astype(np.dtype(jax.numpy.dtype(dtype)))
         ours = _to_ours(transform, w, cfg)
@@ -245,7 +251,9 @@ def convert_hf_state(reader: TensorReader, cfg: ModelConfig, dtype: str | None) 
     checkpointing.check_params(params, cfg, reader.directory)
     dtypes = {str(x.dtype) for x in jax.tree_util.tree_leaves(params)}
     if len(dtypes) != 1:
-        raise ConversionError(f"{reader.directory}: mixed tensor dtypes {sorted(dtypes)}; pass --dtype")
+        raise ConversionError(
+            f"{reader.directory}: mixed tensor dtypes {sorted(dtypes)}; pass --dtype"
+        )
     return params
 
 
@@ -261,8 +269,10 @@ def import_checkpoint(
         raise ConversionError(f"input directory not found: {hf_dir}")
     hf_config = read_json(os.path.join(hf_dir, "config.json"))
     cfg = hf_to_model_config(
-        hf_config, os.path.join(hf_dir, "config.json"),
-        scan_layers=scan_layers, vocab_pad_multiple=vocab_pad_multiple,
+        hf_config,
+        os.path.join(hf_dir, "config.json"),
+        scan_layers=scan_layers,
+        vocab_pad_multiple=vocab_pad_multiple,
     )
     vocab = _load_vocab(hf_dir, cfg.vocab_size)
     reader = TensorReader(hf_dir)
@@ -283,12 +293,14 @@ def _stream_params(ckpt_dir: str, cfg: ModelConfig) -> Iterator[tuple[tuple[str,
     """Yields (leaf path, array) one parameter at a time via orbax partial restore."""
     path = os.path.join(os.path.abspath(ckpt_dir), checkpointing.PARAMS_DIR)
     if not os.path.isdir(path):
-        raise ConversionError(f"{ckpt_dir} has no parameters ({checkpointing.PARAMS_DIR}/ is missing)")
+        raise ConversionError(
+            f"{ckpt_dir} has no parameters ({checkpointing.PARAMS_DIR}/ is missing)"
+        )
     with ocp.StandardCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(path).item_metadata.tree
     leaves = jax.tree_util.tree_leaves_with_path(metadata, is_leaf=lambda x: hasattr(x, "shape"))
     restorer = ocp.PyTreeCheckpointer()
-    for key_path, meta in leaves:
+    for key_path, _ in leaves:
         names = tuple(k.key for k in key_path)
         item: dict = {}
         node = item
@@ -315,7 +327,7 @@ def _hf_entries(cfg: ModelConfig) -> dict[tuple[str, ...], list[tuple[str, str, 
 def export_checkpoint(
     ckpt_dir: str, out_dir: str, max_shard_bytes: int = 2 * 1024**3, dtype: str | None = None
 ) -> None:
-    """Writes a model directory as a transformers LLaMA directory (config, safetensors, tokenizer)."""
+    """Writes a model directory as a transformers LLaMA directory (config, weights, tokenizer)."""
     from safetensors.torch import save_file
 
     cfg = checkpointing.load_config(ckpt_dir)
@@ -364,19 +376,26 @@ def _name_shards(directory: str, shards: list[dict]) -> None:
     """Renames shard files to transformers' names and writes the index for several shards."""
     n = len(shards)
     if n == 1:
-        os.rename(os.path.join(directory, "model-00001.safetensors.tmp"),
-                  os.path.join(directory, "model.safetensors"))
+        os.rename(
+            os.path.join(directory, "model-00001.safetensors.tmp"),
+            os.path.join(directory, "model.safetensors"),
+        )
         return
     weight_map = {}
     total = 0
     for i, shard in enumerate(shards, start=1):
         final = f"model-{i:05d}-of-{n:05d}.safetensors"
-        os.rename(os.path.join(directory, f"model-{i:05d}.safetensors.tmp"), os.path.join(directory, final))
+        os.rename(
+            os.path.join(directory, f"model-{i:05d}.safetensors.tmp"),
+            os.path.join(directory, final),
+        )
         for key, tensor in shard.items():
             weight_map[key] = final
             total += tensor.numel() * tensor.element_size()
-    write_json(os.path.join(directory, "model.safetensors.index.json"),
-               {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+    write_json(
+        os.path.join(directory, "model.safetensors.index.json"),
+        {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
+    )
 
 
 # -------------------------------------------------------------------------------- CLI
@@ -384,17 +403,30 @@ def _name_shards(directory: str, shards: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m converters.llama {import,export} SRC OUT`; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m converters.llama", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m converters.llama",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import", help="transformers LLaMA directory -> anygpt-jax model directory")
+    imp = sub.add_parser(
+        "import", help="transformers LLaMA directory -> anygpt-jax model directory"
+    )
     imp.add_argument("hf_dir")
     imp.add_argument("out_dir")
-    imp.add_argument("--dtype", choices=DTYPES, help="cast weights (default: keep the stored dtype)")
+    imp.add_argument(
+        "--dtype", choices=DTYPES, help="cast weights (default: keep the stored dtype)"
+    )
     imp.add_argument("--no_scan_layers", action="store_true", help="store per-layer params")
-    imp.add_argument("--vocab_pad_multiple", type=int, default=128,
-                     help="pad the vocabulary axis to a multiple of this (128 x tensor degree)")
-    exp = sub.add_parser("export", help="anygpt-jax model directory -> transformers LLaMA directory")
+    imp.add_argument(
+        "--vocab_pad_multiple",
+        type=int,
+        default=128,
+        help="pad the vocabulary axis to a multiple of this (128 x tensor degree)",
+    )
+    exp = sub.add_parser(
+        "export", help="anygpt-jax model directory -> transformers LLaMA directory"
+    )
     exp.add_argument("ckpt_dir")
     exp.add_argument("out_dir")
     exp.add_argument("--dtype", choices=DTYPES, help="cast weights (default: the stored dtype)")
@@ -402,13 +434,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "import":
-            cfg = import_checkpoint(args.hf_dir, args.out_dir, dtype=args.dtype,
-                                    scan_layers=not args.no_scan_layers,
-                                    vocab_pad_multiple=args.vocab_pad_multiple)
-            print(f"imported {args.hf_dir} -> {args.out_dir} ({cfg.num_layers} layers, "
-                  f"vocab {cfg.vocab_size} padded to {cfg.padded_vocab_size}, {cfg.param_dtype})")
+            cfg = import_checkpoint(
+                args.hf_dir,
+                args.out_dir,
+                dtype=args.dtype,
+                scan_layers=not args.no_scan_layers,
+                vocab_pad_multiple=args.vocab_pad_multiple,
+            )
+            print(
+                f"imported {args.hf_dir} -> {args.out_dir} ({cfg.num_layers} layers, "
+                f"vocab {cfg.vocab_size} padded to {cfg.padded_vocab_size}, {cfg.param_dtype})"
+            )
         else:
-            export_checkpoint(args.ckpt_dir, args.out_dir, int(args.max_shard_gb * 1024**3), args.dtype)
+            export_checkpoint(
+                args.ckpt_dir, args.out_dir, int(args.max_shard_gb * 1024**3), args.dtype
+            )
             print(f"exported {args.ckpt_dir} -> {args.out_dir}")
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

@@ -33,15 +33,27 @@ def _torch_exact():
 LLAMA_VARIANTS = {
     # GQA, vocab not a multiple of 128, non-default rope_theta, untied head.
     "gqa_untied": dict(
-        vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
-        tie_word_embeddings=False, rms_norm_eps=1e-5,
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
     ),
     # Plain multi-head attention with a tied head.
     "mha_tied": dict(
-        vocab_size=250, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=4, rope_theta=10000.0,
-        tie_word_embeddings=True, rms_norm_eps=1e-6,
+        vocab_size=250,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
     ),
 }
 

@@ -29,8 +29,12 @@ def read_all_tensors(directory: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(
     "variant,dtype,scan_layers",
-    [("gqa_untied", torch.float32, True), ("mha_tied", torch.float32, False),
-     ("gqa_untied", torch.bfloat16, False), ("mha_tied", torch.float16, True)],
+    [
+        ("gqa_untied", torch.float32, True),
+        ("mha_tied", torch.float32, False),
+        ("gqa_untied", torch.bfloat16, False),
+        ("mha_tied", torch.float16, True),
+    ],
 )
 def test_round_trip_is_bitwise(anygpt_tokenizer_dir, tmp_path, variant, dtype, scan_layers):
     hf_dir = make_hf_anygpt_dir(str(tmp_path / "hf"), anygpt_tokenizer_dir, variant, dtype=dtype)
@@ -54,7 +58,8 @@ def test_exported_directory_loads_in_transformers(anygpt_tokenizer_dir, tmp_path
     import_checkpoint(hf_dir, str(tmp_path / "ours"))
     export_checkpoint(str(tmp_path / "ours"), str(tmp_path / "back"))
     model, info = transformers.LlamaForCausalLM.from_pretrained(
-        str(tmp_path / "back"), output_loading_info=True)
+        str(tmp_path / "back"), output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     original = transformers.LlamaForCausalLM.from_pretrained(hf_dir)
     ids = torch.as_tensor(np.random.default_rng(0).integers(0, model.config.vocab_size, (1, 11)))
@@ -94,9 +99,13 @@ def test_load_with_other_padding_layout_and_mesh(anygpt_tokenizer_dir, tmp_path)
     base = AnyGPT.load(str(tmp_path / "ours"))
     ids = np.random.default_rng(2).integers(0, base.config.vocab_size, (4, 8))
     mesh = partitioning.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    moved = AnyGPT.load(str(tmp_path / "ours"), mesh=mesh, vocab_pad_multiple=1024, scan_layers=False)
+    moved = AnyGPT.load(
+        str(tmp_path / "ours"), mesh=mesh, vocab_pad_multiple=1024, scan_layers=False
+    )
     assert moved.config.padded_vocab_size % 1024 == 0
-    assert moved.params["embed_tokens"]["embedding"].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+    assert moved.params["embed_tokens"]["embedding"].sharding.spec == jax.sharding.PartitionSpec(
+        "tensor", "fsdp"
+    )
     np.testing.assert_allclose(moved.logits(ids), base.logits(ids), atol=1e-5, rtol=0)
     same = AnyGPT.load(str(tmp_path / "ours"), mesh=mesh)
     np.testing.assert_allclose(same.logits(ids), base.logits(ids), atol=1e-5, rtol=0)
@@ -158,7 +167,9 @@ def test_wrong_tensor_shape(hf_dir, tmp_path, capsys):
 
     path = os.path.join(hf_dir, "model.safetensors")
     tensors = load_file(path)
-    tensors["model.layers.1.mlp.up_proj.weight"] = tensors["model.layers.1.mlp.up_proj.weight"][:, :-1].clone()
+    tensors["model.layers.1.mlp.up_proj.weight"] = tensors["model.layers.1.mlp.up_proj.weight"][
+        :, :-1
+    ].clone()
     save_file(tensors, path, metadata={"format": "pt"})
     _assert_refused(tmp_path, ["import", hf_dir, str(tmp_path / "out")], "")
     err = capsys.readouterr().err
@@ -179,7 +190,9 @@ def test_missing_and_unexpected_keys(hf_dir, tmp_path, capsys):
 
 
 def test_vocab_that_disagrees_with_tokenizer(hf_dir, tmp_path, capsys):
-    _edit_config(hf_dir, vocab_size=json.load(open(os.path.join(hf_dir, "config.json")))["vocab_size"] + 3)
+    _edit_config(
+        hf_dir, vocab_size=json.load(open(os.path.join(hf_dir, "config.json")))["vocab_size"] + 3
+    )
     _assert_refused(tmp_path, ["import", hf_dir, str(tmp_path / "out")], "")
     assert "disagree" in capsys.readouterr().err
 
@@ -203,7 +216,9 @@ def test_checkpoint_config_must_match_params(hf_dir, tmp_path):
     import_checkpoint(hf_dir, str(tmp_path / "ours"))
     cfg = checkpointing.load_config(str(tmp_path / "ours"))
     with pytest.raises(ValueError, match="architecture differs"):
-        checkpointing.load_params(str(tmp_path / "ours"), cfg.replace(num_layers=cfg.num_layers + 1))
+        checkpointing.load_params(
+            str(tmp_path / "ours"), cfg.replace(num_layers=cfg.num_layers + 1)
+        )
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict(cfg.to_dict() | {"n_layers": 3}, "x.json")
     assert isinstance(ConversionError("x"), ValueError)
@@ -211,13 +226,33 @@ def test_checkpoint_config_must_match_params(hf_dir, tmp_path):
 
 def test_cli_help_and_real_command(hf_dir, tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    help_out = subprocess.run([sys.executable, "-m", "converters.llama", "--help"],
-                              capture_output=True, text=True, env=env, check=True).stdout
+    help_out = subprocess.run(
+        [sys.executable, "-m", "converters.llama", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     assert "import" in help_out and "export" in help_out
-    run = subprocess.run([sys.executable, "-m", "converters.llama", "import", hf_dir, str(tmp_path / "o")],
-                         capture_output=True, text=True, env=env)
+    run = subprocess.run(
+        [sys.executable, "-m", "converters.llama", "import", hf_dir, str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr
     assert "imported" in run.stdout and os.path.isdir(tmp_path / "o" / "params")
-    bad = subprocess.run([sys.executable, "-m", "converters.llama", "export", str(tmp_path / "missing"),
-                          str(tmp_path / "x")], capture_output=True, text=True, env=env)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "converters.llama",
+            "export",
+            str(tmp_path / "missing"),
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert bad.returncode == 1 and "error:" in bad.stderr and "Traceback" not in bad.stderr

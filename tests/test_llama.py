@@ -18,8 +18,12 @@ TOL = 1e-4
 def import_hf(model, tmp_path, scan_layers=True, **layout):
     """Saves an HF model and converts it with the real converter code path."""
     model.save_pretrained(tmp_path)
-    cfg = hf_to_model_config(model.config.to_dict() | {"architectures": ["LlamaForCausalLM"]},
-                             "test", scan_layers=scan_layers, **layout)
+    cfg = hf_to_model_config(
+        model.config.to_dict() | {"architectures": ["LlamaForCausalLM"]},
+        "test",
+        scan_layers=scan_layers,
+        **layout,
+    )
     params = convert_hf_state(TensorReader(str(tmp_path)), cfg, None)
     return cfg, jax.tree_util.tree_map(jnp.asarray, params)
 
@@ -41,7 +45,9 @@ def test_logits_match_transformers(variant, scan_layers, tmp_path):
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 19))
     ours = Transformer(cfg).apply({"params": params}, jnp.asarray(ids))
     assert ours.shape == (2, 19, cfg.padded_vocab_size)
-    np.testing.assert_allclose(np.asarray(ours[..., : cfg.vocab_size]), hf_logits(hf, ids), atol=TOL, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(ours[..., : cfg.vocab_size]), hf_logits(hf, ids), atol=TOL, rtol=0
+    )
 
 
 def test_packed_segments_equal_separate_runs(variant, tmp_path):
@@ -51,14 +57,21 @@ def test_packed_segments_equal_separate_runs(variant, tmp_path):
     lengths = [7, 5, 4]  # the last segment id 0 is padding
     seqs = [rng.integers(0, cfg.vocab_size, n) for n in lengths]
     ids = np.concatenate(seqs)[None]
-    segment_ids = np.concatenate([np.full(n, s) for s, n in zip([1, 2, 0], lengths, strict=True)])[None]
+    segment_ids = np.concatenate([np.full(n, s) for s, n in zip([1, 2, 0], lengths, strict=True)])[
+        None
+    ]
     positions = np.concatenate([np.arange(n) for n in lengths])[None]
-    logits = np.asarray(Transformer(cfg).apply(
-        {"params": params}, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(segment_ids)))
+    logits = np.asarray(
+        Transformer(cfg).apply(
+            {"params": params}, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(segment_ids)
+        )
+    )
     start = 0
     for seq, n in zip(seqs[:2], lengths[:2], strict=True):
         alone = hf_logits(hf, seq[None])
-        np.testing.assert_allclose(logits[:, start:start + n, : cfg.vocab_size], alone, atol=TOL, rtol=0)
+        np.testing.assert_allclose(
+            logits[:, start : start + n, : cfg.vocab_size], alone, atol=TOL, rtol=0
+        )
         start += n
     assert np.isfinite(logits).all()
 
@@ -69,7 +82,7 @@ def test_padded_vocab_rows_get_no_probability(tmp_path):
     assert cfg.padded_vocab_size == 512 and cfg.vocab_size == 300
     logits = Transformer(cfg).apply({"params": params}, jnp.zeros((1, 4), jnp.int32))
     probs = jax.nn.softmax(logits, axis=-1)
-    assert float(probs[..., cfg.vocab_size:].max()) == 0.0
+    assert float(probs[..., cfg.vocab_size :].max()) == 0.0
     np.testing.assert_allclose(np.asarray(probs[..., : cfg.vocab_size].sum(-1)), 1.0, rtol=1e-5)
 
 
@@ -87,7 +100,7 @@ def test_kv_cache_decode_equals_full_forward(variant, scan_layers, tmp_path):
     logits, cache = step(params, ids[:, :prompt], positions[:, :prompt], cache)
     np.testing.assert_allclose(np.asarray(logits), full[:, :prompt], atol=TOL, rtol=0)
     for t in range(prompt, 12):
-        logits, cache = step(params, ids[:, t:t + 1], positions[:, t:t + 1], cache)
+        logits, cache = step(params, ids[:, t : t + 1], positions[:, t : t + 1], cache)
         np.testing.assert_allclose(np.asarray(logits[:, 0]), full[:, t], atol=TOL, rtol=0)
     assert int(cache.index) == 12
 
@@ -100,31 +113,48 @@ def test_kv_cache_left_padded_batch_equals_unpadded(tmp_path):
     short, long = rng.integers(0, cfg.vocab_size, 4), rng.integers(0, cfg.vocab_size, 7)
     pad = len(long) - len(short)
     ids = np.stack([np.concatenate([np.zeros(pad, np.int64), short]), long])
-    segments = np.stack([np.r_[np.zeros(pad), np.ones(len(short))], np.ones(len(long))]).astype(np.int32)
-    positions = np.stack([np.r_[np.zeros(pad), np.arange(len(short))], np.arange(len(long))]).astype(np.int32)
+    segments = np.stack([np.r_[np.zeros(pad), np.ones(len(short))], np.ones(len(long))]).astype(
+        np.int32
+    )
+    positions = np.stack(
+        [np.r_[np.zeros(pad), np.arange(len(short))], np.arange(len(long))]
+    ).astype(np.int32)
     cache = KVCache.init(cfg, batch_size=2, max_length=10)
     logits, cache = model.apply({"params": params}, ids, positions, segments, cache=cache)
     next_ids = np.array([[11], [12]])
     next_pos = positions[:, -1:] + 1
-    step_logits, _ = model.apply({"params": params}, next_ids, next_pos, np.ones((2, 1), np.int32), cache=cache)
+    step_logits, _ = model.apply(
+        {"params": params}, next_ids, next_pos, np.ones((2, 1), np.int32), cache=cache
+    )
     for row, seq in enumerate([short, long]):
         alone = hf_logits(hf, np.r_[seq, next_ids[row]][None])[0]
-        np.testing.assert_allclose(np.asarray(logits[row, -1, : cfg.vocab_size]), alone[-2], atol=TOL, rtol=0)
-        np.testing.assert_allclose(np.asarray(step_logits[row, 0, : cfg.vocab_size]), alone[-1], atol=TOL, rtol=0)
+        np.testing.assert_allclose(
+            np.asarray(logits[row, -1, : cfg.vocab_size]), alone[-2], atol=TOL, rtol=0
+        )
+        np.testing.assert_allclose(
+            np.asarray(step_logits[row, 0, : cfg.vocab_size]), alone[-1], atol=TOL, rtol=0
+        )
 
 
 @pytest.mark.parametrize("policy", ["full", "minimal", "save_qkv_proj", "save_dot_except_mlp"])
 def test_remat_policies_keep_gradients(policy):
     from anygpt_jax.model import ModelConfig
 
-    base = ModelConfig(vocab_size=200, hidden_size=32, intermediate_size=64, num_layers=2,
-                       num_heads=4, num_kv_heads=2)
+    base = ModelConfig(
+        vocab_size=200,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+    )
     params = init_params(base, jax.random.PRNGKey(0))
     ids = jax.random.randint(jax.random.PRNGKey(1), (2, 8), 0, 200)
 
     def grads(cfg):
         def loss(p):
             return Transformer(cfg).apply({"params": p}, ids).astype(jnp.float32)[..., :200].mean()
+
         return jax.grad(loss)(params)
 
     want, got = grads(base), grads(base.replace(remat_policy=policy))
@@ -135,15 +165,33 @@ def test_remat_policies_keep_gradients(policy):
 def test_parameters_carry_logical_axes():
     from anygpt_jax.model import ModelConfig, param_logical_axes
 
-    cfg = ModelConfig(vocab_size=200, hidden_size=32, intermediate_size=64, num_layers=2,
-                      num_heads=4, num_kv_heads=2)
+    cfg = ModelConfig(
+        vocab_size=200,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+    )
     axes = param_logical_axes(cfg)
     assert tuple(axes["embed_tokens"]["embedding"]) == ("vocab", "embed")
     assert tuple(axes["lm_head"]["kernel"]) == ("embed", "vocab")
-    assert tuple(axes["layers"]["self_attn"]["q_proj"]["kernel"]) == ("layers", "embed", "heads", "head_dim")
-    assert tuple(axes["layers"]["self_attn"]["k_proj"]["kernel"]) == ("layers", "embed", "kv_heads", "head_dim")
+    assert tuple(axes["layers"]["self_attn"]["q_proj"]["kernel"]) == (
+        "layers",
+        "embed",
+        "heads",
+        "head_dim",
+    )
+    assert tuple(axes["layers"]["self_attn"]["k_proj"]["kernel"]) == (
+        "layers",
+        "embed",
+        "kv_heads",
+        "head_dim",
+    )
     assert tuple(axes["layers"]["mlp"]["down_proj"]["kernel"]) == ("layers", "mlp", "embed")
-    for spec in jax.tree_util.tree_leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)):
+    for spec in jax.tree_util.tree_leaves(
+        axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+    ):
         assert all(name is not None for name in spec), spec
 
 

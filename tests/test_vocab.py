@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import random
 import shutil
 
@@ -402,6 +403,7 @@ def test_save_load_and_fingerprint(env, tmp_path):
     assert "anygpt_vocab.json" not in os.listdir(hf_only)
     assert MergedVocabulary.load(hf_only) == vocab
     assert len(vocab.fingerprint) == 64
+    assert pickle.loads(pickle.dumps(vocab)) == vocab  # tf.data / multiprocessing workers
     assert vocab.fingerprint != env["vocabs"]["hf5"].fingerprint  # whitespace flags differ
     assert env["vocabs"]["hf5"].fingerprint != env["vocabs"]["hf5_sft"].fingerprint
     with open(os.path.join(out, "added_tokens.json"), encoding="utf-8") as f:

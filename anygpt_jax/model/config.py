@@ -48,7 +48,9 @@ class ModelConfig:
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
             )
         if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+            raise ValueError(
+                f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}"
+            )
         if self.attention_kernel not in ATTENTION_KERNELS:
             raise ValueError(
                 f"attention_kernel={self.attention_kernel!r}; expected one of {ATTENTION_KERNELS}"

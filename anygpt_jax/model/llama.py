@@ -107,8 +107,15 @@ class Attention(nn.Module):
         q = Projection(cfg, embed, (cfg.num_heads, head_dim), q_axes, name="q_proj")(x)
         k = Projection(cfg, embed, (cfg.num_kv_heads, head_dim), kv_axes, name="k_proj")(x)
         v = Projection(cfg, embed, (cfg.num_kv_heads, head_dim), kv_axes, name="v_proj")(x)
-        q = constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
-        kv_act = ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim")
+        q = constrain(
+            q, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
+        )
+        kv_act = (
+            "activation_batch",
+            "activation_length",
+            "activation_kv_heads",
+            "activation_head_dim",
+        )
         k, v = constrain(k, kv_act), constrain(v, kv_act)
         q = checkpoint_name(apply_rotary(q, positions, cfg.rope_theta), "query_proj")
         k = checkpoint_name(apply_rotary(k, positions, cfg.rope_theta), "key_proj")
@@ -148,7 +155,9 @@ class MLP(nn.Module):
         embed, mlp = (cfg.hidden_size,), (cfg.intermediate_size,)
         gate = Projection(cfg, embed, mlp, ("embed", "mlp"), name="gate_proj")(x)
         up = Projection(cfg, embed, mlp, ("embed", "mlp"), name="up_proj")(x)
-        hidden = constrain(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+        hidden = constrain(
+            nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp")
+        )
         return Projection(cfg, mlp, embed, ("mlp", "embed"), name="down_proj")(hidden)
 
 
@@ -172,7 +181,9 @@ class DecoderLayer(nn.Module):
         x = x + attn_out
         mlp_out = MLP(cfg, name="mlp")(RMSNorm(cfg, name="post_attention_layernorm")(x))
         x = checkpoint_name(x + mlp_out, "out_proj")
-        return constrain(x, ("activation_batch", "activation_length", "activation_embed")), new_cache
+        return constrain(
+            x, ("activation_batch", "activation_length", "activation_embed")
+        ), new_cache
 
 
 def _layer_class(config: ModelConfig) -> type[nn.Module]:
@@ -220,7 +231,11 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(cfg)
         if not cfg.tie_word_embeddings:
             self.lm_head = Projection(
-                cfg, (cfg.hidden_size,), (cfg.padded_vocab_size,), ("embed", "vocab"), name="lm_head"
+                cfg,
+                (cfg.hidden_size,),
+                (cfg.padded_vocab_size,),
+                ("embed", "vocab"),
+                name="lm_head",
             )
 
     def __call__(
@@ -255,8 +270,12 @@ class Transformer(nn.Module):
         else:
             outputs = []
             for i, layer in enumerate(self.layers):
-                layer_cache = None if layer_caches is None else (layer_caches[0][i], layer_caches[1][i])
-                x, out_cache = layer(x, positions, segment_ids, cache_segment_ids, cache_index, layer_cache)
+                layer_cache = (
+                    None if layer_caches is None else (layer_caches[0][i], layer_caches[1][i])
+                )
+                x, out_cache = layer(
+                    x, positions, segment_ids, cache_segment_ids, cache_index, layer_cache
+                )
                 outputs.append(out_cache)
             new_layer_caches = (
                 None
@@ -283,7 +302,10 @@ class Transformer(nn.Module):
             logits = self.embed_tokens.attend(hidden)
         else:
             logits = self.lm_head(hidden)
-        logits = constrain(logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
+        logits = constrain(
+            logits.astype(jnp.float32),
+            ("activation_batch", "activation_length", "activation_vocab"),
+        )
         return mask_padded_vocab(logits, cfg.vocab_size)
 
 

@@ -38,7 +38,9 @@ def param_shardings(config: ModelConfig, mesh: Mesh, rules=None) -> Any:
     return partitioning.logical_to_sharding(param_logical_axes(config), mesh, rules)
 
 
-def init_params(config: ModelConfig, rng: jax.Array, mesh: Mesh | None = None, rules=None) -> Params:
+def init_params(
+    config: ModelConfig, rng: jax.Array, mesh: Mesh | None = None, rules=None
+) -> Params:
     """Randomly initialized parameters, created directly in their sharding when a mesh is given."""
     model = Transformer(config)
     dummy = jnp.zeros((1, 1), jnp.int32)

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import gin
@@ -24,6 +24,7 @@ from anygpt_jax.vocab.layout import (
     ModalitySpec,
 )
 from anygpt_jax.vocab.registry import Modality, ModalitySpan, Segment
+from anygpt_jax.vocab.segments import group_segments
 from anygpt_jax.vocab.text import WHITESPACE, TextCodec, control_tokens
 
 VOCAB_JSON = "anygpt_vocab.json"
@@ -42,6 +43,7 @@ class MergedVocabulary(seqio.Vocabulary):
     ):
         """Resolves the registry from the added tokens of `files`; see from_tokenizer_dir."""
         super().__init__(extra_ids=0)
+        self._init_args = (files, tuple(specs), tuple(required_modalities), tuple(required_markers))
         proto = files_lib.spm_proto(files.spm_bytes, files.source)
         listed = {t.id for t in files.added}
         added = sorted(list(files.added) + [t for t in control_tokens(proto) if t.id not in listed],
@@ -240,6 +242,10 @@ class MergedVocabulary(seqio.Vocabulary):
 
     def __hash__(self) -> int:
         return hash(self.fingerprint)
+
+    def __reduce__(self):
+        # Rebuilt from its inputs: SentencePiece and TF objects do not pickle.
+        return (type(self), self._init_args)
 
     def __repr__(self) -> str:
         mods = ", ".join(f"{m.name}@{m.first_id}+{m.count}" for m in self._modalities.values())
@@ -458,62 +464,15 @@ class MergedVocabulary(seqio.Vocabulary):
         """
         ids = [int(i) for i in ids]
         self._check_range(ids)
-        return self._group([(i, None) for i in ids], strict,
-                           lambda run, first: self._codec.decode([u[0] for u in run],
-                                                                 at_start=first))
+        return group_segments([(i, None) for i in ids], self._modalities.values(), strict,
+                              lambda run, first: self._codec.decode([u[0] for u in run],
+                                                                    at_start=first))
 
     def parse_segments(self, text: str, strict: bool = True) -> list[Segment]:
         """A string with token strings -> text pieces and ModalitySpans (text kept verbatim)."""
         units = [(tid, s) for tid, s, _ in self._codec.split(text, absorb=False)]
-        return self._group(units, strict, lambda run, first: "".join(u[1] for u in run))
-
-    def _group(self, units: list[tuple[int | None, str | None]], strict: bool,
-               flush_text: Callable[[list, bool], str]) -> list[Segment]:
-        starts = {m.start_id: m for m in self._modalities.values()}
-        ends = {m.end_id: m for m in self._modalities.values()}
-        out: list[Segment] = []
-        run: list = []
-
-        def emit_text():
-            if run:
-                s = flush_text(run, not out)
-                if s:
-                    if out and isinstance(out[-1], str):
-                        out[-1] += s
-                    else:
-                        out.append(s)
-                run.clear()
-
-        def where(p: int, u) -> str:
-            return f"{u[1]!r} at item {p}" if u[1] is not None else f"id {u[0]} at position {p}"
-
-        p = 0
-        while p < len(units):
-            tid = units[p][0]
-            if tid in starts:
-                m, open_at = starts[tid], p
-                codes: list[int] = []
-                p += 1
-                while p < len(units) and units[p][0] is not None and m.contains(units[p][0]):
-                    codes.append(units[p][0])
-                    p += 1
-                closed = p < len(units) and units[p][0] == m.end_id
-                if not closed and strict:
-                    got = "the end" if p == len(units) else where(p, units[p])
-                    raise ValueError(f"malformed {m.name} span: {m.start_token} at item "
-                                     f"{open_at} is not closed by {m.end_token} before {got}")
-                emit_text()
-                out.append(ModalitySpan(m.name, m.ids_to_codes(codes, strict=strict)))
-                p += 1 if closed else 0
-                continue
-            if strict and tid is not None and (tid in ends or self._modality_of_code(tid)):
-                m = ends.get(tid) or self._modality_of_code(tid)
-                raise ValueError(f"malformed {m.name} span: {where(p, units[p])} outside "
-                                 f"{m.start_token}...{m.end_token}")
-            run.append(units[p])
-            p += 1
-        emit_text()
-        return out
+        return group_segments(units, self._modalities.values(), strict,
+                              lambda run, first: "".join(u[1] for u in run))
 
 
 @gin.configurable

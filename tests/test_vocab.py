@@ -28,11 +28,33 @@ from anygpt_jax.vocab import (
 )
 from anygpt_jax.vocab.layout import Layout
 
-WORDS = ("the a cat dog image speech music sings draws picture of sunny beach hello world please "
-         "generate describe given text Übung naïve café 日本語 テスト 42 2024 3.14").split()
-TEXT_POOL = ("hello world", " the cat", "日本語", "🙂 emoji", "a\nb", "  two  spaces ", "\t",
-             "naïve café", "42", " ", "x", "▁odd", "Ω≈ç", "\n\n", "end.", "<not a token>",
-             "<👀99999>", "<🗣5>", "[Human", "<eoh", "🎶")
+WORDS = (
+    "the a cat dog image speech music sings draws picture of sunny beach hello world please "
+    "generate describe given text Übung naïve café 日本語 テスト 42 2024 3.14"
+).split()
+TEXT_POOL = (
+    "hello world",
+    " the cat",
+    "日本語",
+    "🙂 emoji",
+    "a\nb",
+    "  two  spaces ",
+    "\t",
+    "naïve café",
+    "42",
+    " ",
+    "x",
+    "▁odd",
+    "Ω≈ç",
+    "\n\n",
+    "end.",
+    "<not a token>",
+    "<👀99999>",
+    "<🗣5>",
+    "[Human",
+    "<eoh",
+    "🎶",
+)
 
 
 def _train_spm(path: str) -> None:
@@ -50,18 +72,34 @@ def _train_spm(path: str) -> None:
     # LLaMA's trainer settings that matter for encoding: BPE, byte fallback, split digits,
     # identity normalization, whitespace kept, <unk>=0 <s>=1 </s>=2.
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([sentence() for _ in range(600)]), model_writer=model,
-        vocab_size=400, model_type="bpe", byte_fallback=True, split_digits=True,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=0.9995,
-        allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
-        normalization_rule_name="identity", add_dummy_prefix=True, minloglevel=2,
+        sentence_iterator=iter([sentence() for _ in range(600)]),
+        model_writer=model,
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=0.9995,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        minloglevel=2,
     )
     with open(path, "wb") as f:
         f.write(model.getvalue())
 
 
-def _build_anygpt_dir(root: str, spm_path: str, audio: bool = True, sft: bool = False,
-                      modalities=(IMAGE, SPEECH, MUSIC)) -> str:
+def _build_anygpt_dir(
+    root: str,
+    spm_path: str,
+    audio: bool = True,
+    sft: bool = False,
+    modalities=(IMAGE, SPEECH, MUSIC),
+) -> str:
     """A tokenizer dir made like stage1_pretrain.py / stage2_sft.py make theirs."""
     from transformers import LlamaTokenizer
 
@@ -95,13 +133,40 @@ def _write_old_style_dir(root: str, spm_path: str, strip: bool, legacy: bool) ->
     n = spm.SentencePieceProcessor(model_file=spm_path).get_piece_size()
     added = {t: n + i for i, t in enumerate(anygpt_base_layout().added_tokens())}
     flags = {"single_word": False}
-    decoder = {str(i): {"content": c, "lstrip": False, "normalized": False, "rstrip": False,
-                        "special": True, **flags} for i, c in enumerate(["<unk>", "<s>", "</s>"])}
-    decoder.update({str(i): {"content": c, "lstrip": strip, "normalized": True, "rstrip": strip,
-                             "special": False, **flags} for c, i in added.items()})
-    config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "legacy": legacy,
-              "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None,
-              "added_tokens_decoder": decoder}
+    decoder = {
+        str(i): {
+            "content": c,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "special": True,
+            **flags,
+        }
+        for i, c in enumerate(["<unk>", "<s>", "</s>"])
+    }
+    decoder.update(
+        {
+            str(i): {
+                "content": c,
+                "lstrip": strip,
+                "normalized": True,
+                "rstrip": strip,
+                "special": False,
+                **flags,
+            }
+            for c, i in added.items()
+        }
+    )
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "legacy": legacy,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": None,
+        "added_tokens_decoder": decoder,
+    }
     for name, obj in (("added_tokens.json", added), ("tokenizer_config.json", config)):
         with open(os.path.join(root, name), "w", encoding="utf-8") as f:
             json.dump(obj, f, ensure_ascii=False)
@@ -145,11 +210,20 @@ def _random_string(rng: random.Random) -> str:
 
 
 FIXED_STRINGS = [
-    "", " ", "hello", " hello",
+    "",
+    " ",
+    "hello",
+    " hello",
     "[Human]: Please draw. <soim><👀1><👀8191><eoim><eoh> [MMGPT]: ok<eos>",
     "[Human]: <sosp><🗣️0><🗣️1023><eosp> Please transcribe.<eoh> [MMGPT]: a cat sings<eos>",
-    "<somu><🎶0><🎶2048><🎶4096><🎶6144><eomu>", "<👀8191><👀8192>", "<🗣️12><🗣12>",
-    " <eoh>  x", "<eoh>x", "a <s> b </s> c", "<-Ins-> do it\n <-Res-> done", "日本語<soim><eoim>🙂",
+    "<somu><🎶0><🎶2048><🎶4096><🎶6144><eomu>",
+    "<👀8191><👀8192>",
+    "<🗣️12><🗣12>",
+    " <eoh>  x",
+    "<eoh>x",
+    "a <s> b </s> c",
+    "<-Ins-> do it\n <-Res-> done",
+    "日本語<soim><eoim>🙂",
 ]
 
 
@@ -186,7 +260,8 @@ def test_declared_layout_equals_tokenizer_dir(env):
     declared = MergedVocabulary.from_layout(env["spm"], anygpt_base_layout())
     real = env["vocabs"]["hf5"]
     assert {t.content: t.id for t in declared.added_tokens} == {
-        t.content: t.id for t in real.added_tokens}
+        t.content: t.id for t in real.added_tokens
+    }
     assert declared.fingerprint == real.fingerprint and declared == real
     assert real.layout.blocks == anygpt_base_layout().blocks
     sft = env["vocabs"]["hf5_sft"]
@@ -221,7 +296,9 @@ def test_encode_decode_match_transformers(env, name):
         assert vocab.decode_with_special(ids) == ref.decode(ids, skip_special_tokens=False), s
         assert vocab.encode(s, add_bos=True, add_eos=True) == [1, *ids, 2]
     assert env["vocabs"]["old_strip"].encode("<eoh> [MMGPT]") == [
-        vocab.token_to_id("<eoh>"), vocab.token_to_id("[MMGPT]")]
+        vocab.token_to_id("<eoh>"),
+        vocab.token_to_id("[MMGPT]"),
+    ]
 
 
 def test_decode_round_trips(env):
@@ -251,9 +328,14 @@ def _random_segments(rng: random.Random, vocab: MergedVocabulary):
             m = vocab.modality(rng.choice(list(vocab.modalities)))
             t = rng.randint(0, 5)
             shape = (t,) if m.num_codebooks == 1 else (m.num_codebooks, t)
-            segs.append(ModalitySpan(m.name, np.asarray(
-                [rng.randrange(m.codebook_size) for _ in range(int(np.prod(shape)))]
-            ).reshape(shape)))
+            segs.append(
+                ModalitySpan(
+                    m.name,
+                    np.asarray(
+                        [rng.randrange(m.codebook_size) for _ in range(int(np.prod(shape)))]
+                    ).reshape(shape),
+                )
+            )
     return segs
 
 
@@ -296,10 +378,14 @@ def test_music_is_frame_major_with_codebook_offsets(env):
         for q in range(4):
             assert ids[t * 4 + q] == music.first_id + codes[q, t] + 2048 * q
     # The released code's string form of the same span, tokenized by transformers.
-    text = "<somu>" + "".join(f"<🎶{codes[q][t] + 2048 * q}>" for t in range(250)
-                              for q in range(4)) + "<eomu>"
+    text = (
+        "<somu>"
+        + "".join(f"<🎶{codes[q][t] + 2048 * q}>" for t in range(250) for q in range(4))
+        + "<eomu>"
+    )
     assert ref(text, add_special_tokens=False).input_ids == vocab.span_to_ids(
-        ModalitySpan("music", codes))
+        ModalitySpan("music", codes)
+    )
     np.testing.assert_array_equal(music.ids_to_codes(ids), codes)
     rule = ((ids - music.first_id) % 2048).reshape(-1, 4).T  # id % 2048, (T, 4) -> (4, T)
     np.testing.assert_array_equal(rule, codes)
@@ -322,7 +408,11 @@ def test_speech_and_image_codes(env):
     assert vocab.format_span(ModalitySpan("image", ic)).startswith("<soim><👀0><👀255>")
     np.testing.assert_array_equal(image.ids_to_codes(image.codes_to_ids(ic)), ic)
     assert {m.tokenizer for m in vocab.modalities.values()} == {
-        "seed_tokenizer_v2", "speechtokenizer_rvq1", "encodec_32khz", "encodec_24khz"}
+        "seed_tokenizer_v2",
+        "speechtokenizer_rvq1",
+        "encodec_32khz",
+        "encodec_24khz",
+    }
 
 
 def test_per_id_tables(env):
@@ -486,8 +576,7 @@ def test_missing_modality_block(env, tmp_path):
     vocab = MergedVocabulary.from_tokenizer_dir(d, required_modalities=("image", "speech"))
     assert list(vocab.modalities) == ["image", "speech"]
     with pytest.raises(ValueError, match="marker token '<-Res->' is missing"):
-        MergedVocabulary.from_tokenizer_dir(d, required_modalities=(),
-                                            required_markers=SFT_MARKERS)
+        MergedVocabulary.from_tokenizer_dir(d, required_modalities=(), required_markers=SFT_MARKERS)
 
 
 def test_bad_codes_and_spans(env):

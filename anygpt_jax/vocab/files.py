@@ -160,8 +160,12 @@ def read_tokenizer_dir(path: str) -> TokenizerFiles:
     if os.path.isfile(tj):
         tok_json = _load_json(tj)
         for i, e in enumerate(tok_json.get("added_tokens") or []):
-            add(_token_from_entry(e, e.get("id") if isinstance(e, dict) else None,
-                                  f"{tj} added_tokens[{i}]"), tj)
+            add(
+                _token_from_entry(
+                    e, e.get("id") if isinstance(e, dict) else None, f"{tj} added_tokens[{i}]"
+                ),
+                tj,
+            )
     config: dict[str, Any] = {}
     tc = os.path.join(path, TOKENIZER_CONFIG)
     if os.path.isfile(tc):
@@ -213,8 +217,11 @@ def write_tokenizer_dir(files: TokenizerFiles, path: str) -> None:
         "clean_up_tokenization_spaces": False,
         "added_tokens_decoder": {str(t.id): t.to_json() for t in files.added},
     }
-    for name, obj in ((ADDED_TOKENS_JSON, added), (TOKENIZER_CONFIG, config),
-                      (SPECIAL_TOKENS_MAP, special)):
+    for name, obj in (
+        (ADDED_TOKENS_JSON, added),
+        (TOKENIZER_CONFIG, config),
+        (SPECIAL_TOKENS_MAP, special),
+    ):
         with open(os.path.join(path, name), "w", encoding="utf-8") as f:
             json.dump(obj, f, ensure_ascii=False, indent=2)
             f.write("\n")

@@ -137,4 +137,3 @@ def anygpt_layout(include_audio: bool = False, include_sft: bool = False) -> Lay
 def anygpt_base_layout() -> Layout:
     """Most likely layout of the released checkpoints (53,516 ids); audio position unverified."""
     return dataclasses.replace(anygpt_layout(include_audio=True), name="anygpt_base")
-

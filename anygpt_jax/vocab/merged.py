@@ -46,8 +46,10 @@ class MergedVocabulary(seqio.Vocabulary):
         self._init_args = (files, tuple(specs), tuple(required_modalities), tuple(required_markers))
         proto = files_lib.spm_proto(files.spm_bytes, files.source)
         listed = {t.id for t in files.added}
-        added = sorted(list(files.added) + [t for t in control_tokens(proto) if t.id not in listed],
-                       key=lambda t: t.id)
+        added = sorted(
+            list(files.added) + [t for t in control_tokens(proto) if t.id not in listed],
+            key=lambda t: t.id,
+        )
         self._files = dataclasses.replace(files, added=tuple(added))
         self._codec = TextCodec(self._files)
         self._spm = proto
@@ -73,20 +75,21 @@ class MergedVocabulary(seqio.Vocabulary):
         required_markers: Sequence[str] = TEXT_MARKERS,
     ) -> MergedVocabulary:
         """Loads a real AnyGPT tokenizer directory (tokenizer.model + added-token files)."""
-        return cls(files_lib.read_tokenizer_dir(path), specs, required_modalities,
-                   required_markers)
+        return cls(files_lib.read_tokenizer_dir(path), specs, required_modalities, required_markers)
 
     @classmethod
-    def from_layout(cls, spm_model: str | bytes, layout: Layout,
-                    prepend_scheme: str = "first") -> MergedVocabulary:
+    def from_layout(
+        cls, spm_model: str | bytes, layout: Layout, prepend_scheme: str = "first"
+    ) -> MergedVocabulary:
         """Declares a new vocabulary: `layout`'s tokens appended after the SentencePiece pieces."""
         if isinstance(spm_model, bytes):
             spm_bytes, source = spm_model, f"layout {layout.name}"
         else:
             spm_bytes, source = files_lib.read_spm(spm_model), spm_model
         if prepend_scheme not in files_lib.PREPEND_SCHEMES:
-            raise ValueError(f"prepend_scheme={prepend_scheme!r}; expected one of "
-                             f"{files_lib.PREPEND_SCHEMES}")
+            raise ValueError(
+                f"prepend_scheme={prepend_scheme!r}; expected one of {files_lib.PREPEND_SCHEMES}"
+            )
         base = len(files_lib.spm_proto(spm_bytes, source).pieces)
         added = tuple(AddedToken(tok, base + i) for i, tok in enumerate(layout.added_tokens()))
         files = TokenizerFiles(spm_bytes, added, prepend_scheme, source)
@@ -106,10 +109,12 @@ class MergedVocabulary(seqio.Vocabulary):
                 f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT_VERSION}"
             )
         fields = {f.name for f in dataclasses.fields(ModalitySpec)}
-        specs = [ModalitySpec(**{k: v for k, v in m.items() if k in fields})
-                 for m in meta["modalities"]]
-        vocab = cls.from_tokenizer_dir(path, specs, [s.name for s in specs],
-                                       meta.get("markers", []))
+        specs = [
+            ModalitySpec(**{k: v for k, v in m.items() if k in fields}) for m in meta["modalities"]
+        ]
+        vocab = cls.from_tokenizer_dir(
+            path, specs, [s.name for s in specs], meta.get("markers", [])
+        )
         if vocab.fingerprint != meta.get("fingerprint"):
             raise ValueError(
                 f"{meta_path}: fingerprint {meta.get('fingerprint')} does not match the files "
@@ -125,8 +130,10 @@ class MergedVocabulary(seqio.Vocabulary):
             "fingerprint": self.fingerprint,
             "vocab_size": self.vocab_size,
             "markers": list(self.marker_ids),
-            "modalities": [dataclasses.asdict(m.spec) | {"first_id": m.first_id}
-                           for m in self.modalities.values()],
+            "modalities": [
+                dataclasses.asdict(m.spec) | {"first_id": m.first_id}
+                for m in self.modalities.values()
+            ],
         }
         with open(os.path.join(path, VOCAB_JSON), "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False, indent=2)
@@ -141,8 +148,10 @@ class MergedVocabulary(seqio.Vocabulary):
         base = len(proto.pieces)
         for t in self._files.added:
             if t.id < base and proto.pieces[t.id].piece != t.content:
-                raise ValueError(f"{src}: id {t.id} is {t.content!r} in the added tokens but "
-                                 f"{proto.pieces[t.id].piece!r} in tokenizer.model")
+                raise ValueError(
+                    f"{src}: id {t.id} is {t.content!r} in the added tokens but "
+                    f"{proto.pieces[t.id].piece!r} in tokenizer.model"
+                )
         ids = [t.id for t in self._files.added if t.id >= base]
         for k, tid in enumerate(ids):
             want = base + k
@@ -185,18 +194,22 @@ class MergedVocabulary(seqio.Vocabulary):
                     )
             extra = spec.code_token(spec.count)
             if extra in self._token_to_id:
-                raise ValueError(f"{src}: {extra!r} exists, but the {spec.name} block declares "
-                                 f"{spec.count} codes")
+                raise ValueError(
+                    f"{src}: {extra!r} exists, but the {spec.name} block declares "
+                    f"{spec.count} codes"
+                )
             placed.append((first, spec, start, end))
         placed.sort(key=lambda p: p[0])
-        return {s.name: Modality.place(s, k + 1, f, st, en)
-                for k, (f, s, st, en) in enumerate(placed)}
+        return {
+            s.name: Modality.place(s, k + 1, f, st, en) for k, (f, s, st, en) in enumerate(placed)
+        }
 
     def _derive_layout(self) -> Layout:
         """The layout these ids follow, read back from the id order."""
         by_first = {m.first_id: m for m in self._modalities.values()}
         owned = {m.start_id for m in self._modalities.values()} | {
-            m.end_id for m in self._modalities.values()}
+            m.end_id for m in self._modalities.values()
+        }
         blocks: list[Any] = []
         run: list[str] = []
 
@@ -301,17 +314,23 @@ class MergedVocabulary(seqio.Vocabulary):
         try:
             return self._modalities[name]
         except KeyError:
-            raise ValueError(f"unknown modality {name!r}; this vocabulary has "
-                             f"{list(self._modalities)}") from None
+            raise ValueError(
+                f"unknown modality {name!r}; this vocabulary has {list(self._modalities)}"
+            ) from None
 
     @property
     def marker_ids(self) -> dict[str, int]:
         """Added tokens that are neither codes nor span markers ([Human], <eoh>, <-Res->...)."""
         owned = {m.start_id for m in self._modalities.values()} | {
-            m.end_id for m in self._modalities.values()}
-        return {t.content: t.id for t in self._files.added
-                if t.id >= self.text_vocab_size and t.id not in owned
-                and self._modality_of_code(t.id) is None}
+            m.end_id for m in self._modalities.values()
+        }
+        return {
+            t.content: t.id
+            for t in self._files.added
+            if t.id >= self.text_vocab_size
+            and t.id not in owned
+            and self._modality_of_code(t.id) is None
+        }
 
     def token_to_id(self, token: str) -> int:
         """Id of a SentencePiece piece or added token."""
@@ -427,8 +446,9 @@ class MergedVocabulary(seqio.Vocabulary):
         """Structured form -> the equivalent string."""
         return "".join(s if isinstance(s, str) else self.format_span(s) for s in segments)
 
-    def encode_segments(self, segments: Sequence[Segment], add_bos: bool = False,
-                        add_eos: bool = False) -> list[int]:
+    def encode_segments(
+        self, segments: Sequence[Segment], add_bos: bool = False, add_eos: bool = False
+    ) -> list[int]:
         """Ids of text pieces and ModalitySpans; equals encode(format_segments(segments))."""
         parts: list[Segment] = []
         for s in segments:
@@ -448,7 +468,8 @@ class MergedVocabulary(seqio.Vocabulary):
             if k > 0 and self._added_flag(self.modality(parts[k - 1].modality).end_token, "rstrip"):
                 text = text.lstrip(WHITESPACE)
             if k + 1 < len(parts) and self._added_flag(
-                    self.modality(parts[k + 1].modality).start_token, "lstrip"):
+                self.modality(parts[k + 1].modality).start_token, "lstrip"
+            ):
                 text = text.rstrip(WHITESPACE)
             ids.extend(self._codec.encode(text, at_start=at_start))
         return ids + ([self.eos_id] if add_eos else [])
@@ -464,15 +485,19 @@ class MergedVocabulary(seqio.Vocabulary):
         """
         ids = [int(i) for i in ids]
         self._check_range(ids)
-        return group_segments([(i, None) for i in ids], self._modalities.values(), strict,
-                              lambda run, first: self._codec.decode([u[0] for u in run],
-                                                                    at_start=first))
+        return group_segments(
+            [(i, None) for i in ids],
+            self._modalities.values(),
+            strict,
+            lambda run, first: self._codec.decode([u[0] for u in run], at_start=first),
+        )
 
     def parse_segments(self, text: str, strict: bool = True) -> list[Segment]:
         """A string with token strings -> text pieces and ModalitySpans (text kept verbatim)."""
         units = [(tid, s) for tid, s, _ in self._codec.split(text, absorb=False)]
-        return group_segments(units, self._modalities.values(), strict,
-                              lambda run, first: "".join(u[1] for u in run))
+        return group_segments(
+            units, self._modalities.values(), strict, lambda run, first: "".join(u[1] for u in run)
+        )
 
 
 @gin.configurable

@@ -28,16 +28,36 @@ class Modality:
     tokenizer: str
 
     @classmethod
-    def place(cls, spec: ModalitySpec, index: int, first_id: int, start_id: int,
-              end_id: int) -> Modality:
+    def place(
+        cls, spec: ModalitySpec, index: int, first_id: int, start_id: int, end_id: int
+    ) -> Modality:
         """Puts `spec` at the given ids."""
-        return cls(spec.name, index, spec.glyph, first_id, spec.count, spec.start, start_id,
-                   spec.end, end_id, spec.codebook_size, spec.num_codebooks, spec.tokenizer)
+        return cls(
+            spec.name,
+            index,
+            spec.glyph,
+            first_id,
+            spec.count,
+            spec.start,
+            start_id,
+            spec.end,
+            end_id,
+            spec.codebook_size,
+            spec.num_codebooks,
+            spec.tokenizer,
+        )
 
     @property
     def spec(self) -> ModalitySpec:
-        return ModalitySpec(self.name, self.glyph, self.start_token, self.end_token,
-                            self.codebook_size, self.num_codebooks, self.tokenizer)
+        return ModalitySpec(
+            self.name,
+            self.glyph,
+            self.start_token,
+            self.end_token,
+            self.codebook_size,
+            self.num_codebooks,
+            self.tokenizer,
+        )
 
     @property
     def stop_id(self) -> int:
@@ -78,8 +98,11 @@ class Modality:
         bad = np.flatnonzero((flat < 0) | (flat >= self.codebook_size))
         if bad.size:
             p = int(bad[0])
-            where = (f"position {p}" if self.num_codebooks == 1 else
-                     f"codebook {p % self.num_codebooks}, frame {p // self.num_codebooks}")
+            where = (
+                f"position {p}"
+                if self.num_codebooks == 1
+                else f"codebook {p % self.num_codebooks}, frame {p // self.num_codebooks}"
+            )
             raise ValueError(
                 f"{self.name} code {int(flat[p])} at {where} is out of range "
                 f"[0, {self.codebook_size})"

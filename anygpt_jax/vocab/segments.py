@@ -56,16 +56,20 @@ def group_segments(
             closed = p < len(units) and units[p][0] == m.end_id
             if not closed and strict:
                 got = "the end" if p == len(units) else where(p, units[p])
-                raise ValueError(f"malformed {m.name} span: {m.start_token} at item "
-                                 f"{open_at} is not closed by {m.end_token} before {got}")
+                raise ValueError(
+                    f"malformed {m.name} span: {m.start_token} at item "
+                    f"{open_at} is not closed by {m.end_token} before {got}"
+                )
             emit_text()
             out.append(ModalitySpan(m.name, m.ids_to_codes(codes, strict=strict)))
             p += 1 if closed else 0
             continue
         if strict and tid is not None and (tid in ends or code_of(tid)):
             m = ends.get(tid) or code_of(tid)
-            raise ValueError(f"malformed {m.name} span: {where(p, units[p])} outside "
-                             f"{m.start_token}...{m.end_token}")
+            raise ValueError(
+                f"malformed {m.name} span: {where(p, units[p])} outside "
+                f"{m.start_token}...{m.end_token}"
+            )
         run.append(units[p])
         p += 1
     emit_text()

@@ -19,8 +19,10 @@ from anygpt_jax.vocab.files import AddedToken, TokenizerFiles, spm_proto
 
 SPIECE_UNDERLINE = "\u2581"
 # Unicode White_Space: what Rust's char::is_whitespace (and so `tokenizers`) strips.
-WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + (
-    "\u2028\u2029\u202f\u205f\u3000"
+WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + ("\u2028\u2029\u202f\u205f\u3000")
 )
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -47,8 +49,10 @@ def piece_bytes(proto: sentencepiece_model_pb2.ModelProto) -> list[bytes]:
 
 def control_tokens(proto: sentencepiece_model_pb2.ModelProto) -> list[AddedToken]:
     """<unk>, <s>, </s>: special tokens transformers matches in text like added ones."""
-    kinds = (sentencepiece_model_pb2.ModelProto.SentencePiece.CONTROL,
-             sentencepiece_model_pb2.ModelProto.SentencePiece.UNKNOWN)
+    kinds = (
+        sentencepiece_model_pb2.ModelProto.SentencePiece.CONTROL,
+        sentencepiece_model_pb2.ModelProto.SentencePiece.UNKNOWN,
+    )
     return [
         AddedToken(p.piece, i, special=True, normalized=False)
         for i, p in enumerate(proto.pieces)

@@ -67,8 +67,10 @@ class TfCodec:
         groups: dict[tuple[bool, bool], list[str]] = {}
         in_family = set()
         for m in vocab.modalities.values():
-            flags = {(added[m.code_token(i)].lstrip, added[m.code_token(i)].rstrip)
-                     for i in range(m.count)}
+            flags = {
+                (added[m.code_token(i)].lstrip, added[m.code_token(i)].rstrip)
+                for i in range(m.count)
+            }
             if len(flags) == 1:  # one pattern for the whole family
                 in_family.update(m.code_token(i) for i in range(m.count))
                 pattern = "<" + _re2_escape(m.glyph) + int_range_regex(m.count) + ">"
@@ -130,8 +132,9 @@ class TfCodec:
     def _encode_py(self, s: tf.Tensor) -> tf.Tensor:
         if s.shape.rank != 0:
             raise ValueError("the python fallback of encode_tf takes one scalar string")
-        out = tf.py_function(lambda x: np.asarray(self.vocab.encode(x.numpy().decode()), np.int32),
-                             [s], tf.int32)
+        out = tf.py_function(
+            lambda x: np.asarray(self.vocab.encode(x.numpy().decode()), np.int32), [s], tf.int32
+        )
         out.set_shape([None])
         return out
 
@@ -142,8 +145,9 @@ class TfCodec:
         pieces = tf.where(keep, tf.gather(self.pieces, ids), "")
         s = tf.strings.reduce_join(pieces, axis=-1)
         # Byte-fallback pieces may leave invalid UTF-8: replace it before any regex runs.
-        s = tf.strings.unicode_transcode(s, "UTF-8", "UTF-8", errors="replace",
-                                         replacement_char=0xFFFD)
+        s = tf.strings.unicode_transcode(
+            s, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD
+        )
         if self.vocab.prepend_scheme != "never":
             s = tf.strings.regex_replace(s, "^ ", "", replace_global=False)
         return s

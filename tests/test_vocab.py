@@ -288,7 +288,7 @@ def test_gin_configures_the_named_layout():
 def test_encode_decode_match_transformers(env, name):
     vocab, ref = env["vocabs"][name], env["refs"][name]
     rng = random.Random(len(name))
-    strings = FIXED_STRINGS + [_random_string(rng) for _ in range(300)]
+    strings = FIXED_STRINGS + [_random_string(rng) for _ in range(200)]
     for s in strings:
         ids = vocab.encode(s)
         assert ids == ref(s, add_special_tokens=False).input_ids, s
@@ -353,7 +353,8 @@ def _merge_text(segs):
 def test_segments_round_trip(env, name):
     vocab, ref = env["vocabs"][name], env["refs"][name]
     rng = random.Random(7)
-    for _ in range(150):
+    decoded = 0
+    for _ in range(100):
         segs = _random_segments(rng, vocab)
         text = vocab.format_segments(segs)
         ids = vocab.encode_segments(segs)
@@ -361,6 +362,8 @@ def test_segments_round_trip(env, name):
         assert vocab.parse_segments(text) == _merge_text(segs)
         if name == "hf5" and not text[:1].isspace() and "\u2581" not in text:
             assert vocab.decode_segments(ids) == _merge_text(segs)
+            decoded += 1
+    assert decoded > 30 or name != "hf5"
     segs = ["[Human]: hi ", ModalitySpan("image", np.arange(32)), "<eoh>"]
     ids = vocab.encode_segments(segs, add_bos=True, add_eos=True)
     assert ids[0] == 1 and ids[-1] == 2
@@ -449,7 +452,7 @@ def test_tf_data_path_equals_python(env, name):
     vocab = env["vocabs"][name]
     assert isinstance(vocab, seqio.Vocabulary)
     rng = random.Random(11)
-    strings = FIXED_STRINGS + [_random_string(rng) for _ in range(120)]
+    strings = FIXED_STRINGS + [_random_string(rng) for _ in range(60)]
     ds = tf.data.Dataset.from_tensor_slices(strings).map(vocab.encode_tf)
     for s, ids in zip(strings, ds.as_numpy_iterator(), strict=True):
         assert ids.tolist() == vocab.encode(s), s

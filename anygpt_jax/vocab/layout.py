@@ -97,6 +97,7 @@ class Layout:
 
     @property
     def modalities(self) -> tuple[ModalitySpec, ...]:
+        """The modality blocks, in order."""
         return tuple(b for b in self.blocks if isinstance(b, ModalitySpec))
 
     def added_tokens(self) -> list[str]:
@@ -107,6 +108,7 @@ class Layout:
         return out
 
     def num_added(self) -> int:
+        """How many ids the layout adds to the SentencePiece model."""
         return len(self.added_tokens())
 
 

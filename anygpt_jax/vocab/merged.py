@@ -277,26 +277,32 @@ class MergedVocabulary(seqio.Vocabulary):
 
     @property
     def bos_id(self) -> int:
+        """<s> (1 for LLaMA), read from tokenizer.model."""
         return int(self._spm.trainer_spec.bos_id)
 
     @property
     def eos_id(self) -> int:
+        """</s> (2 for LLaMA): ends every sample; `<eos>` is a separate chat marker."""
         return int(self._spm.trainer_spec.eos_id)
 
     @property
     def unk_id(self) -> int:
+        """<unk> (0 for LLaMA); also seqio's pad id 0, as AnyGPT pads with 0."""
         return int(self._spm.trainer_spec.unk_id)
 
     @property
     def layout(self) -> Layout:
+        """The block order these ids follow (read back from the ids for tokenizer dirs)."""
         return self._layout
 
     @property
     def added_tokens(self) -> tuple[AddedToken, ...]:
+        """Every added token with its id and matching flags, sorted by id."""
         return self._files.added
 
     @property
     def prepend_scheme(self) -> str:
+        """Where '▁' is prepended to text chunks: 'first', 'always' (legacy) or 'never'."""
         return self._files.prepend_scheme
 
     @property

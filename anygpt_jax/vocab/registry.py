@@ -49,6 +49,7 @@ class Modality:
 
     @property
     def spec(self) -> ModalitySpec:
+        """The declarative block this modality was placed from."""
         return ModalitySpec(
             self.name,
             self.glyph,

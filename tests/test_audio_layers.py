@@ -5,6 +5,7 @@ Also home of the helpers the codec tests share (`reference_speechtokenizer`, cod
 with near-ties, codebook filling).
 """
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -73,7 +74,8 @@ def st():
 def _apply(module, params, x, lengths=None):
     """Runs one flax layer on (batch, channels, time) torch input; returns (batch, ch, time)."""
     x = jnp.asarray(x.detach().numpy().transpose(0, 2, 1))
-    y, _ = module.apply({"params": params}, x, None if lengths is None else jnp.asarray(lengths))
+    lengths = None if lengths is None else jnp.asarray(lengths)
+    y, _ = jax.jit(module.apply)({"params": params}, x, lengths)
     return np.asarray(y).transpose(0, 2, 1)
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
@@ -137,6 +138,18 @@ def model_to_hf_config(config: ModelConfig, dtype: str, vocab=None) -> dict:
 # ------------------------------------------------------------------------- transforms
 
 
+def _fill(target: np.ndarray, name: str, w: np.ndarray, cfg: ModelConfig) -> None:
+    """Writes HF tensor `w` into our preallocated `target`, zeroing vocabulary padding."""
+    if name == "vocab_rows":
+        target[: cfg.vocab_size] = w
+        target[cfg.vocab_size :] = 0
+    elif name == "vocab_columns":
+        target[:, : cfg.vocab_size] = w.T
+        target[:, cfg.vocab_size :] = 0
+    else:
+        target[...] = _to_ours(name, w, cfg)
+
+
 def _to_ours(name: str, w: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     d = cfg.resolved_head_dim
     if name == "heads_in:q":
@@ -147,10 +160,6 @@ def _to_ours(name: str, w: np.ndarray, cfg: ModelConfig) -> np.ndarray:
         return w.T.reshape(cfg.num_heads, d, cfg.hidden_size)
     if name == "transpose":
         return w.T
-    if name == "vocab_rows":
-        return np.pad(w, ((0, cfg.padded_vocab_size - w.shape[0]), (0, 0)))
-    if name == "vocab_columns":
-        return np.pad(w.T, ((0, 0), (0, cfg.padded_vocab_size - w.shape[0])))
     return w
 
 
@@ -208,8 +217,38 @@ def _load_vocab(hf_dir: str, vocab_size: int):
     return vocab
 
 
-def convert_hf_state(reader: TensorReader, cfg: ModelConfig, dtype: str | None) -> dict:
-    """Reads every tensor of an HF LLaMA into our parameter tree (numpy, one copy)."""
+Allocator = Callable[[tuple[str, ...], tuple[int, ...], np.dtype], np.ndarray]
+
+
+def memmap_allocator(directory: str) -> Allocator:
+    """Allocates parameter leaves as memory-mapped files in `directory`.
+
+    Their pages are file-backed, so the kernel can write them out under pressure: with
+    orbax's own host copy during save, a 7B import still holds one copy in anonymous memory.
+    """
+
+    def allocate(path: tuple[str, ...], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        filename = os.path.join(directory, ".".join(path) + ".bin")
+        return np.lib.format.open_memmap(filename, mode="w+", dtype=dtype, shape=shape)
+
+    return allocate
+
+
+def _allocate_in_memory(path, shape, dtype) -> np.ndarray:
+    return np.empty(shape, dtype)
+
+
+def convert_hf_state(
+    reader: TensorReader,
+    cfg: ModelConfig,
+    dtype: str | None,
+    allocate: Allocator = _allocate_in_memory,
+) -> dict:
+    """Reads every tensor of an HF LLaMA into our parameter tree, one tensor at a time.
+
+    Each leaf is allocated once, in its final (stacked, vocab-padded) shape, and filled in
+    place; only the tensor being read exists besides it.
+    """
     expected = _expected_hf_keys(cfg)
     present = [k for k in reader.keys() if not k.endswith(IGNORED_SUFFIXES)]
     if cfg.tie_word_embeddings:
@@ -237,18 +276,21 @@ def convert_hf_state(reader: TensorReader, cfg: ModelConfig, dtype: str | None) 
             )
         if dtype is not None:
             w = w.astype(np.dtype(jax.numpy.dtype(dtype)))
-        ours = _to_ours(transform, w, cfg)
         full_path = _layer_prefix(cfg, layer) + path
         node = params
         for key in full_path[:-1]:
             node = node.setdefault(key, {})
-        if layer is not None and cfg.scan_layers:
-            if full_path[-1] not in node:
-                node[full_path[-1]] = np.empty((cfg.num_layers, *ours.shape), ours.dtype)
-            node[full_path[-1]][layer] = ours
-        else:
-            node[full_path[-1]] = np.ascontiguousarray(ours)
-    checkpointing.check_params(params, cfg, reader.directory)
+        if full_path[-1] not in node:
+            leaf_shape = _get_path(shapes, full_path).shape
+            node[full_path[-1]] = allocate(full_path, leaf_shape, w.dtype)
+        leaf = node[full_path[-1]]
+        if leaf.dtype != w.dtype:
+            raise ConversionError(
+                f"{reader.directory}: mixed tensor dtypes ({hf_key} is {w.dtype}, other layers "
+                f"{leaf.dtype}); pass --dtype"
+            )
+        target = leaf[layer] if (layer is not None and cfg.scan_layers) else leaf
+        _fill(target, transform, w, cfg)
     dtypes = {str(x.dtype) for x in jax.tree_util.tree_leaves(params)}
     if len(dtypes) != 1:
         raise ConversionError(
@@ -276,13 +318,17 @@ def import_checkpoint(
     )
     vocab = _load_vocab(hf_dir, cfg.vocab_size)
     reader = TensorReader(hf_dir)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
     try:
-        params = convert_hf_state(reader, cfg, dtype)
+        with tempfile.TemporaryDirectory(prefix=".import-scratch-", dir=parent) as scratch:
+            params = convert_hf_state(reader, cfg, dtype, memmap_allocator(scratch))
+            stored = str(jax.tree_util.tree_leaves(params)[0].dtype)
+            cfg = cfg.replace(param_dtype=stored)
+            checkpointing.save_model(out_dir, params, cfg, vocab)
+            del params
     finally:
         reader.close()
-    stored = str(jax.tree_util.tree_leaves(params)[0].dtype)
-    cfg = cfg.replace(param_dtype=stored)
-    checkpointing.save_model(out_dir, params, cfg, vocab)
     return cfg
 
 
@@ -369,7 +415,7 @@ def export_checkpoint(
             raise ConversionError(f"{ckpt_dir}: parameters missing from the checkpoint: {missing}")
         _name_shards(tmp, shards)
         write_json(os.path.join(tmp, "config.json"), model_to_hf_config(cfg, out_dtype, vocab))
-        vocab.save(tmp)  # tokenizer files transformers loads, plus our layout metadata
+        vocab.save_hf_tokenizer(tmp)
 
 
 def _name_shards(directory: str, shards: list[dict]) -> None:

@@ -53,6 +53,7 @@ class TokenizerFiles:
     added: tuple[AddedToken, ...]  # sorted by id; includes <unk>/<s>/</s> when files list them
     prepend_scheme: str = "first"  # where a '▁' is prepended to text chunks (tokenizers Metaspace)
     source: str = "<memory>"
+    add_bos: bool = True  # whether transformers' tokenizer puts <s> first (kept on export)
 
 
 def spm_proto(spm_bytes: bytes, source: str = "<memory>") -> sentencepiece_model_pb2.ModelProto:
@@ -134,6 +135,19 @@ def _prepend_scheme(tok_json: dict[str, Any] | None, config: dict[str, Any], whe
     return "always" if config.get("legacy") is True else "first"
 
 
+def _adds_bos(tok_json: dict[str, Any] | None, config: dict[str, Any]) -> bool:
+    """Whether transformers prepends <s>: tokenizer_config's flag, else tokenizer.json's template.
+
+    LLaMA's own default (no flag, no template) is to add it.
+    """
+    if "add_bos_token" in config:
+        return bool(config["add_bos_token"])
+    post = (tok_json or {}).get("post_processor")
+    if isinstance(post, dict) and post.get("type") == "TemplateProcessing":
+        return any("SpecialToken" in item for item in post.get("single", []))
+    return True
+
+
 def read_tokenizer_dir(path: str) -> TokenizerFiles:
     """Reads tokenizer.model and every added token (with its flags) of a transformers directory."""
     if not os.path.isdir(path):
@@ -189,7 +203,13 @@ def read_tokenizer_dir(path: str) -> TokenizerFiles:
             raise ValueError(f"{where}: token {tok.content!r} has single_word=true (unsupported)")
     added = tuple(t for t, _ in sorted(by_id.values(), key=lambda x: x[0].id))
     scheme = _prepend_scheme(tok_json, config, tj if tok_json is not None else tc)
-    return TokenizerFiles(spm_bytes=spm_bytes, added=added, prepend_scheme=scheme, source=path)
+    return TokenizerFiles(
+        spm_bytes=spm_bytes,
+        added=added,
+        prepend_scheme=scheme,
+        source=path,
+        add_bos=_adds_bos(tok_json, config),
+    )
 
 
 def write_tokenizer_dir(files: TokenizerFiles, path: str) -> None:
@@ -208,7 +228,7 @@ def write_tokenizer_dir(files: TokenizerFiles, path: str) -> None:
     added = {t.content: t.id for t in files.added if t.id >= spm_size}
     config = {
         "tokenizer_class": "LlamaTokenizer",
-        "add_bos_token": True,
+        "add_bos_token": files.add_bos,
         "add_eos_token": False,
         "add_prefix_space": files.prepend_scheme != "never",
         "legacy": files.prepend_scheme == "always",

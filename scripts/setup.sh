@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs everything anygpt-jax needs on a fresh Debian/Ubuntu machine or TPU VM:
+# system packages (audio I/O, speech synthesis and MIDI rendering for the demo corpus),
+# then this package with its test extra. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SYSTEM_PACKAGES=(libsndfile1 espeak-ng fluidsynth fluid-soundfont-gm)
+missing=()
+for pkg in "${SYSTEM_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+python -m pip install -q --upgrade pip
+# torch is pinned to the CPU build these machines install offline; see setup.py.
+python -m pip install -q -e ".[test]"

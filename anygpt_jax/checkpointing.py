@@ -36,8 +36,11 @@ def save_model(directory: str, params: Any, config: ModelConfig, vocab=None) -> 
         config.save(os.path.join(tmp, CONFIG_FILE))
         if vocab is not None:
             vocab.save(os.path.join(tmp, VOCAB_DIR))
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(os.path.join(tmp, PARAMS_DIR), params)
+        # Uncompressed: weights barely compress, and zstd buffers would cost another copy of
+        # them in memory, which a 7B import on a 24 GiB host cannot afford.
+        handler = ocp.PyTreeCheckpointHandler(use_compression=False)
+        with ocp.Checkpointer(handler) as checkpointer:
+            checkpointer.save(os.path.join(tmp, PARAMS_DIR), args=ocp.args.PyTreeSave(params))
 
 
 def load_config(directory: str) -> ModelConfig:

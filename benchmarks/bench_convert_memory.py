@@ -19,7 +19,10 @@ import subprocess
 import sys
 import tempfile
 
-IDLE = "import jax, orbax.checkpoint, torch, transformers, safetensors, converters.llama"
+IDLE = (
+    "import jax, orbax.checkpoint, torch, transformers, safetensors, converters.llama, "
+    "anygpt_jax.vocab, seqio, tensorflow"
+)
 
 
 SAMPLER = """

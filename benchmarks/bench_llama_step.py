@@ -15,6 +15,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from anygpt_jax import runtime  # noqa: E402
+
+runtime.configure_xla_flags()  # as the project's CLIs do
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -92,18 +96,12 @@ def bench_torch(cfg: ModelConfig, ids: np.ndarray, steps: int) -> float:
     model = transformers.LlamaForCausalLM(hf_cfg).train()
     x = torch.as_tensor(ids)
 
-    def step():
-        model.zero_grad(set_to_none=True)
-        model(x[:, :-1], labels=None).logits.float()  # warm the same path as below
-        return None
-
     def train_step():
         model.zero_grad(set_to_none=True)
         logits = model(x[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
         loss.backward()
 
-    del step
     train_step()
     return statistics.median(_timed(train_step) for _ in range(steps))
 
@@ -127,6 +125,7 @@ def main() -> None:
     flops = model_flops_per_token(cfg, args.seq) * tokens
     ours = bench_jax(cfg, ids, args.steps)
     ref = bench_torch(cfg, ids, args.steps)
+    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(
         f"config: {n_params / 1e6:.1f}M params, batch {args.batch} x {args.seq} tokens, "
         f"{os.cpu_count()} CPU cores, jax {jax.__version__}"

@@ -189,37 +189,40 @@ class LSTM(nn.Module):
             bias = self.param(f"bias_l{layer}", nn.initializers.zeros, (dirs, h4))
             # The input projection of every step at once; only h @ w_hh stays in the scan.
             inputs = [y] if dirs == 1 else [y, reverse_time(y, lengths)]
-            xw = jnp.stack(
-                [
-                    jnp.einsum("btc,cg->tbg", inp, w_ih[d], precision=self.precision) + bias[d]
-                    for d, inp in enumerate(inputs)
-                ],
-                axis=1,
-            )  # (time, dirs, batch, 4H)
-            hs = _lstm_scan(xw, w_hh.astype(x.dtype), self.precision)  # (time, dirs, batch, H)
-            outs = [hs[:, 0].transpose(1, 0, 2)]
+            xw = [
+                jnp.einsum("btc,cg->tbg", inp, w_ih[d], precision=self.precision) + bias[d]
+                for d, inp in enumerate(inputs)
+            ]  # per direction (time, batch, 4H)
+            hs = _lstm_scan(xw, [w_hh[d].T.astype(x.dtype) for d in range(dirs)], self.precision)
+            outs = [hs[0].transpose(1, 0, 2)]
             if dirs == 2:
-                outs.append(reverse_time(hs[:, 1].transpose(1, 0, 2), lengths))
+                outs.append(reverse_time(hs[1].transpose(1, 0, 2), lengths))
             y = jnp.concatenate(outs, axis=-1)
         if self.skip:
             y = y + (jnp.concatenate([x] * dirs, axis=-1) if dirs == 2 else x)
         return y, lengths
 
 
-def _lstm_scan(xw: Array, w_hh: Array, precision: lax.Precision) -> Array:
-    """Runs the recurrence over time for all directions at once; returns hidden states."""
-    _, dirs, batch, h4 = xw.shape
-    zeros = jnp.zeros((dirs, batch, h4 // 4), xw.dtype)
+def _lstm_scan(xw: list[Array], w_hh_t: list[Array], precision: lax.Precision) -> list[Array]:
+    """Runs the recurrence of every direction in one scan; returns (time, batch, H) each.
+
+    `w_hh_t` (4H, H) per direction: at batch 1 the step is a matrix-vector product bound by
+    memory, and this layout reads 25% faster on CPU. One plain dot per direction: XLA's CPU
+    batched dot over a directions axis was 3x slower.
+    """
+    _, batch, h4 = xw[0].shape
+    zeros = jnp.zeros((batch, h4 // 4), xw[0].dtype)
 
     def step(carry, xw_t):
-        h, c = carry
-        gates = xw_t + jnp.einsum("dbh,dhg->dbg", h, w_hh, precision=precision)
-        i, f, g, o = jnp.split(gates, 4, axis=-1)
-        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
-        return (h, c), h
+        new = []
+        for (h, c), x_d, w_d in zip(carry, xw_t, w_hh_t, strict=True):
+            gates = x_d + jnp.einsum("gh,bh->bg", w_d, h, precision=precision)
+            i, f, g, o = jnp.split(gates, 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            new.append((jax.nn.sigmoid(o) * jnp.tanh(c), c))
+        return new, [h for h, _ in new]
 
-    _, hs = lax.scan(step, (zeros, zeros), xw)
+    _, hs = lax.scan(step, [(zeros, zeros) for _ in xw], xw)
     return hs
 
 

@@ -9,6 +9,10 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+from anygpt_jax import runtime  # noqa: E402
+
+runtime.configure_xla_flags()  # tests run the XLA configuration the CLIs use
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -99,3 +103,85 @@ def make_hf_anygpt_dir(root: str, tokenizer_dir: str, variant: str, dtype=None, 
     for name in os.listdir(tokenizer_dir):
         shutil.copy(os.path.join(tokenizer_dir, name), os.path.join(root, name))
     return root
+
+
+# ----- data pipeline fixtures (shards, tasks, packing, builder) ------------------------------
+
+
+@pytest.fixture(scope="session")
+def merged_vocab(anygpt_tokenizer_dir):
+    """The MergedVocabulary of `anygpt_tokenizer_dir`."""
+    from anygpt_jax.vocab import MergedVocabulary
+
+    return MergedVocabulary.from_tokenizer_dir(anygpt_tokenizer_dir)
+
+
+def random_examples(kind: str, n: int, seed: int = 0, prefix: str = "") -> list:
+    """`n` ShardExamples of `kind` with random codes of typical AnyGPT sizes (small)."""
+    import numpy as np
+
+    from anygpt_jax.data.shards import ShardExample
+    from anygpt_jax.vocab import ModalitySpan
+
+    rng = np.random.default_rng(seed)
+    words = "a cat dog sings draws picture of sunny beach hello world music speech".split()
+
+    def text():
+        return " ".join(rng.choice(words, rng.integers(2, 9)))
+
+    def span(modality):
+        if modality == "image":
+            return ModalitySpan("image", rng.integers(0, 8192, 32))
+        if modality == "speech":
+            return ModalitySpan("speech", rng.integers(0, 1024, rng.integers(20, 120)))
+        return ModalitySpan("music", rng.integers(0, 2048, (4, rng.integers(10, 60))))
+
+    out = []
+    for i in range(n):
+        ex_id = f"{prefix}{kind}-{i}"
+        if kind == "dialogue":
+            mods = rng.choice(["image", "speech", "music"], 2)
+            turns = [
+                {"role": "human", "content": [text() + " ", {"span": 0}, " " + text()]},
+                {"role": "assistant", "content": [text()]},
+                {"role": "human", "content": [text()]},
+                {"role": "assistant", "content": [text() + " ", {"span": 1}]},
+            ]
+            out.append(ShardExample(ex_id, kind, spans=[span(m) for m in mods], turns=turns))
+        else:
+            mod = kind.split("_")[0]
+            out.append(ShardExample(ex_id, kind, text(), [span(mod)], meta={"i": i}))
+    return out
+
+
+def make_shard_dir(path: str, kind: str, examples: list, vocab, num_shards: int = 2) -> str:
+    """A finished shard directory of `examples` split over `num_shards` files."""
+    import os
+
+    from anygpt_jax.data import shards as shards_lib
+
+    os.makedirs(path, exist_ok=True)
+    entries = [
+        shards_lib.write_shard(
+            os.path.join(path, shards_lib.shard_name(s, num_shards)), examples[s::num_shards], vocab
+        )
+        for s in range(num_shards)
+    ]
+    mods = {sp.modality for ex in examples for sp in ex.spans}
+    tokenizers = {
+        m: shards_lib.TokenizerInfo(vocab.modality(m).tokenizer, "test-codes") for m in mods
+    }
+    shards_lib.write_manifest(path, shards_lib.make_manifest(kind, entries, vocab, tokenizers))
+    return path
+
+
+@pytest.fixture(scope="session")
+def shard_corpus(tmp_path_factory, merged_vocab) -> dict:
+    """kind -> (shard dir, its examples) for all four kinds."""
+    root = tmp_path_factory.mktemp("shards")
+    sizes = {"image_text": 60, "speech_text": 40, "music_text": 30, "dialogue": 20}
+    out = {}
+    for k, (kind, n) in enumerate(sizes.items()):
+        exs = random_examples(kind, n, seed=k)
+        out[kind] = (make_shard_dir(str(root / kind), kind, exs, merged_vocab), exs)
+    return out

@@ -1,0 +1,113 @@
+"""The trainer's input: per-host packed batches and a resumable position.
+
+    ds = get_dataset("anygpt_pretrain", sequence_length=4500, batch_size=480, seed=0)
+    it = InputIterator(ds)
+    batch = next(it)                  # dict of numpy [batch_size // process_count, 4500]
+    it.save(prefix)                   # e.g. f"{ckpt_dir}/{step}/input/process_{i}"
+    it.restore(prefix)                # in a fresh process, same get_dataset arguments
+
+Resume scheme: a tf.data iterator checkpoint per process (t5x's). It holds the file order,
+reader offsets, shuffle buffers, mixture sampler state and the packer's open rows, so a
+resumed run yields exactly the batches the uninterrupted run would have, replaying none. It
+is valid only for the same arguments, shards and process count.
+
+Sharding: each process reads only its own part (whole shard files when there are at least
+process_count of them, else every process_count-th record) and builds only its own rows of
+the global batch.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from anygpt_jax.data.packing import AnyGPTFeatureConverter
+
+
+def host_shard_info() -> seqio.ShardInfo:
+    """This process's part of the data: (jax.process_index(), jax.process_count())."""
+    return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+
+
+@gin.configurable
+def get_dataset(
+    mixture_or_task_name: str,
+    sequence_length: int = 4500,
+    batch_size: int | None = 8,
+    seed: int = 0,
+    shuffle: bool = True,
+    pack: bool = True,
+    num_bins: int = 8,
+    num_epochs: int | None = None,
+    shard_info: seqio.ShardInfo | None = None,
+    split: str = "train",
+) -> tf.data.Dataset:
+    """Batches of the contract in packing.py; batch_size is global (this host builds its part).
+
+    batch_size None yields single rows. num_epochs None repeats forever (training).
+    """
+    shard_info = shard_info or host_shard_info()
+    if batch_size is not None and batch_size % shard_info.num_shards:
+        raise ValueError(
+            f"batch_size {batch_size} is not divisible by the {shard_info.num_shards} processes"
+        )
+    provider = seqio.get_mixture_or_task(mixture_or_task_name)
+    # One more id than the row: inputs are ids[:-1], targets ids[1:].
+    lengths = {"targets": sequence_length + 1, "loss_weights": sequence_length + 1}
+    ds = provider.get_dataset(
+        sequence_length=lengths,
+        split=split,
+        shuffle=shuffle,
+        seed=seed,
+        shard_info=shard_info,
+        num_epochs=num_epochs,
+        use_cached=False,
+        trim_output_features=True,
+        try_in_mem_cache=False,  # an in-memory cache would end up in every iterator checkpoint
+    )
+    ds = AnyGPTFeatureConverter(pack=pack, num_bins=num_bins)(ds, lengths)
+    if batch_size is not None:
+        ds = ds.batch(batch_size // shard_info.num_shards, drop_remainder=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    # The numpy renderer is a pure function of its inputs; saving iterators may ignore it.
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+class InputIterator:
+    """numpy batches from a dataset, with a checkpointable position (tf.data iterator state)."""
+
+    def __init__(self, dataset: tf.data.Dataset):
+        self._iterator = iter(dataset)
+        self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+
+    def __iter__(self) -> InputIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in next(self._iterator).items()}
+
+    def save(self, prefix: str) -> str:
+        """Writes the position under `prefix` (one per process); returns the checkpoint path."""
+        os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+        return self._checkpoint.write(prefix)
+
+    def restore(self, path: str) -> None:
+        """Moves to a position written by save() (the path it returned, or its prefix)."""
+        if not tf.io.gfile.exists(path + ".index"):
+            raise FileNotFoundError(f"{path}: no input position saved there")
+        self._checkpoint.read(path).assert_consumed()
+
+
+def describe_batch(batch: dict[str, Any]) -> str:
+    """Shapes, dtypes and the non-pad fraction of a batch (logs, benchmarks)."""
+    seg = np.asarray(batch["decoder_segment_ids"])
+    shapes = ", ".join(f"{k}{tuple(np.shape(v))}" for k, v in sorted(batch.items()))
+    return f"{shapes}; non-pad {np.mean(seg > 0):.3f}"

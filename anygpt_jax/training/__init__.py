@@ -1,0 +1,1 @@
+"""Training: optimizer, loss, metrics, train state and step, checkpoints."""

@@ -1,0 +1,162 @@
+"""The train state and the jitted train step: loss, gradient accumulation, update, metrics.
+
+Batches follow the feature converter's contract: int32 [batch, length] arrays
+`decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`,
+`decoder_segment_ids` (0 = padding) and `decoder_positions`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from anygpt_jax.model import ModelConfig, Transformer
+from anygpt_jax.training.loss import cross_entropy, tiled_cross_entropy
+
+BATCH_KEYS = (
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_loss_weights",
+    "decoder_segment_ids",
+    "decoder_positions",
+)
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes: step count, parameters and optimizer state."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """How the loss is computed: z-loss weight, vocabulary tiling, micro-batching."""
+
+    z_loss: float = 0.0
+    # Width of the vocabulary tiles of the tiled loss; None computes full logits.
+    vocab_tile: int | None = None
+    # Micro-batches per step; the update equals the one of the whole batch at once.
+    num_microbatches: int = 1
+
+
+def init_train_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+    """A step-0 state around existing (possibly sharded) parameters."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def _per_token_loss(model, cfg: ModelConfig, loss_cfg: LossConfig, params, batch):
+    """(loss, argmax) per token, fp32, from the model's logits or its tiled head."""
+    args = (batch["decoder_input_tokens"], batch["decoder_positions"], batch["decoder_segment_ids"])
+    targets = batch["decoder_target_tokens"]
+    if loss_cfg.vocab_tile is None:
+        logits = model.apply({"params": params}, *args)
+        loss, _ = cross_entropy(logits, targets, loss_cfg.z_loss)
+        return loss, logits.argmax(-1)
+    hidden = model.apply({"params": params}, *args, return_hidden=True)
+    if cfg.tie_word_embeddings:
+        kernel = params["embed_tokens"]["embedding"].T
+    else:
+        kernel = params["lm_head"]["kernel"]
+    loss, _, best = tiled_cross_entropy(
+        hidden,
+        kernel,
+        targets,
+        cfg.vocab_size,
+        loss_cfg.vocab_tile,
+        loss_cfg.z_loss,
+        jnp.dtype(cfg.dtype),
+    )
+    return loss, best
+
+
+def _sums(loss, best, batch, modality_index: jax.Array, num_modalities: int) -> dict:
+    """Weighted sums per modality of the target token: loss, correct predictions, tokens."""
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    targets = batch["decoder_target_tokens"]
+    which = modality_index[targets]
+    one_hot = jax.nn.one_hot(which, num_modalities, dtype=jnp.float32) * weights[..., None]
+    correct = (best == targets).astype(jnp.float32)
+    return {
+        "loss": jnp.einsum("bt,btm->m", loss, one_hot),
+        "correct": jnp.einsum("bt,btm->m", correct, one_hot),
+        "tokens": one_hot.sum((0, 1)),
+    }
+
+
+def make_train_step(
+    cfg: ModelConfig,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    modality_index: np.ndarray,
+    loss_cfg: LossConfig = LossConfig(),
+    rules: Any = None,
+):
+    """Returns `step(state, batch) -> (state, metrics)`, to be jitted by the caller.
+
+    The loss is the token-weighted mean over the whole (global) batch; micro-batches sum
+    their weighted losses and gradients, then divide once, so any split gives the same update.
+    Metrics are sums over the batch (per modality) plus grad norm and learning rate.
+    """
+    model = Transformer(cfg)
+    modality_index = jnp.asarray(modality_index, jnp.int32)
+    pad = cfg.padded_vocab_size - modality_index.shape[0]
+    modality_index = jnp.pad(modality_index, (0, pad))  # padded ids never occur as targets
+    num_modalities = int(modality_index.max()) + 1
+
+    def microbatch_sums(params, batch):
+        with nn.logical_axis_rules(rules or ()):
+            loss, best = _per_token_loss(model, cfg, loss_cfg, params, batch)
+        sums = _sums(loss, best, batch, modality_index, num_modalities)
+        return sums["loss"].sum(), sums
+
+    grad_fn = jax.value_and_grad(microbatch_sums, has_aux=True)
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        n = loss_cfg.num_microbatches
+        if n == 1:
+            (_, sums), grads = grad_fn(state.params, batch)
+        else:
+            size = batch["decoder_input_tokens"].shape[0]
+            if size % n:
+                raise ValueError(f"batch {size} is not divisible by num_microbatches={n}")
+            micro = jax.tree_util.tree_map(lambda x: x.reshape(n, size // n, *x.shape[1:]), batch)
+
+            def accumulate(carry, mb):
+                (_, sums), grads = grad_fn(state.params, mb)
+                return jax.tree_util.tree_map(jnp.add, carry, (sums, grads)), None
+
+            zeros = (
+                jax.tree_util.tree_map(
+                    jnp.zeros_like, jax.eval_shape(lambda: grad_fn(state.params, batch)[0][1])
+                ),
+                jax.tree_util.tree_map(jnp.zeros_like, state.params),
+            )
+            (sums, grads), _ = jax.lax.scan(accumulate, zeros, micro)
+        total_tokens = jnp.maximum(sums["tokens"].sum(), 1.0)
+        grads = jax.tree_util.tree_map(lambda g: (g / total_tokens).astype(g.dtype), grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": sums["loss"].sum() / total_tokens,
+            "loss_sum_per_modality": sums["loss"],
+            "correct_per_modality": sums["correct"],
+            "tokens_per_modality": sums["tokens"],
+            "grad_norm": optax.tree.norm(grads),
+            "learning_rate": schedule(state.step),
+        }
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return step

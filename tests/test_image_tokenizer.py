@@ -409,3 +409,116 @@ def test_model_entry_points_agree(tok):
         {"params": tok.params}, tok.params["codebook"][codes], method=SeedTokenizerModel.decode_head
     )
     np.testing.assert_allclose(np.asarray(direct), tok.embed(np.asarray(codes)), atol=1e-6)
+
+
+def _tiny_unclip_pipeline(embed_dim: int):
+    """A tiny random StableUnCLIPImg2ImgPipeline built offline (16 px images)."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableUnCLIPImg2ImgPipeline,
+        UNet2DConditionModel,
+    )
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
+        StableUnCLIPImageNormalizer,
+    )
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    torch.manual_seed(0)
+    text = CLIPTextConfig(
+        vocab_size=1000,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=1,
+        projection_dim=32,
+        max_position_embeddings=77,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=embed_dim,
+        projection_dim=embed_dim,
+        image_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        patch_size=16,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        attention_head_dim=(2, 4),
+        cross_attention_dim=32,
+        use_linear_projection=True,
+        # unCLIP: the image embedding and its noise-level embedding, concatenated
+        class_embed_type="projection",
+        projection_class_embeddings_input_dim=2 * embed_dim,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    )
+    pipe = StableUnCLIPImg2ImgPipeline(
+        feature_extractor=CLIPImageProcessor(crop_size=32, size=32),
+        image_encoder=CLIPVisionModelWithProjection(vision).eval(),
+        image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=embed_dim),
+        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
+        tokenizer=CLIPTokenizer(model_max_length=77),
+        text_encoder=CLIPTextModel(text).eval(),
+        unet=unet.eval(),
+        vae=vae.eval(),
+        scheduler=DDIMScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            prediction_type="v_prediction",
+            set_alpha_to_one=False,
+            steps_offset=1,
+        ),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_render_through_unclip(tok):
+    pytest.importorskip("diffusers")
+    pipe = _tiny_unclip_pipeline(CONFIG.embed_dim)
+    codes = tok.encode(_images(2, seed=11))
+    images = tok.render(codes, seed=5, pipeline=pipe, num_inference_steps=2)
+    assert len(images) == 2 and all(im.size == (16, 16) and im.mode == "RGB" for im in images)
+    # image i uses seed 5 + i, whatever the batch: the second alone with seed 6 is the same
+    again = tok.render(codes[1], seed=[6], pipeline=pipe, num_inference_steps=2)
+    np.testing.assert_array_equal(np.asarray(again[0]), np.asarray(images[1]))
+    # and it is the pipeline run on our embedding with SEED's settings (noise level 0)
+    direct = pipe(
+        image_embeds=torch.from_numpy(tok.embed(codes[:1])),
+        prompt="",
+        noise_level=0,
+        guidance_scale=10.0,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(5),
+    ).images[0]
+    np.testing.assert_array_equal(np.asarray(direct), np.asarray(images[0]))
+    assert np.abs(np.asarray(images[0], float) - np.asarray(images[1], float)).max() > 0
+    with pytest.raises(ValueError, match="2 images but 1 seeds"):
+        tok.render(codes, seed=[1], pipeline=pipe)
+
+
+def test_render_without_diffusers_says_what_to_install(tok, monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # makes `import diffusers` fail
+    with pytest.raises(ImportError, match=r"pip install 'anygpt-jax\[render\]'"):
+        tok.render(np.zeros((1, 32), np.int32))

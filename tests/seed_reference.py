@@ -188,7 +188,7 @@ def seed_state_dict(ref: ReferenceSeed, with_vit: bool = True, extras: bool = Tr
             key = key[len("qformer.") :]
             for old, new in _QFORMER_RENAMES:
                 key = key.replace(old, new)
-        out[key] = value.detach().clone()
+        out[key] = value.detach()
     if extras:
         w = ref.config.qformer_width
         out["pos_embed"] = torch.zeros(1, ref.config.num_queries, w)

@@ -1,0 +1,275 @@
+"""Raw corpora -> pre-tokenized shards (anygpt_jax.data.shards format).
+
+    python -m data.build --kind speech_text --input LibriSpeech/train-clean-100 \\
+        --vocab TOKENIZER_DIR --tokenizer speech=CONVERTED_DIR --out shards/librispeech
+
+Items are read in input order and cut into shards of --examples-per-shard; shards are encoded
+in parallel worker processes (--workers), media in batches (--batch-size). Each finished shard
+is renamed into place with a `.json` sidecar, so a restart skips finished shards (resumable).
+manifest.json is written last. Unreadable media are logged, counted and skipped; the summary
+at the end lists them. Exit status: 0 done, 1 bad input or nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import json
+import logging
+import math
+import multiprocessing
+import os
+import sys
+
+import numpy as np
+
+from anygpt_jax.data import shards as shards_lib
+from anygpt_jax.vocab import MergedVocabulary, ModalitySpan
+from data import media as media_lib
+from data import readers
+
+log = logging.getLogger("data.build")
+KIND_MODALITIES = {"image_text": ("image",), "speech_text": ("speech",),
+                   "music_text": ("music",), "dialogue": readers.MODALITIES}  # fmt: skip
+
+_worker: dict = {}
+
+
+def _init_worker(vocab_dir: str, tokenizers: dict[str, str]) -> None:
+    _worker["vocab"] = MergedVocabulary.load(vocab_dir)
+    _worker["encoders"] = {m: media_lib.make_encoder(m, s) for m, s in tokenizers.items()}
+
+
+def _codes(item_media, encoded, vocab, where):
+    m = vocab.modality(item_media.modality)
+    codes = np.asarray(encoded, np.int64)
+    if m.num_codebooks > 1 and codes.ndim == 1 and codes.size % m.num_codebooks == 0:
+        codes = codes.reshape(m.num_codebooks, -1)
+    m.codes_to_ids(codes)  # validates shape and range, naming the offending code
+    if codes.size == 0:
+        raise ValueError(f"{where}: empty {m.name} codes")
+    return codes.astype(np.int32)
+
+
+def encode_items(items, encoders, vocab, batch_size: int):
+    """RawItems -> (ShardExamples, errors [(id, message)]); a bad item is skipped, not fatal."""
+    results: dict[tuple[int, int], object] = {}
+    for modality, enc in encoders.items():
+        todo = [
+            (i, k, md.path)
+            for i, it in enumerate(items)
+            for k, md in enumerate(it.media)
+            if md.modality == modality and md.path is not None
+        ]
+        for b in range(0, len(todo), batch_size):
+            chunk = todo[b : b + batch_size]
+            try:
+                outs = enc.encode([p for _, _, p in chunk])
+            except Exception as e:  # noqa: BLE001 - one bad batch must not end the build
+                outs = [e] * len(chunk)
+            for (i, k, _), o in zip(chunk, outs, strict=True):
+                results[(i, k)] = o
+    examples, errors = [], []
+    for i, it in enumerate(items):
+        try:
+            spans = []
+            for k, md in enumerate(it.media):
+                where = f"{it.id} {md.modality} {md.path or 'codes'}"
+                if md.modality not in encoders:
+                    raise ValueError(f"{where}: no --tokenizer for {md.modality}")
+                got = md.codes if md.path is None else results.get((i, k))
+                if isinstance(got, Exception):
+                    raise got
+                spans.append(ModalitySpan(md.modality, _codes(md, got, vocab, where)))
+            turns = tuple(
+                {
+                    "role": t["role"],
+                    "content": [
+                        {"span": c["media"]} if isinstance(c, dict) else c for c in t["content"]
+                    ],
+                }
+                for t in it.turns
+            )
+            examples.append(shards_lib.ShardExample(it.id, it.kind, it.text, spans, turns, it.meta))
+        except (ValueError, OSError) as e:
+            errors.append((it.id, str(e)))
+    return examples, errors
+
+
+def _build_shard(path: str, items, batch_size: int) -> dict:
+    vocab, encoders = _worker["vocab"], _worker["encoders"]
+    examples, errors = encode_items(items, encoders, vocab, batch_size)
+    entry = shards_lib.write_shard(path, examples, vocab)
+    infos = {m: dataclasses.asdict(e.info) for m, e in encoders.items()}
+    side = {"entry": entry, "errors": errors, "tokenizers": infos}
+    tmp = f"{path}.json.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(side, f)
+    os.replace(tmp, path + ".json")
+    return side
+
+
+def _finished(path: str) -> dict | None:
+    try:
+        with open(path + ".json", encoding="utf-8") as f:
+            side = json.load(f)
+        return side if os.path.getsize(path) == side["entry"]["bytes"] else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def build(
+    kind: str,
+    inputs: list[str],
+    out_dir: str,
+    vocab_dir: str,
+    tokenizers: dict[str, str],
+    examples_per_shard: int = 1000,
+    workers: int = 1,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Builds (or finishes) a shard directory; returns the summary."""
+    items = readers.read_inputs(kind, inputs)
+    if not items:
+        raise readers.InputError(f"{', '.join(inputs)}: no {kind} items")
+    missing = [
+        m
+        for m in KIND_MODALITIES[kind]
+        if m not in tokenizers and any(md.modality == m for it in items for md in it.media)
+    ]
+    if missing:
+        raise ValueError(
+            f"no --tokenizer given for {missing} (a directory, 'demo' or 'precomputed:NAME')"
+        )
+    vocab = MergedVocabulary.load(vocab_dir)
+    n = math.ceil(len(items) / examples_per_shard)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, shards_lib.shard_name(i, n)) for i in range(n)]
+    done = {p: s for p in paths if (s := _finished(p)) is not None}
+    todo = [p for p in paths if p not in done]
+    log.info("%s: %d items, %d shards, %d already finished", out_dir, len(items), n, len(done))
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=len(items),
+        initial=sum(
+            len(items[i * examples_per_shard :][:examples_per_shard])
+            for i, p in enumerate(paths)
+            if p in done
+        ),
+        unit="ex",
+        disable=not progress,
+    )
+    jobs = [(p, items[i * examples_per_shard :][:examples_per_shard])
+            for i, p in enumerate(paths) if p in todo]  # fmt: skip
+
+    def finish(path, side):
+        done[path] = side
+        bar.update(side["entry"]["examples"] + len(side["errors"]))
+        for ex_id, msg in side["errors"]:
+            log.warning("skipped %s: %s", ex_id, msg)
+
+    if workers <= 1 or len(jobs) <= 1:  # in-process: no start-up cost of a worker
+        if jobs:
+            _init_worker(vocab_dir, tokenizers)
+        for path, chunk in jobs:
+            finish(path, _build_shard(path, chunk, batch_size))
+    else:
+        ctx = multiprocessing.get_context("spawn")  # JAX and TF do not survive fork
+        with cf.ProcessPoolExecutor(
+            min(workers, len(jobs)), ctx, _init_worker, (vocab_dir, tokenizers)
+        ) as pool:
+            futs = {pool.submit(_build_shard, p, chunk, batch_size): p for p, chunk in jobs}
+            for fut in cf.as_completed(futs):
+                finish(futs[fut], fut.result())
+    bar.close()
+    sides = [done[p] for p in paths]
+    entries = [s["entry"] for s in sides]
+    errors = [e for s in sides for e in s["errors"]]
+    used = {md.modality for it in items for md in it.media}
+    infos = {
+        m: shards_lib.TokenizerInfo(**i)
+        for s in sides
+        for m, i in s.get("tokenizers", {}).items()
+        if m in used
+    }
+    manifest = shards_lib.make_manifest(
+        kind, entries, vocab, infos, {"errors": len(errors), "inputs": len(items)}
+    )
+    shards_lib.write_manifest(out_dir, manifest)
+    summary = {
+        "out": out_dir,
+        "kind": kind,
+        "inputs": len(items),
+        "examples": manifest["examples"],
+        "skipped": len(errors),
+        "shards": n,
+        "resumed_shards": n - len(todo),
+        "tokens": manifest["tokens"],
+        "skipped_examples": errors[:20],
+    }
+    return summary
+
+
+def _tokenizer_args(values: list[str]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        m, sep, spec = v.partition("=")
+        if not sep or m not in readers.MODALITIES or not spec:
+            raise ValueError(
+                f"--tokenizer {v!r}: expected MODALITY=SPEC with MODALITY in {readers.MODALITIES}"
+            )
+        out[m] = spec
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m data.build",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--kind", required=True, choices=sorted(readers.READERS))
+    p.add_argument(
+        "--input",
+        required=True,
+        action="append",
+        help="corpus file or directory (repeatable); formats in data/readers.py",
+    )
+    p.add_argument("--out", required=True, help="shard directory (created; resumed if present)")
+    p.add_argument("--vocab", required=True, help="tokenizer directory of the merged vocabulary")
+    p.add_argument(
+        "--tokenizer",
+        action="append",
+        default=[],
+        help="MODALITY=SPEC: converted dir, 'demo' or 'precomputed:NAME'",
+    )
+    p.add_argument("--examples-per-shard", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    p.add_argument("--batch-size", type=int, default=16, help="media files per encoder call")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = build(
+            args.kind,
+            args.input,
+            args.out,
+            args.vocab,
+            _tokenizer_args(args.tokenizer),
+            args.examples_per_shard,
+            args.workers,
+            args.batch_size,
+            not args.no_progress,
+        )
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0 if summary["examples"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

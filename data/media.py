@@ -1,0 +1,210 @@
+"""Media -> codes for the builder: the project's JAX tokenizers, demo stand-ins, precomputed codes.
+
+A tokenizer spec per modality (`--tokenizer MODALITY=SPEC`):
+- a directory: converted weights (`python -m converters.speechtokenizer` / `converters.encodec`;
+  image: anygpt_jax.modalities.image's `load`, when that module exists);
+- `demo`: speech/music: a small SEANet codec with random weights (seed 0) whose codebooks are
+  filled from its own latents of calibration audio, so codes are diverse but meaningless;
+  image: `digits_pixel_pairs`, a lossless code of 8x8 17-level images (two pixels per code);
+- `precomputed:NAME`: the corpus carries the codes; NAME is recorded as their tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from anygpt_jax.data.shards import TokenizerInfo
+
+DEMO_CONFIGS = {
+    # hop 320 at 16 kHz and hop 640 at 32 kHz: the real tokenizers' frame rates (50 Hz).
+    "speech": dict(
+        sample_rate=16000,
+        dimension=32,
+        n_filters=4,
+        ratios=(8, 5, 4, 2),
+        n_q=1,
+        codebook_size=1024,
+        lstm_layers=1,
+        encoder_bidirectional=True,
+    ),
+    "music": dict(
+        sample_rate=32000,
+        dimension=32,
+        n_filters=4,
+        ratios=(8, 5, 4, 4),
+        n_q=4,
+        codebook_size=2048,
+        lstm_layers=1,
+        true_skip=True,
+    ),
+}
+MUSIC_SEGMENT_SECONDS = 5.0
+
+
+@dataclasses.dataclass
+class Encoder:
+    """Encodes a batch of media files of one modality; failures come back as exceptions."""
+
+    modality: str
+    info: TokenizerInfo
+    encode_files: object = None  # Callable[[list[str]], list[np.ndarray | Exception]]
+
+    def encode(self, paths: Sequence[str]) -> list[np.ndarray | Exception]:
+        if self.encode_files is None:
+            return [
+                ValueError(
+                    f"{p}: {self.modality} tokenizer {self.info.name!r} takes "
+                    f"precomputed codes only"
+                )
+                for p in paths
+            ]
+        return self.encode_files(list(paths))
+
+
+def _dir_identity(path: str) -> str:
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if os.path.isfile(full):
+            h.update(name.encode())
+            with open(full, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def _audio_encoder(modality: str, codec, info: TokenizerInfo) -> Encoder:
+    from anygpt_jax.modalities import audio_io
+
+    def encode_files(paths):
+        out, waves, slots = [None] * len(paths), [], []
+        for i, p in enumerate(paths):
+            try:
+                w = audio_io.load_audio(p, codec.sample_rate)
+                if modality == "music":  # AnyGPT tokenizes one 5 s segment of a music clip
+                    w = w[: int(MUSIC_SEGMENT_SECONDS * codec.sample_rate)]
+                waves.append(w)
+                slots.append(i)
+            except (audio_io.AudioError, OSError, ValueError) as e:
+                out[i] = e
+        if waves:
+            # Batches padded to a power of two: fewer shapes, fewer compilations.
+            pad = [waves[0]] * ((1 << (len(waves) - 1).bit_length()) - len(waves))
+            codes = codec.encode_arrays(waves + pad, n_q=1 if modality == "speech" else None)
+            for i, c in zip(slots, codes, strict=False):
+                out[i] = c[0] if modality == "speech" else c
+        return out
+
+    return Encoder(modality, info, encode_files)
+
+
+def demo_codec(modality: str, seed: int = 0):
+    """A randomly initialized small codec with codebooks filled from its latents of noise+tones."""
+    import jax
+
+    from anygpt_jax.modalities.audio_layers import SEANetCodec, SEANetConfig
+    from anygpt_jax.modalities.music import MusicTokenizer
+    from anygpt_jax.modalities.speech import SpeechTokenizer
+
+    cfg = SEANetConfig(**DEMO_CONFIGS[modality])
+    module = SEANetCodec(cfg)
+    rng = np.random.default_rng(seed)
+    t = np.arange(cfg.sample_rate * 2) / cfg.sample_rate
+    calib = sum(np.sin(2 * np.pi * f * t) for f in rng.uniform(80, 2000, 6)) / 6
+    calib = (
+        calib * (0.5 + 0.5 * np.sin(2 * np.pi * 2.5 * t)) + 0.05 * rng.standard_normal(t.size)
+    ).astype(np.float32)
+    # Shapes from eval_shape, values drawn here: flax's own init compiles for ~40 s on CPU.
+    shapes = jax.eval_shape(
+        module.init, jax.random.PRNGKey(seed), calib[None, : cfg.hop_length * 2, None]
+    )["params"]
+    params = jax.tree_util.tree_map(
+        lambda s: (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]) or 1)).astype(
+            np.float32
+        ),
+        shapes,
+    )
+    encode = jax.jit(
+        lambda p, w: module.apply({"params": p}, w, method=lambda m, x: m.encoder(x)[0])
+    )
+    latents = np.asarray(encode(params, calib[None, :, None]))[0]
+    books, residual = [], latents
+    for _ in range(cfg.n_q):
+        # A random codebook maps nearly all frames to one code; frames + noise do not.
+        pick = residual[rng.integers(0, len(residual), cfg.codebook_size)]
+        book = pick + 0.05 * residual.std() * rng.standard_normal(pick.shape)
+        books.append(book.astype(np.float32))
+        d = ((residual[:, None] - book[None]) ** 2).sum(-1)
+        residual = residual - book[d.argmin(1)]
+    params = dict(params, codebooks=np.stack(books))
+    cls = SpeechTokenizer if modality == "speech" else MusicTokenizer
+    return cls(cfg, params, bucket_seconds=4.0)
+
+
+def digits_pixel_pairs(paths: list[str]) -> list[np.ndarray | Exception]:
+    """8x8 grayscale images (levels 0..16) -> 32 codes `a * 17 + b` of pixel pairs (lossless)."""
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                px = np.asarray(im.convert("L").resize((8, 8)), np.int64)
+            levels = np.rint(px / 255 * 16).astype(np.int64).reshape(32, 2)
+            out.append(levels[:, 0] * 17 + levels[:, 1])
+        except (OSError, ValueError) as e:
+            out.append(OSError(f"{p}: cannot read image ({e})"))
+    return out
+
+
+def make_encoder(modality: str, spec: str) -> Encoder:
+    """An Encoder from a tokenizer spec (see module docstring)."""
+    if spec.startswith("precomputed:"):
+        name = spec.split(":", 1)[1]
+        if not name:
+            raise ValueError(f"--tokenizer {modality}={spec}: name the tokenizer after ':'")
+        return Encoder(modality, TokenizerInfo(name, f"precomputed:{name}"))
+    if spec == "demo":
+        if modality == "image":
+            info = TokenizerInfo("digits_pixel_pairs", "digits_pixel_pairs/1")
+            return Encoder(modality, info, digits_pixel_pairs)
+        codec = demo_codec(modality)
+        name = {"speech": "speechtokenizer_rvq1", "music": "encodec_32khz"}[modality]
+        info = TokenizerInfo(name, f"demo-random-seed0/{modality}", random_init=True)
+        return _audio_encoder(modality, codec, info)
+    if not os.path.isdir(spec):
+        raise ValueError(
+            f"--tokenizer {modality}={spec}: not a directory, 'demo' or 'precomputed:NAME'"
+        )
+    if modality == "image":
+        try:
+            from anygpt_jax.modalities import image as image_lib
+        except ImportError as e:
+            raise ValueError(
+                "no JAX image tokenizer in this checkout (anygpt_jax.modalities."
+                "image); give precomputed image codes"
+            ) from e
+        tok = image_lib.load(spec)
+        info = TokenizerInfo("seed_tokenizer_v2", _dir_identity(spec))
+        return Encoder(modality, info, lambda paths: _guard(tok.encode, paths))
+    from anygpt_jax.modalities.music import MusicTokenizer
+    from anygpt_jax.modalities.speech import SpeechTokenizer
+
+    cls = SpeechTokenizer if modality == "speech" else MusicTokenizer
+    name = {"speech": "speechtokenizer_rvq1", "music": "encodec_32khz"}[modality]
+    return _audio_encoder(modality, cls.load(spec), TokenizerInfo(name, _dir_identity(spec)))
+
+
+def _guard(fn, paths):
+    out = []
+    for p in paths:
+        try:
+            out.append(np.asarray(fn(p)))
+        except (OSError, ValueError) as e:
+            out.append(e)
+    return out

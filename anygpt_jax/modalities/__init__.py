@@ -19,3 +19,13 @@ __all__ = [
     "speech_ids",
     "speech_units_from_ids",
 ]
+
+# SEED image tokenizer (images <-> 32 codes; unCLIP rendering with the `render` extra).
+from anygpt_jax.modalities.image import (  # noqa: E402
+    ImageError,
+    ImageTokenizer,
+    image_codes_from_ids,
+    image_ids,
+)
+
+__all__ += ["ImageError", "ImageTokenizer", "image_codes_from_ids", "image_ids"]

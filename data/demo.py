@@ -1,0 +1,290 @@
+"""The offline demo corpus: real material, built by the same builder in about a minute or two.
+
+    python -m data.demo --vocab TOKENIZER_DIR --out demo_corpus [--raw-only]
+
+- image_text: scikit-learn's handwritten digits (8x8, 17 gray levels) with generated captions;
+- speech_text: the Zen of Python's sentences spoken by espeak-ng in several voices and speeds;
+- music_text: 5 s clips composed here (scales, chords, arpeggios, rhythms) as MIDI, rendered
+  by fluidsynth with the General MIDI FluidR3 sound font, captioned from their parameters;
+- dialogue: a few hundred chats interleaving the three.
+
+Tokenizers are the builder's `demo` ones (data/media.py): speech and music codecs are randomly
+initialized small SEANets unless `--tokenizer speech=DIR` / `music=DIR` give converted weights;
+images use the lossless `digits_pixel_pairs` code, not SEED. Tasks reading these shards must
+accept that: `tasks.register(..., tokenizers=DEMO_TOKENIZERS)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+
+from data import build
+
+SOUND_FONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+DEMO_TOKENIZERS = {"image": "digits_pixel_pairs"}
+NUMBERS = "zero one two three four five six seven eight nine".split()
+VOICES = ("en-us", "en-gb+f3", "en-us+m3")
+INSTRUMENTS = {0: "piano", 24: "nylon guitar", 40: "violin", 73: "flute", 19: "church organ",
+               56: "trumpet", 11: "vibraphone", 32: "acoustic bass"}  # fmt: skip
+KEYS = {"C": 60, "D": 62, "E": 64, "F": 65, "G": 67, "A": 57}
+
+
+def zen_sentences() -> list[str]:
+    """The Zen of Python's lines, decoded from the standard library's rot13 copy."""
+    with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the poem
+        this = importlib.import_module("this")
+    text = "".join(this.d.get(c, c) for c in this.s)
+    return [s.strip() for s in text.splitlines()[2:] if s.strip()]
+
+
+def _vlq(n: int) -> bytes:
+    out = [n & 0x7F]
+    while n > 127:
+        n >>= 7
+        out.append(0x80 | (n & 0x7F))
+    return bytes(reversed(out))
+
+
+def midi_bytes(notes: list[tuple[float, float, int, int]], program: int, bpm: int) -> bytes:
+    """A format-0 MIDI file of (start beat, beats, pitch, velocity) notes on one instrument."""
+    tpb = 480
+    events = [
+        (0, bytes([0xFF, 0x51, 3]) + struct.pack(">I", 60_000_000 // bpm)[1:]),
+        (0, bytes([0xC0, program])),
+    ]
+    for start, dur, pitch, vel in notes:
+        events.append((int(start * tpb), bytes([0x90, pitch, vel])))
+        events.append((int((start + dur) * tpb), bytes([0x80, pitch, 0])))
+    events.sort(key=lambda e: (e[0], e[1][0] == 0x90))
+    track, now = b"", 0
+    for t, ev in events:
+        track += _vlq(t - now) + ev
+        now = t
+    track += b"\x00\xff\x2f\x00"
+    return (
+        b"MThd"
+        + struct.pack(">IHHH", 6, 0, 1, tpb)
+        + b"MTrk"
+        + struct.pack(">I", len(track))
+        + track
+    )
+
+
+def compose(k: int) -> tuple[list, int, int, str]:
+    """Clip k: a pattern, key, mode, instrument and tempo -> notes and a caption."""
+    rng = np.random.default_rng(k)
+    prog, inst = list(INSTRUMENTS.items())[k % len(INSTRUMENTS)]
+    key, root = list(KEYS.items())[k // len(INSTRUMENTS) % len(KEYS)]
+    minor = bool(k % 2)
+    bpm = int(rng.choice([72, 96, 120, 144]))
+    scale = [0, 2, 3, 5, 7, 8, 10, 12] if minor else [0, 2, 4, 5, 7, 9, 11, 12]
+    pattern = ["scale", "chords", "arpeggio", "rhythm"][k % 4]
+    beats = 5 * bpm / 60
+    notes = []
+    if pattern == "scale":
+        seq = scale + scale[::-1][1:]
+        notes = [(i * 0.5, 0.5, root + seq[i % len(seq)], 90) for i in range(int(beats * 2))]
+    elif pattern == "chords":
+        for i, deg in enumerate([0, 3, 4, 0] * 3):
+            base = root + scale[deg]
+            third = scale[(deg + 2) % 7] + (12 if deg + 2 >= 7 else 0)
+            fifth = scale[(deg + 4) % 7] + (12 if deg + 4 >= 7 else 0)
+            notes += [(i * 2.0, 2.0, p, 80) for p in (base, root + third, root + fifth)]
+    elif pattern == "arpeggio":
+        arp = [0, 4, 7, 12, 7, 4] if not minor else [0, 3, 7, 12, 7, 3]
+        notes = [(i * 0.25, 0.25, root + arp[i % 6], 85) for i in range(int(beats * 4))]
+    else:
+        notes = [
+            (i * 0.5, 0.3, root + (0 if i % 4 else 12), 110 if i % 4 == 0 else 70)
+            for i in range(int(beats * 2))
+        ]
+    speed = {72: "slow", 96: "moderate", 120: "lively", 144: "fast"}[bpm]
+    what = {
+        "scale": "a scale going up and down",
+        "chords": "a I-IV-V-I chord progression",
+        "arpeggio": "a rippling arpeggio",
+        "rhythm": "a steady rhythmic octave pattern",
+    }
+    caption = (
+        f"A {speed} solo {inst} playing {what[pattern]} in {key} "
+        f"{'minor' if minor else 'major'} at {bpm} beats per minute."
+    )
+    return notes, prog, bpm, caption
+
+
+def _jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path
+
+
+def make_raw(
+    raw: str, num_images: int = 300, num_music: int = 48, num_dialogues: int = 300
+) -> dict[str, str]:
+    """Writes the raw corpus (PNGs, WAVs, JSONL); returns kind -> input file."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    os.makedirs(os.path.join(raw, "media"), exist_ok=True)
+    digits = load_digits()
+    images = []
+    for i in range(num_images):
+        img, label = digits.images[i], int(digits.target[i])
+        name = f"media/digit{i:04d}.png"
+        Image.fromarray(np.rint(img * 255 / 16).astype(np.uint8)).save(os.path.join(raw, name))
+        ink = "bold" if img.sum() > 320 else "thin"
+        images.append(
+            {
+                "id": f"digit{i}",
+                "image": name,
+                "label": label,
+                "caption": f"A handwritten digit {NUMBERS[label]} in {ink} strokes.",
+            }
+        )
+    speech = []
+    for i, (text, voice) in enumerate((t, v) for t in zen_sentences() for v in VOICES):
+        name = f"media/zen{i:03d}.wav"
+        subprocess.run(
+            [
+                "espeak-ng",
+                "-v",
+                voice,
+                "-s",
+                str(140 + 15 * (i % 3)),
+                "-w",
+                os.path.join(raw, name),
+                text,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        speech.append({"id": f"zen{i}", "audio": name, "text": text})
+    music = []
+    for k in range(num_music):
+        notes, prog, bpm, caption = compose(k)
+        mid, wav = os.path.join(raw, f"media/clip{k:03d}.mid"), f"media/clip{k:03d}.wav"
+        with open(mid, "wb") as f:
+            f.write(midi_bytes(notes, prog, bpm))
+        subprocess.run(
+            [
+                "fluidsynth",
+                "-ni",
+                "-g",
+                "0.8",
+                "-r",
+                "32000",
+                "-F",
+                os.path.join(raw, wav),
+                SOUND_FONT,
+                mid,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        music.append({"id": f"clip{k}", "audio": wav, "caption": caption})
+    rng = np.random.default_rng(0)
+    dialogues = []
+    for d in range(num_dialogues):
+        turns = []
+        for _ in range(int(rng.integers(1, 4))):
+            c = int(rng.integers(4))
+            if c == 0:
+                im = images[rng.integers(len(images))]
+                turns += [
+                    {"role": "human", "content": ["Which digit is this? ", {"image": im["image"]}]},
+                    {"role": "assistant", "content": [f"It is a {NUMBERS[im['label']]}."]},
+                ]
+            elif c == 1:
+                sp = speech[rng.integers(len(speech))]
+                turns += [
+                    {"role": "human", "content": [f"Please say: {sp['text']}"]},
+                    {"role": "assistant", "content": [{"speech": sp["audio"]}]},
+                ]
+            elif c == 2:
+                sp = speech[rng.integers(len(speech))]
+                turns += [
+                    {"role": "human", "content": [{"speech": sp["audio"]}]},
+                    {"role": "assistant", "content": [f"You said: {sp['text']}"]},
+                ]
+            else:
+                mu = music[rng.integers(len(music))]
+                turns += [
+                    {"role": "human", "content": [f"Play this for me: {mu['caption']}"]},
+                    {"role": "assistant", "content": ["Here it is. ", {"music": mu["audio"]}]},
+                ]
+        dialogues.append({"id": f"chat{d}", "turns": turns})
+    return {
+        "image_text": _jsonl(os.path.join(raw, "images.jsonl"), images),
+        "speech_text": _jsonl(os.path.join(raw, "speech.jsonl"), speech),
+        "music_text": _jsonl(os.path.join(raw, "music.jsonl"), music),
+        "dialogue": _jsonl(os.path.join(raw, "dialogues.jsonl"), dialogues),
+    }
+
+
+def build_demo(
+    out: str, vocab_dir: str, tokenizers: dict[str, str] | None = None, progress: bool = True
+) -> dict:
+    """Raw corpus under out/raw, shards under out/<kind>; returns the builder summaries."""
+    inputs = make_raw(os.path.join(out, "raw"))
+    toks = {"image": "demo", "speech": "demo", "music": "demo"} | dict(tokenizers or {})
+    return {
+        kind: build.build(
+            kind,
+            [path],
+            os.path.join(out, kind),
+            vocab_dir,
+            toks,
+            examples_per_shard=200,
+            workers=1,
+            progress=progress,
+        )
+        for kind, path in inputs.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m data.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument("--vocab", required=True, help="tokenizer directory of the merged vocabulary")
+    p.add_argument(
+        "--tokenizer",
+        action="append",
+        default=[],
+        help="MODALITY=DIR of converted weights instead of the random demo codec",
+    )
+    p.add_argument("--raw-only", action="store_true", help="write the raw corpus only")
+    args = p.parse_args(argv)
+    try:
+        if args.raw_only:
+            print(json.dumps(make_raw(os.path.join(args.out, "raw")), indent=2))
+            return 0
+        summary = build_demo(args.out, args.vocab, build._tokenizer_args(args.tokenizer))
+    except (ValueError, OSError, subprocess.CalledProcessError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {k: {x: v[x] for x in ("examples", "skipped", "tokens")} for k, v in summary.items()},
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "soundfile>=0.13,<1",
     "gin-config>=0.5,<0.6",
     "safetensors>=0.5,<1",
+    "tensorboard>=2.19,<3",
 ]
 
 EXTRAS_REQUIRE = {

@@ -60,11 +60,63 @@ def load_vocab(directory: str):
     return MergedVocabulary.load(vocab_dir)
 
 
-def _params_path(directory: str) -> str:
-    path = os.path.join(os.path.abspath(directory), PARAMS_DIR)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{directory} has no parameters ({PARAMS_DIR}/ is missing)")
-    return path
+def params_location(directory: str) -> tuple[str, tuple[str, ...]]:
+    """(orbax checkpoint path, key path of the params inside it) of a model directory.
+
+    A converted model keeps them in params/; a training MODEL_DIR in the train state of its
+    newest committed checkpoint.
+    """
+    directory = os.path.abspath(directory)
+    path = os.path.join(directory, PARAMS_DIR)
+    if os.path.isdir(path):
+        return path, ()
+    from anygpt_jax.training.checkpoints import CHECKPOINTS_DIR, STATE_ITEM
+
+    checkpoints = os.path.join(directory, CHECKPOINTS_DIR)
+    if os.path.isdir(checkpoints):
+        options = ocp.CheckpointManagerOptions(read_only=True)
+        with ocp.CheckpointManager(checkpoints, options=options) as manager:
+            step = manager.latest_step()
+        if step is not None:
+            return os.path.join(checkpoints, str(step), STATE_ITEM), ("params",)
+    raise FileNotFoundError(
+        f"{directory} has no parameters ({PARAMS_DIR}/ or a committed {CHECKPOINTS_DIR}/ step)"
+    )
+
+
+def restore_subtree(path: str, prefix: tuple[str, ...], target: Any) -> Any:
+    """Restores only the subtree at `prefix` of an orbax checkpoint.
+
+    `target` is a tree of ShapeDtypeStructs (with shardings to restore onto devices, else
+    host numpy), or None for everything under `prefix` as saved, as host numpy.
+    """
+    if target is None:
+        with ocp.StandardCheckpointer() as checkpointer:
+            tree = checkpointer.metadata(path).item_metadata.tree
+        for key in prefix:
+            tree = tree[key]
+        target = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+            tree,
+            is_leaf=lambda x: hasattr(x, "shape"),
+        )
+    item = target
+    for key in reversed(prefix):
+        item = {key: item}
+
+    def restore_arg(s):
+        if getattr(s, "sharding", None) is not None:
+            return ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape, dtype=s.dtype)
+        return ocp.RestoreArgs(restore_type=np.ndarray, dtype=s.dtype)
+
+    restore_args = jax.tree_util.tree_map(restore_arg, item)
+    restored = ocp.PyTreeCheckpointer().restore(
+        path,
+        args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
+    )
+    for key in prefix:
+        restored = restored[key]
+    return restored
 
 
 def _get(tree: dict, path: tuple[str, ...]):
@@ -160,26 +212,22 @@ def load_params(
         raise ValueError(
             f"{directory}: the checkpoint's architecture differs from the config: {differ}"
         )
-    path = _params_path(directory)
+    path, prefix = params_location(directory)
     same_layout = (
         saved.padded_vocab_size == config.padded_vocab_size
         and saved.scan_layers == config.scan_layers
     )
     target_shapes = param_shapes(config)
-    with ocp.StandardCheckpointer() as checkpointer:
-        if same_layout:
-            if mesh is not None:
-                shardings = param_shardings(config, mesh, rules)
-                target = jax.tree_util.tree_map(
-                    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                    target_shapes,
-                    shardings,
-                )
-            else:
-                target = target_shapes
-            params = checkpointer.restore(path, target)
-            return params, config
-        params = checkpointer.restore(path)
+    if same_layout:
+        target = target_shapes
+        if mesh is not None:
+            target = jax.tree_util.tree_map(
+                lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                target_shapes,
+                param_shardings(config, mesh, rules),
+            )
+        return restore_subtree(path, prefix, target), config
+    params = restore_subtree(path, prefix, None)
     params = match_layout(params, config)
     params = resize_vocab_rows(params, config.padded_vocab_size, config.vocab_size)
     check_params(params, config, directory)

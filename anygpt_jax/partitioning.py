@@ -59,12 +59,18 @@ def logical_axis_rules(rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> tupl
 def make_mesh(
     mesh_shape: dict[str, int] | None = None,
     devices: Sequence[jax.Device] | None = None,
+    num_devices: int | None = None,
 ) -> Mesh:
     """Builds a (data, fsdp, tensor) mesh; one axis may be -1 to take the remaining devices.
 
     The default puts every device on fsdp, the usual choice for a single host or slice.
+    `num_devices` keeps only the first N devices (tests, debugging).
     """
     devices = list(devices) if devices is not None else jax.devices()
+    if num_devices is not None:
+        if not 1 <= num_devices <= len(devices):
+            raise ValueError(f"num_devices={num_devices}; {len(devices)} devices are available")
+        devices = devices[:num_devices]
     shape = dict(mesh_shape or {"fsdp": -1})
     unknown = sorted(set(shape) - set(MESH_AXES))
     if unknown:

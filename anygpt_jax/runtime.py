@@ -23,3 +23,23 @@ def configure_xla_flags() -> None:
         if not any(f.split("=", 1)[0] == option for f in flags):
             flags.append(flag)
     os.environ["XLA_FLAGS"] = " ".join(flags)
+
+
+def initialize_distributed() -> None:
+    """Joins the other processes of a multi-host job (TPU pods, or JAX_COORDINATOR_ADDRESS).
+
+    On a TPU VM slice jax finds its peers itself; elsewhere the coordinator address, process
+    count and id come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    A single process needs nothing.
+    """
+    import jax
+
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if address:
+        jax.distributed.initialize(
+            coordinator_address=address,
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+    elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
+        jax.distributed.initialize()

@@ -337,29 +337,21 @@ def import_checkpoint(
 
 def _stream_params(ckpt_dir: str, cfg: ModelConfig) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
     """Yields (leaf path, array) one parameter at a time via orbax partial restore."""
-    path = os.path.join(os.path.abspath(ckpt_dir), checkpointing.PARAMS_DIR)
-    if not os.path.isdir(path):
-        raise ConversionError(
-            f"{ckpt_dir} has no parameters ({checkpointing.PARAMS_DIR}/ is missing)"
-        )
+    path, prefix = checkpointing.params_location(ckpt_dir)
     with ocp.StandardCheckpointer() as checkpointer:
-        metadata = checkpointer.metadata(path).item_metadata.tree
-    leaves = jax.tree_util.tree_leaves_with_path(metadata, is_leaf=lambda x: hasattr(x, "shape"))
-    restorer = ocp.PyTreeCheckpointer()
-    for key_path, _ in leaves:
+        tree = checkpointer.metadata(path).item_metadata.tree
+    for key in prefix:
+        tree = tree[key]
+    leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+    for key_path, meta in leaves:
         names = tuple(k.key for k in key_path)
-        item: dict = {}
-        node = item
-        for n in names[:-1]:
-            node = node.setdefault(n, {})
-        node[names[-1]] = np.empty(0)
-        args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-        restored = restorer.restore(
-            path, args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
-        )
+        target = jax.ShapeDtypeStruct(meta.shape, meta.dtype)
+        for n in reversed(names):
+            target = {n: target}
+        array = checkpointing.restore_subtree(path, prefix, target)
         for n in names:
-            restored = restored[n]
-        yield names, np.asarray(restored)
+            array = array[n]
+        yield names, np.asarray(array)
 
 
 def _hf_entries(cfg: ModelConfig) -> dict[tuple[str, ...], list[tuple[str, str, int | None]]]:

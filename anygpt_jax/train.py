@@ -1,0 +1,121 @@
+"""`python -m anygpt_jax.train --gin_file=F [--gin_file=...] [--gin.KEY=VALUE ...]`.
+
+t5x's convention: gin files are parsed in order, then `--gin.KEY=VALUE` bindings (macros
+such as MODEL_DIR, TRAIN_STEPS, BATCH_SIZE, SEQ_LEN, MIXTURE_OR_TASK_NAME, CHECKPOINT_EVERY
+included). Every configuration error is reported before any work starts. The operative
+config is written to MODEL_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from anygpt_jax import runtime
+
+REQUIRED_MACROS = (
+    "MODEL_DIR",
+    "TRAIN_STEPS",
+    "BATCH_SIZE",
+    "SEQ_LEN",
+    "MIXTURE_OR_TASK_NAME",
+    "CHECKPOINT_EVERY",
+)
+CONFIG_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tpu_configs"
+)
+
+
+class ConfigError(ValueError):
+    """The gin files or bindings are unusable; the message names the file, key or value."""
+
+
+def parse_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Splits argv into gin files, `KEY=VALUE` bindings and search paths; else an error."""
+    parser = argparse.ArgumentParser(
+        prog="python -m anygpt_jax.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--gin_file",
+        action="append",
+        default=[],
+        help="a gin file; repeat to layer several (later files win)",
+    )
+    parser.add_argument(
+        "--gin_search_path",
+        action="append",
+        default=[],
+        help="extra directories to resolve gin files and includes in",
+    )
+    args, rest = parser.parse_known_args(argv)
+    bindings = []
+    for arg in rest:
+        if arg.startswith("--gin.") and "=" in arg:
+            bindings.append(arg[len("--gin.") :])
+        else:
+            parser.error(f"unrecognized argument {arg!r} (bindings are --gin.KEY=VALUE)")
+    if not args.gin_file:
+        parser.error("at least one --gin_file is required (e.g. tpu_configs/cpu_default.gin)")
+    for path in args.gin_search_path:
+        if not os.path.isdir(path):
+            parser.error(f"--gin_search_path {path!r} is not a directory")
+    return args.gin_file, bindings, args.gin_search_path
+
+
+def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
+    """Parses files then bindings, and checks the required macros; raises ConfigError."""
+    import gin
+
+    # Registers every configurable the configs may name.
+    import anygpt_jax.tasks  # noqa: F401
+    import anygpt_jax.training.trainer  # noqa: F401
+    import anygpt_jax.vocab  # noqa: F401
+
+    gin.clear_config()
+    for path in (os.getcwd(), CONFIG_DIR, *search_paths):
+        gin.add_config_file_search_path(path)
+    for path in gin_files:
+        found = path if os.path.isfile(path) else os.path.join(CONFIG_DIR, path)
+        if not os.path.isfile(found):
+            raise ConfigError(f"gin file not found: {path}")
+    try:
+        gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=False)
+    except (ValueError, KeyError, NameError, SyntaxError, OSError) as e:
+        raise ConfigError(f"gin: {e}") from e
+    missing = []
+    for macro in REQUIRED_MACROS:
+        try:
+            gin.query_parameter(f"%{macro}")
+        except ValueError:
+            missing.append(macro)
+    if missing:
+        raise ConfigError(
+            f"required gin macros not set: {missing} (e.g. --gin.MODEL_DIR=\"'dir'\")"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs training; returns the exit status (1 with a one-line message on bad config)."""
+    runtime.configure_xla_flags()
+    gin_files, bindings, search_paths = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        parse_gin(gin_files, bindings, search_paths)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    from anygpt_jax.training.trainer import train
+
+    runtime.initialize_distributed()
+    try:
+        train()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Training checkpoints: orbax async saves of the train state plus each host's input position.
+
+MODEL_DIR/
+  model_config.json, vocab/      what AnyGPT.load needs (written once, at start)
+  checkpoints/<step>/state/      the TrainState (orbax CheckpointManager, async)
+  input/<step>/process_<i>.*     each process's tf.data iterator position at that step
+
+A step counts as saved once orbax has committed its state; its input positions are
+written before the state save starts, so a committed step always has them. Restoring
+targets the current mesh's shardings, so a run may resume on another device count.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import gin
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINTS_DIR = "checkpoints"
+INPUT_DIR = "input"
+STATE_ITEM = "state"
+
+
+@gin.configurable
+class TrainCheckpointer:
+    """Keeps the last `keep_last` checkpoints plus every `keep_every`-th step (if set)."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        keep_last: int = 3,
+        keep_every: int | None = None,
+        async_save: bool = True,
+    ):
+        self.model_dir = os.path.abspath(model_dir)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep_last,
+            keep_period=keep_every,
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            os.path.join(self.model_dir, CHECKPOINTS_DIR),
+            item_names=(STATE_ITEM,),
+            options=options,
+        )
+
+    def input_prefix(self, step: int) -> str:
+        """Where this process's input position for `step` lives."""
+        return os.path.join(self.model_dir, INPUT_DIR, str(step), f"process_{jax.process_index()}")
+
+    def latest_step(self) -> int | None:
+        """The newest committed step, or None."""
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, input_iterator=None) -> None:
+        """Starts an async save of `state` at `step` (input position written synchronously)."""
+        if input_iterator is not None:
+            input_iterator.save(self.input_prefix(step))
+        self._manager.save(
+            step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state)})
+        )
+        self._prune_inputs()
+
+    def restore(self, step: int, abstract_state: Any, input_iterator=None) -> Any:
+        """Restores `step` into the shardings of `abstract_state` (ShapeDtypeStructs)."""
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract_state)})
+        )
+        if input_iterator is not None:
+            input_iterator.restore(self.input_prefix(step))
+        return restored[STATE_ITEM]
+
+    def wait(self) -> None:
+        """Blocks until pending async saves are committed."""
+        self._manager.wait_until_finished()
+        self._prune_inputs()
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def _prune_inputs(self) -> None:
+        """Drops input positions of steps orbax no longer keeps (never the ones in flight)."""
+        if jax.process_index() != 0:
+            return
+        root = os.path.join(self.model_dir, INPUT_DIR)
+        if not os.path.isdir(root):
+            return
+        kept = set(self._manager.all_steps())
+        newest = max(kept, default=-1)
+        for name in os.listdir(root):
+            if name.isdigit() and int(name) not in kept and int(name) < newest:
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)

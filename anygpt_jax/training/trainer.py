@@ -1,0 +1,276 @@
+"""The training loop: sharded state, resumable input, async checkpoints, metrics, preemption.
+
+Everything is configured through gin (see tpu_configs/); `anygpt_jax.train` only parses flags.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+
+from anygpt_jax import checkpointing, partitioning, tasks
+from anygpt_jax.data.pipeline import InputIterator, get_dataset
+from anygpt_jax.model import ModelConfig, Transformer
+from anygpt_jax.training import metrics as metrics_lib
+from anygpt_jax.training.checkpoints import TrainCheckpointer
+from anygpt_jax.training.optimizer import learning_rate_schedule, make_optimizer
+from anygpt_jax.training.step import BATCH_KEYS, LossConfig, init_train_state, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message names the step."""
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps (all hosts agree on it)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def should_stop(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.array(self.requested))
+        return bool(np.any(flags))
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _abstract_state(cfg: ModelConfig, tx, mesh, rules):
+    """(ShapeDtypeStructs with shardings, shardings) of the TrainState, from logical axes."""
+    model = Transformer(cfg)
+
+    def boxed_init():
+        params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"]
+        return init_train_state(params, tx)
+
+    boxed = jax.eval_shape(boxed_init)
+    shardings = partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
+    shapes = nn.meta.unbox(boxed)
+    abstract = jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )
+    return abstract, shardings
+
+
+def _vocabulary(mixture_or_task_name: str):
+    try:
+        provider = seqio.get_mixture_or_task(mixture_or_task_name)
+    except ValueError as e:
+        known = sorted(seqio.MixtureRegistry.names()) + sorted(seqio.TaskRegistry.names())
+        raise ValueError(
+            f"MIXTURE_OR_TASK_NAME {mixture_or_task_name!r} is not registered "
+            f"(registered: {known}); are its shard directories set in gin?"
+        ) from e
+    return provider.output_features["targets"].vocabulary
+
+
+def _prepare_model_dir(model_dir: str, cfg: ModelConfig, vocab) -> None:
+    """Writes model_config.json and vocab/ once; a resumed run must agree with them."""
+    os.makedirs(model_dir, exist_ok=True)
+    config_path = os.path.join(model_dir, checkpointing.CONFIG_FILE)
+    if os.path.exists(config_path):
+        saved = checkpointing.load_config(model_dir)
+        if saved.replace(**_layout(cfg)) != cfg:
+            raise ValueError(
+                f"{config_path} describes another model than this run's config; "
+                "use a new MODEL_DIR or the same architecture"
+            )
+    elif jax.process_index() == 0:
+        cfg.save(config_path)
+    vocab_dir = os.path.join(model_dir, checkpointing.VOCAB_DIR)
+    if not os.path.isdir(vocab_dir):
+        if jax.process_index() == 0:
+            vocab.save(vocab_dir)
+    elif checkpointing.load_vocab(model_dir).fingerprint != vocab.fingerprint:
+        raise ValueError(f"{vocab_dir} holds another vocabulary than the task's")
+
+
+def _layout(cfg: ModelConfig) -> dict:
+    keys = (
+        "vocab_pad_multiple",
+        "param_dtype",
+        "dtype",
+        "scan_layers",
+        "remat_policy",
+        "attention_kernel",
+    )
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def write_operative_config(model_dir: str) -> None:
+    """Saves the gin bindings actually used, as t5x does."""
+    if jax.process_index() == 0:
+        with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
+            f.write(gin.operative_config_str())
+
+
+@gin.configurable(denylist=["model_config"])
+def train(
+    model_dir: str = gin.REQUIRED,
+    train_steps: int = gin.REQUIRED,
+    batch_size: int = gin.REQUIRED,
+    seq_len: int = gin.REQUIRED,
+    mixture_or_task_name: str = gin.REQUIRED,
+    checkpoint_every: int = gin.REQUIRED,
+    model_config: ModelConfig | None = None,
+    init_from: str | None = None,
+    seed: int = 0,
+    log_every: int = 10,
+    peak_flops_per_device: float | None = None,
+    loss_config: LossConfig | None = None,
+    register_tasks: bool = True,
+    stop_after_steps: int | None = None,
+) -> dict[str, float]:
+    """Trains to `train_steps`, resuming from MODEL_DIR's latest checkpoint; returns last metrics.
+
+    `init_from` is a model directory (e.g. from `converters.llama import`) to fine-tune from
+    when MODEL_DIR holds no checkpoint yet. `register_tasks` registers the seqio tasks
+    over the shard directories gin names (tasks.register) before looking the mixture up.
+    `stop_after_steps` ends this invocation (with a checkpoint) after that many steps, for
+    time-sliced jobs; the schedule still runs to `train_steps`.
+    """
+    cfg = model_config or ModelConfig()
+    loss_config = loss_config or LossConfig()
+    mesh = partitioning.make_mesh()
+    rules = partitioning.logical_axis_rules()
+    if register_tasks:
+        tasks.register()
+    vocab = _vocabulary(mixture_or_task_name)
+    if vocab.vocab_size != cfg.vocab_size:
+        raise ValueError(
+            f"ModelConfig.vocab_size={cfg.vocab_size} but the task {mixture_or_task_name!r} "
+            f"uses a vocabulary of {vocab.vocab_size} ids"
+        )
+    _prepare_model_dir(model_dir, cfg, vocab)
+
+    schedule = learning_rate_schedule(train_steps)
+    tx = make_optimizer(schedule)
+    abstract_state, state_shardings = _abstract_state(cfg, tx, mesh, rules)
+    batch_sharding = partitioning.batch_sharding(mesh, rules)
+    step_fn = jax.jit(
+        make_train_step(cfg, tx, schedule, vocab.id_modality_index(), loss_config, rules),
+        in_shardings=(state_shardings, {k: batch_sharding for k in BATCH_KEYS}),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+
+    inputs = InputIterator(get_dataset(mixture_or_task_name, seq_len, batch_size, seed=seed))
+    checkpointer = TrainCheckpointer(model_dir)
+    latest = checkpointer.latest_step()
+    with jax.set_mesh(mesh):
+        if latest is not None:
+            state = checkpointer.restore(latest, abstract_state, inputs)
+            log.info("resumed from step %d", latest)
+        elif init_from is not None:
+            params, _ = checkpointing.load_params(init_from, cfg, mesh=mesh, rules=rules)
+            state = jax.jit(lambda p: init_train_state(p, tx), out_shardings=state_shardings)(
+                params
+            )
+        else:
+
+            def init(rng):
+                params = Transformer(cfg).init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
+                return nn.meta.unbox(init_train_state(params, tx))
+
+            state = jax.jit(init, out_shardings=state_shardings)(jax.random.PRNGKey(seed))
+    start = int(latest or 0)
+    write_operative_config(model_dir)
+
+    peak = (peak_flops_per_device or metrics_lib.device_peak_flops()) * jax.device_count()
+    flops_per_step = metrics_lib.model_flops_per_token(cfg, seq_len) * batch_size * seq_len
+    writer = _summary_writer(model_dir)
+    preemption = _Preemption()
+    last: dict[str, float] = {}
+    run_start, steps_timed, window_start = time.perf_counter(), 0, time.perf_counter()
+    try:
+        step = start
+        while step < train_steps:
+            local = next(inputs)
+            batch = {
+                k: jax.make_array_from_process_local_data(batch_sharding, local[k])
+                for k in BATCH_KEYS
+            }
+            with jax.set_mesh(mesh):
+                new_state, step_metrics = step_fn(state, batch)
+            step_metrics = jax.device_get(step_metrics)
+            if not math.isfinite(float(step_metrics["loss"])):
+                raise TrainingError(
+                    f"non-finite loss {float(step_metrics['loss'])} at step {step + 1}; "
+                    f"the last good checkpoint is step {checkpointer.latest_step()}"
+                )
+            state, step = new_state, step + 1
+            steps_timed += 1
+            if step % log_every == 0 or step == train_steps:
+                elapsed = time.perf_counter() - window_start
+                last = metrics_lib.summarize(step_metrics, vocab.modality_names)
+                step_time = elapsed / steps_timed
+                last |= {
+                    "step_time_s": step_time,
+                    "tokens_per_s": batch_size * seq_len / step_time,
+                    "mfu": flops_per_step / step_time / peak,
+                }
+                eta = (train_steps - step) * step_time
+                print(
+                    f"step {step}/{train_steps} loss {last['loss']:.4f} "
+                    f"lr {last['learning_rate']:.2e} gnorm {last['grad_norm']:.3f} "
+                    f"{last['tokens_per_s']:.0f} tok/s mfu {last['mfu']:.1%} "
+                    f"eta {metrics_lib.format_eta(eta)}",
+                    flush=True,
+                )
+                _write_scalars(writer, step, last)
+                steps_timed, window_start = 0, time.perf_counter()
+            sliced = stop_after_steps is not None and step - start >= stop_after_steps
+            stop = preemption.should_stop() or sliced
+            if step % checkpoint_every == 0 or step == train_steps or stop:
+                checkpointer.save(step, state, inputs)
+            if stop:
+                reason = "time slice done" if sliced else "SIGTERM"
+                print(f"{reason}: saved step {step}, exiting", flush=True)
+                break
+    finally:
+        checkpointer.wait()
+        checkpointer.close()
+        preemption.restore()
+        if writer is not None:
+            writer.flush()
+    log.info("trained %d steps in %.1fs", step - start, time.perf_counter() - run_start)
+    return last
+
+
+def _summary_writer(model_dir: str):
+    if jax.process_index() != 0:
+        return None
+    import tensorflow as tf
+
+    return tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
+
+
+def _write_scalars(writer, step: int, scalars: dict[str, Any]) -> None:
+    if writer is None:
+        return
+    import tensorflow as tf
+
+    with writer.as_default(step=step):
+        for name, value in scalars.items():
+            tf.summary.scalar(name, value)

@@ -1,0 +1,174 @@
+"""The training loop: resume replays no data, checkpoints load for inference, bad config fails."""
+
+import os
+import subprocess
+import sys
+
+import gin
+import jax
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from anygpt_jax import AnyGPT
+from anygpt_jax.model import ModelConfig
+from anygpt_jax.tasks import output_features
+from anygpt_jax.training.checkpoints import TrainCheckpointer
+from anygpt_jax.training.trainer import TrainingError, train
+from anygpt_jax.vocab import MergedVocabulary
+
+TASK = "synthetic_lm_for_trainer_tests"
+
+
+def register_synthetic_task(vocab: MergedVocabulary, name: str = TASK, nan_from: int | None = None):
+    """Deterministic counting sequences from a random start (learnable), weights 1 (seqio)."""
+
+    def dataset_fn(split, shuffle_files, seed=None):
+        def example(i):
+            length = 6 + tf.cast(i % 11, tf.int32)
+            start = tf.random.stateless_uniform([], seed=[i, 7], maxval=40, dtype=tf.int32)
+            ids = 3 + (start + tf.range(length)) % 40
+            return {"targets": ids, "loss_weights": tf.ones([length])}
+
+        return tf.data.Dataset.range(100_000).map(example)
+
+    seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name,
+        seqio.FunctionDataSource(dataset_fn, splits=["train"]),
+        preprocessors=[],
+        output_features=output_features(vocab),
+        shuffle_buffer_size=64,
+    )
+
+
+@pytest.fixture(scope="module")
+def vocab(anygpt_tokenizer_dir):
+    v = MergedVocabulary.from_tokenizer_dir(anygpt_tokenizer_dir)
+    register_synthetic_task(v)
+    return v
+
+
+def tiny_config(vocab, **overrides):
+    return ModelConfig(
+        vocab_size=vocab.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        **overrides,
+    )
+
+
+@pytest.fixture(autouse=True)
+def one_device_mesh():
+    gin.clear_config()
+    gin.bind_parameter("make_mesh.num_devices", 1)
+    gin.bind_parameter("learning_rate_schedule.peak_learning_rate", 3e-3)
+    gin.bind_parameter("learning_rate_schedule.warmup_steps", 1)
+    yield
+    gin.clear_config()
+
+
+def run(model_dir, vocab, steps, every=2, **kw):
+    return train(
+        model_dir=str(model_dir),
+        train_steps=steps,
+        batch_size=2,
+        seq_len=32,
+        mixture_or_task_name=TASK,
+        checkpoint_every=every,
+        model_config=tiny_config(vocab),
+        log_every=1,
+        register_tasks=False,
+        peak_flops_per_device=1e9,
+        **kw,
+    )
+
+
+def final_params(model_dir):
+    return AnyGPT.load(str(model_dir)).params
+
+
+def test_resume_replays_no_data_and_matches_a_straight_run(vocab, tmp_path):
+    straight = run(tmp_path / "straight", vocab, 6)
+    run(tmp_path / "resumed", vocab, 6, every=100, stop_after_steps=3)
+    assert TrainCheckpointer(str(tmp_path / "resumed")).latest_step() == 3
+    resumed = run(tmp_path / "resumed", vocab, 6)
+    assert resumed["loss"] == straight["loss"]
+    a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert (tmp_path / "straight" / "operative_config.gin").exists()
+    assert list((tmp_path / "straight" / "tensorboard").iterdir())
+
+
+def test_loss_falls_and_checkpoint_loads_for_inference(vocab, tmp_path):
+    first = run(tmp_path / "a", vocab, 12, every=6, stop_after_steps=1)
+    last = run(tmp_path / "a", vocab, 12, every=6)
+    assert last["loss"] < first["loss"]
+    model = AnyGPT.load(str(tmp_path / "a"))
+    assert model.vocab.fingerprint == vocab.fingerprint
+    logits = model.logits(np.array([[1, 5, 9]]))
+    assert logits.shape == (1, 3, vocab.vocab_size) and np.isfinite(logits).all()
+
+
+def test_restore_onto_another_mesh(vocab, tmp_path):
+    run(tmp_path / "m", vocab, 2)
+    gin.bind_parameter("make_mesh.num_devices", 4)
+    gin.bind_parameter("make_mesh.mesh_shape", {"data": 2, "fsdp": 2})
+    out = run(tmp_path / "m", vocab, 3)
+    assert np.isfinite(out["loss"])
+
+
+def test_non_finite_loss_stops_with_the_step_and_no_bad_checkpoint(vocab, tmp_path):
+    gin.bind_parameter("learning_rate_schedule.peak_learning_rate", 1e30)
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at step \d+"):
+        run(tmp_path / "nan", vocab, 40, every=1)
+    latest = TrainCheckpointer(str(tmp_path / "nan")).latest_step()
+    if latest is not None:
+        params = final_params(tmp_path / "nan")
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(params))
+
+
+def test_vocab_mismatch_is_refused(vocab, tmp_path):
+    with pytest.raises(ValueError, match="vocab_size"):
+        train(
+            model_dir=str(tmp_path / "v"),
+            train_steps=1,
+            batch_size=2,
+            seq_len=16,
+            mixture_or_task_name=TASK,
+            checkpoint_every=1,
+            register_tasks=False,
+            model_config=tiny_config(vocab).replace(vocab_size=vocab.vocab_size + 1),
+        )
+
+
+def test_cli_refuses_bad_gin_before_work(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    good = tmp_path / "x.gin"
+    good.write_text("MODEL_DIR = 'm'\nTRAIN_STEPS = 1\n")
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "anygpt_jax.train", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+
+    missing_file = cli("--gin_file=nope.gin")
+    assert missing_file.returncode == 1 and "nope.gin" in missing_file.stderr
+    missing_macro = cli(f"--gin_file={good}")
+    assert missing_macro.returncode == 1 and "BATCH_SIZE" in missing_macro.stderr
+    unknown = cli(f"--gin_file={good}", "--gin.train.no_such_arg=3")
+    assert unknown.returncode == 1 and "no_such_arg" in unknown.stderr
+    stray = cli(f"--gin_file={good}", "--bogus")
+    assert stray.returncode == 2 and "--bogus" in stray.stderr
+    assert not (tmp_path / "m").exists()
+    helped = cli("--help")
+    assert helped.returncode == 0 and "--gin_file" in helped.stdout

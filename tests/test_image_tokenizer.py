@@ -197,6 +197,15 @@ def test_batches_match_single_images(tok):
     np.testing.assert_array_equal(tok.encode(images[4:]), batch[4:])
 
 
+def test_data_parallel_over_devices(converted, tok):
+    assert len(jax.local_devices()) == 8  # conftest's forced host devices
+    wide = ImageTokenizer.load(str(converted / "out"), max_batch=8, devices=jax.local_devices()[:4])
+    images = _images(5, seed=12)  # padded to 8 = 2 per device
+    np.testing.assert_array_equal(wide.encode(images), tok.encode(images))
+    codes = tok.encode(images[:1])
+    np.testing.assert_allclose(wide.embed(codes), tok.embed(codes), rtol=1e-5, atol=1e-6)
+
+
 def test_embed_matches_reference_decode_head(ref, tok):
     codes = np.random.default_rng(6).integers(0, CONFIG.codebook_size, (5, 32))
     with torch.no_grad():
@@ -441,6 +450,8 @@ def _tiny_unclip_pipeline(embed_dim: int):
         num_hidden_layers=1,
         projection_dim=32,
         max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
     )
     vision = CLIPVisionConfig(
         hidden_size=embed_dim,

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from anygpt_jax.modalities.image_model import (
     CLIP_MEAN,
@@ -115,13 +116,19 @@ def preprocess(images: Sequence[Any], size: int = 224) -> np.ndarray:
     return (out - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
 
 
-def _bucket(n: int, max_batch: int) -> int:
-    """Smallest power of two >= n (capped at max_batch): few shapes, few compilations."""
-    return min(max_batch, 1 << max(0, (n - 1).bit_length()))
+def _bucket(n: int, max_batch: int, multiple: int = 1) -> int:
+    """Smallest power of two >= n, capped at max_batch and rounded up to a multiple of
+    `multiple` (the devices a batch is split over): few shapes, few compilations."""
+    size = min(max_batch, 1 << max(0, (n - 1).bit_length()))
+    return -(-size // multiple) * multiple
 
 
 class ImageTokenizer:
-    """SEED tokenizer v2: batched, jitted encode (images -> codes) and embed (codes -> unCLIP)."""
+    """SEED tokenizer v2: batched, jitted encode (images -> codes) and embed (codes -> unCLIP).
+
+    `devices` (e.g. `jax.local_devices()` for bulk tokenization) splits each batch over several
+    devices, data-parallel with replicated weights; batches are padded to a multiple of them.
+    """
 
     def __init__(
         self,
@@ -131,6 +138,7 @@ class ImageTokenizer:
         precision: str = "highest",
         dtype: str = "float32",
         max_batch: int = 64,
+        devices: Sequence[Any] | None = None,
     ):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -140,7 +148,12 @@ class ImageTokenizer:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.config = config
         self.max_batch = max_batch
-        self.params = jax.tree_util.tree_map(jnp.asarray, params)
+        self._devices = list(devices) if devices else [jax.local_devices()[0]]
+        mesh = Mesh(np.array(self._devices), ("batch",))
+        self._batch_sharding = NamedSharding(mesh, PartitionSpec("batch"))
+        self.params = jax.device_put(
+            jax.tree_util.tree_map(np.asarray, params), NamedSharding(mesh, PartitionSpec())
+        )
         module = SeedTokenizerModel(config, DTYPES[dtype], PRECISIONS[precision])
         self._encode = jax.jit(lambda p, x: module.apply({"params": p}, x))
         self._embed = jax.jit(
@@ -185,7 +198,7 @@ class ImageTokenizer:
         outs = []
         for start in range(0, len(codes), self.max_batch):
             chunk = codes[start : start + self.max_batch]
-            padded = _pad(chunk, _bucket(len(chunk), self.max_batch))
+            padded = self._place(_pad(chunk, self._bucket(len(chunk))))
             outs.append(np.asarray(self._embed(self.params, padded))[: len(chunk)])
         return np.concatenate(outs)
 
@@ -257,11 +270,17 @@ class ImageTokenizer:
         codes, vectors = [], []
         for start in range(0, len(pixels), self.max_batch):
             chunk = pixels[start : start + self.max_batch].astype(np.float32)
-            padded = _pad(chunk, _bucket(len(chunk), self.max_batch))
+            padded = self._place(_pad(chunk, self._bucket(len(chunk))))
             c, z = self._encode(self.params, padded)
             codes.append(np.asarray(c)[: len(chunk)])
             vectors.append(np.asarray(z)[: len(chunk)])
         return np.concatenate(codes), np.concatenate(vectors)
+
+    def _bucket(self, n: int) -> int:
+        return _bucket(n, self.max_batch, len(self._devices))
+
+    def _place(self, batch: np.ndarray) -> jax.Array:
+        return jax.device_put(batch, self._batch_sharding)
 
     def _check_codes(self, codes: Any) -> np.ndarray:
         arr = np.asarray(codes)

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import gc
 import time
+from collections.abc import Iterator
 
 import flax
 import numpy as np
@@ -48,10 +49,10 @@ def _timed(fn, *args) -> tuple[object, float]:
     return out, time.perf_counter() - start
 
 
-def bench(config: SeedConfig, batches: list[int], repeats: int) -> list[tuple]:
-    """Rows (batch, ours s, reference s, compile s, agreement of codes); best of `repeats`."""
+def bench(config: SeedConfig, batches: list[int], repeats: int) -> Iterator[tuple]:
+    """Yields rows (batch, ours s, reference s, compile s, agreement of codes) as each batch
+    size finishes; times are the best of `repeats`."""
     ref, ours = build(config)
-    rows = []
     rng = np.random.default_rng(0)
     size = config.image_size
     for batch in batches:
@@ -68,8 +69,7 @@ def bench(config: SeedConfig, batches: list[int], repeats: int) -> list[tuple]:
                 times["ref"].append(_timed(ref.encode, x)[1])
         best = {k: min(v) for k, v in times.items()}
         agree = float(np.mean(np.asarray(codes) == ref_codes))
-        rows.append((batch, best["ours"], best["ref"], first - best["ours"], agree))
-    return rows
+        yield batch, best["ours"], best["ref"], first - best["ours"], agree
 
 
 def main(argv: list[str] | None = None) -> None:

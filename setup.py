@@ -16,7 +16,16 @@ INSTALL_REQUIRES = [
     "gin-config>=0.5,<0.6",
     "safetensors>=0.5,<1",
     "tensorboard>=2.19,<3",
+    # The shard builder and the demo corpus.
+    "Pillow>=10",
+    "scikit-learn>=1.3",
+    "tqdm>=4.60",
 ]
+
+# timm and diffusers (SEED's reference ViT, unCLIP rendering) are installed by
+# scripts/setup.sh with --no-deps: timm declares torchvision, which would replace the pinned
+# CPU torch with another build, and neither needs it for what we use.
+NO_DEPS_REQUIRE = ["timm>=1.0,<2", "diffusers>=0.30,<1"]
 
 EXTRAS_REQUIRE = {
     # The reference PyTorch stack: converters' tests and parity checks run against it.
@@ -34,7 +43,9 @@ setup(
     name="anygpt-jax",
     version="0.1.0",
     description="AnyGPT (any-to-any multimodal LLaMA) training and inference in JAX",
-    packages=find_packages(include=["anygpt_jax", "anygpt_jax.*", "converters", "converters.*"]),
+    packages=find_packages(
+        include=["anygpt_jax", "anygpt_jax.*", "converters", "converters.*", "data", "data.*"]
+    ),
     package_data={"anygpt_jax": ["py.typed"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,

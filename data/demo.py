@@ -1,6 +1,9 @@
 """The offline demo corpus: real material, built by the same builder in about a minute or two.
 
-    python -m data.demo --vocab TOKENIZER_DIR --out demo_corpus [--raw-only]
+    python -m data.demo --out demo_corpus [--vocab TOKENIZER_DIR] [--raw-only]
+
+Without --vocab the corpus gets its own vocabulary in out/vocab (data/demo_vocab.py). A
+finished build is kept: running the command again rebuilds only what is missing.
 
 - image_text: scikit-learn's handwritten digits (8x8, 17 gray levels) with generated captions;
 - speech_text: the Zen of Python's sentences spoken by espeak-ng in several voices and speeds;
@@ -29,6 +32,7 @@ import sys
 import numpy as np
 
 from data import build
+from data.demo_vocab import build_demo_vocab
 
 SOUND_FONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 DEMO_TOKENIZERS = {"image": "digits_pixel_pairs"}
@@ -233,10 +237,27 @@ def make_raw(
 
 
 def build_demo(
-    out: str, vocab_dir: str, tokenizers: dict[str, str] | None = None, progress: bool = True
+    out: str,
+    vocab_dir: str | None = None,
+    tokenizers: dict[str, str] | None = None,
+    progress: bool = True,
 ) -> dict:
-    """Raw corpus under out/raw, shards under out/<kind>; returns the builder summaries."""
-    inputs = make_raw(os.path.join(out, "raw"))
+    """Raw corpus under out/raw, shards under out/<kind>; returns the builder summaries.
+
+    vocab_dir None trains the demo's own vocabulary into out/vocab.
+    """
+    raw = os.path.join(out, "raw")
+    done = os.path.join(raw, "raw_done.json")
+    if os.path.exists(done):  # media are made once; the builder resumes by itself
+        with open(done) as f:
+            inputs = json.load(f)
+    else:
+        inputs = make_raw(raw)
+        with open(done, "w") as f:
+            json.dump(inputs, f)
+    if vocab_dir is None:
+        vocab_dir = os.path.join(out, "vocab")
+        build_demo_vocab(vocab_dir, inputs.values())
     toks = {"image": "demo", "speech": "demo", "music": "demo"} | dict(tokenizers or {})
     return {
         kind: build.build(
@@ -260,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True)
-    p.add_argument("--vocab", required=True, help="tokenizer directory of the merged vocabulary")
+    p.add_argument(
+        "--vocab", help="tokenizer directory of the merged vocabulary (default: train out/vocab)"
+    )
     p.add_argument(
         "--tokenizer",
         action="append",

@@ -17,6 +17,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
 
-python -m pip install -q --upgrade pip
 # torch is pinned to the CPU build these machines install offline; see setup.py.
 python -m pip install -q -e ".[test]"
+# See NO_DEPS_REQUIRE in setup.py: these must not pull torchvision (and with it another torch).
+python -m pip install -q --no-deps "timm>=1.0,<2" "diffusers>=0.30,<1"

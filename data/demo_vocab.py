@@ -1,0 +1,78 @@
+"""The demo corpus's own merged vocabulary: no LLaMA tokenizer can be downloaded offline.
+
+A small SentencePiece model is trained on the demo's real text (captions, transcripts, music
+descriptions, dialogues) and the instruction pools, with LLaMA's trainer settings (BPE, byte
+fallback, split digits, <unk>=0 <s>=1 </s>=2), and AnyGPT's declared modality layout is
+appended after its pieces. Deterministic for the same corpus.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterable
+
+from anygpt_jax import prompts
+from anygpt_jax.io_utils import atomic_output_dir
+from anygpt_jax.vocab import MergedVocabulary, anygpt_layout
+
+TEXT_PIECES = 1000
+
+
+def _strings(value) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def corpus_text(jsonl_paths: Iterable[str]) -> list[str]:
+    """Every human-readable string of the raw corpus files, plus the prompt phrasings."""
+    lines = [prompts.SYSTEM_PROMPT]
+    for pool in prompts.INSTRUCTION_POOLS.values():
+        lines.extend(pool)
+    for path in jsonl_paths:
+        with open(path, encoding="utf-8") as f:
+            for row in f:
+                lines.extend(
+                    s for s in _strings(json.loads(row)) if s and not s.endswith((".wav", ".png"))
+                )
+    return lines
+
+
+def build_demo_vocab(out_dir: str, jsonl_paths: Iterable[str]) -> MergedVocabulary:
+    """Trains the demo SentencePiece model and saves the merged vocabulary to `out_dir`."""
+    import sentencepiece as spm
+
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        return MergedVocabulary.load(out_dir)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus_text(jsonl_paths)),
+        model_writer=model,
+        vocab_size=TEXT_PIECES,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=1.0,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        hard_vocab_limit=False,
+        num_threads=1,  # deterministic
+        minloglevel=2,
+    )
+    vocab = MergedVocabulary.from_layout(model.getvalue(), anygpt_layout())
+    with atomic_output_dir(out_dir) as tmp:
+        vocab.save(tmp)
+    return MergedVocabulary.load(out_dir)

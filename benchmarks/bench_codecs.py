@@ -3,8 +3,8 @@
     python -m benchmarks.bench_codecs [--seconds 10] [--batches 1 8] [--codecs speech music]
 
 Full-size SpeechTokenizer (16 kHz, 8 x 1024 RVQ) and Encodec 32 kHz (4 x 2048) with random
-weights (speed does not depend on the values), fp32 on this machine's default JAX backend and
-PyTorch on CPU. Each figure is the best of `--repeats` timed runs after a warm-up (JAX:
+weights (default init; codebooks at the latents' scale), fp32, on this machine's default JAX
+backend and PyTorch on CPU. Each figure is the best of `--repeats` timed runs after a warm-up (JAX:
 compilation, reported separately); encode times waveform -> codes, decode codes -> waveform.
 """
 
@@ -40,10 +40,14 @@ ENCODEC_32KHZ_CONFIG = dict(
     use_conv_shortcut=False, num_lstm_layers=2, normalize=False)
 
 
-def _random_codebooks(buffers) -> None:
+def _random_codebooks(buffers, encoder, rate: int) -> None:
+    """Random codebooks at the scale of the encoder's latents: unit-normal ones would drive
+    the decoder's LSTM into saturation, where PyTorch slows down on denormal numbers."""
     with torch.no_grad():
+        scale = encoder(0.1 * torch.randn(1, 1, rate)).std()
+        buffers = list(buffers)
         for embed in buffers:
-            embed.normal_()
+            embed.normal_().mul_(scale / len(buffers) ** 0.5)
 
 
 def build(codec: str):
@@ -51,7 +55,8 @@ def build(codec: str):
     torch.manual_seed(0)
     if codec == "speech":
         model = import_reference().SpeechTokenizer(SPEECHTOKENIZER_CONFIG).eval()
-        _random_codebooks(layer._codebook.embed for layer in model.quantizer.vq.layers)
+        _random_codebooks((layer._codebook.embed for layer in model.quantizer.vq.layers),
+                          model.encoder, 16000)
         config = seanet_config_from_speechtokenizer(SPEECHTOKENIZER_CONFIG, "benchmark")
         names, cls = SPEECHTOKENIZER_NAMES, SpeechTokenizer
         encode, decode = model.encode, model.decode  # codes (n_q, batch, frames)
@@ -59,7 +64,8 @@ def build(codec: str):
         from transformers import EncodecConfig, EncodecModel
 
         model = EncodecModel(EncodecConfig(**ENCODEC_32KHZ_CONFIG)).eval()
-        _random_codebooks(layer.codebook.embed for layer in model.quantizer.layers)
+        _random_codebooks((layer.codebook.embed for layer in model.quantizer.layers),
+                          model.encoder, 32000)
         config = seanet_config_from_encodec(ENCODEC_32KHZ_CONFIG, "benchmark")
         names, cls = ENCODEC_NAMES, MusicTokenizer
 

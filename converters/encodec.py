@@ -25,7 +25,7 @@ from collections.abc import Callable
 import numpy as np
 
 from anygpt_jax.modalities.audio_layers import SEANetConfig, seanet_layout
-from anygpt_jax.modalities.codec import expected_param_shapes, save_codec
+from anygpt_jax.modalities.codec import check_params, save_codec
 from converters.common import (
     USER_ERRORS,
     ConversionError,
@@ -140,12 +140,10 @@ def seanet_params_from_torch(t: TorchTensors, config: SEANetConfig,
 
 
 def _check(params: dict, config: SEANetConfig, t: TorchTensors, names: TorchNames) -> None:
-    expected = expected_param_shapes(config)
-    wrong = [f"{k}: got {v.shape}, expected {expected[k]}"
-             for k, v in params.items() if tuple(v.shape) != expected[k]]
-    if wrong:
-        raise ConversionError(f"{t.source}: wrong shapes (config and checkpoint disagree): "
-                              + "; ".join(wrong))
+    try:
+        check_params(config, params, where=t.source)
+    except ValueError as e:
+        raise ConversionError(f"{e} (do config and checkpoint belong together?)") from e
     unknown = sorted(k for k in t.keys - t.used if not re.fullmatch(names.ignored, k))
     if unknown:
         raise ConversionError(f"{t.source}: unexpected tensors (config and checkpoint disagree?): "

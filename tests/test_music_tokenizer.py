@@ -159,7 +159,7 @@ def test_converter_key_styles_prefix_and_refusals(hf_dir, tmp_path):
         return str(e.value)
 
     assert "normalize=True" in refused("norm", {"normalize": True})
-    assert "encoder/layers_0/kernel: got (7, 1, 4), expected (7, 1, 5)" in refused(
+    assert "encoder/layers_0/kernel: shape (7, 1, 4), expected (7, 1, 5)" in refused(
         "shape", {"num_filters": 5})
     drop = "decoder.layers.9.conv.bias"
     assert f"missing tensor '{drop}'" in refused("drop", drop=drop)

@@ -12,8 +12,9 @@ import soundfile as sf
 import torch
 from test_audio_layers import assert_codes_match, fill_codebooks, reference_speechtokenizer
 
-from anygpt_jax.modalities import AudioError, SpeechTokenizer
+from anygpt_jax.modalities import AudioError, SpeechTokenizer, speech_ids, speech_units_from_ids
 from anygpt_jax.modalities.codec import PARAMS_FILE
+from anygpt_jax.vocab import SPEECH, Modality
 from converters.common import ConversionError, torch_to_numpy
 from converters.speechtokenizer import convert
 
@@ -92,6 +93,12 @@ def test_codes_and_reconstruction_match_reference(ref, tok):
     # Fewer layers: the first n of the full encoding; units are layer 1.
     np.testing.assert_array_equal(tok.encode(wav, 16000, n_q=2), got[:2])
     np.testing.assert_array_equal(tok.units(wav, 16000), got[0])
+    # The LLM sees layer 1 only, as merged-vocabulary ids.
+    speech = Modality.place(SPEECH, index=3, first_id=40000, start_id=41024, end_id=41025)
+    vocab = type("Vocab", (), {"modality": lambda self, name: {"speech": speech}[name]})()
+    ids = speech_ids(got, vocab)
+    np.testing.assert_array_equal(ids, 40000 + got[0])
+    np.testing.assert_array_equal(speech_units_from_ids(ids, vocab), got[0])
     np.testing.assert_allclose(tok.decode(want[:1]), _ref_decode(ref, want[:1]), atol=1e-4)
 
 
@@ -169,7 +176,8 @@ def test_converter_key_styles_and_refusals(ref, ckpt, tmp_path):
     with pytest.raises(ConversionError, match=f"missing tensor '{missing}'"):
         _convert_state(tmp_path, _state_variant(ref, lambda s: s.pop(missing)), "missing")
     wrong = "decoder.model.1.lstm.weight_hh_l0"
-    with pytest.raises(ConversionError, match="decoder/layers_1/w_hh_l0: got"):
+    shape_error = r"decoder/layers_1/w_hh_l0: shape \(1, 8, 64\), expected \(1, 16, 64\)"
+    with pytest.raises(ConversionError, match=shape_error):
         _convert_state(tmp_path, _state_variant(
             ref, lambda s: s.__setitem__(wrong, torch.zeros(64, 8))), "wrong")
     with pytest.raises(ConversionError, match="unexpected tensors.*extra.weight"):
@@ -184,6 +192,7 @@ def test_converter_cli(ckpt, tmp_path):
         return subprocess.run([sys.executable, "-m", "converters.speechtokenizer", *args],
                               cwd=REPO, capture_output=True, text=True, timeout=300)
 
+    assert run("--help").returncode == 0
     out = tmp_path / "cli"
     result = run("--config", str(ckpt / "config.json"), "--ckpt", str(ckpt / "ckpt.dev"),
                  "--out", str(out))

@@ -25,7 +25,8 @@ Array = jax.Array
 PAD_MODES = ("reflect", "constant")
 
 
-def _ceil_div(a, b):
+def ceil_div(a, b):
+    """Integer ceil(a / b); works on Python ints and integer arrays alike."""
     return -(-a // b)
 
 
@@ -109,14 +110,14 @@ class SConv1d(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         k_eff = (self.kernel_size - 1) * self.dilation + 1
         left, right = conv_paddings(k_eff, self.stride, self.causal)
-        n_out = _ceil_div(x.shape[1], self.stride)
+        n_out = ceil_div(x.shape[1], self.stride)
         padded_len = left + right + n_out * self.stride
         if lengths is None:
             extra = n_out * self.stride - x.shape[1]
             x = _static_pad(x, left, right + extra, self.pad_mode)
         else:
             x = _dynamic_pad(x, lengths, left, right, self.stride, padded_len, self.pad_mode)
-            lengths = _ceil_div(lengths, self.stride)
+            lengths = ceil_div(lengths, self.stride)
         y = lax.conv_general_dilated(
             x, kernel.astype(x.dtype), (self.stride,), "VALID", rhs_dilation=(self.dilation,),
             dimension_numbers=("NWC", "WIO", "NWC"), precision=self.precision,
@@ -406,5 +407,5 @@ class SEANetCodec(nn.Module):
 
     def __call__(self, wav: Array, lengths: Array | None = None) -> Array:
         """Encode then decode (used to initialize every parameter at once)."""
-        frames = None if lengths is None else _ceil_div(lengths, self.config.hop_length)
+        frames = None if lengths is None else ceil_div(lengths, self.config.hop_length)
         return self.decode(self.encode(wav, lengths), frames)

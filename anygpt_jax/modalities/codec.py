@@ -18,13 +18,7 @@ import numpy as np
 from jax import lax
 
 from anygpt_jax.modalities import audio_io
-from anygpt_jax.modalities.audio_layers import SEANetCodec, SEANetConfig
-
-
-def _ceil_div(a, b):
-    return -(-a // b)
-
-
+from anygpt_jax.modalities.audio_layers import SEANetCodec, SEANetConfig, ceil_div
 
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.safetensors"
@@ -44,10 +38,12 @@ def expected_param_shapes(config: SEANetConfig) -> dict[str, tuple[int, ...]]:
 
 def save_codec(directory: str, kind: str, config: SEANetConfig, params: dict[str, np.ndarray],
                source_config: dict) -> None:
-    """Writes config.json and params.safetensors (flat 'a/b/c' names) into `directory`."""
+    """Writes config.json and params.safetensors (flat 'a/b/c' names) into `directory`.
+
+    `params` must fit `config` (see check_params; the converters check before writing).
+    """
     from safetensors.numpy import save_file
 
-    check_params(config, params, where=directory)
     meta = {"format": FORMAT, "kind": kind, "seanet": config.to_dict(),
             "source_config": source_config}
     with open(os.path.join(directory, CONFIG_FILE), "w") as f:
@@ -96,7 +92,9 @@ class AudioCodec:
     """Batched, jitted encode/decode of a converted SEANet codec on mono numpy audio.
 
     Batches are padded to a multiple of `bucket_seconds` (fewer compilations) and carry
-    per-item lengths, so each item's codes equal those of the item alone.
+    per-item lengths, so each item's codes equal those of the item alone. `precision`
+    "highest" gives the reference's fp32 codes; on TPU "default" (bf16 passes) is faster but
+    may flip near-tied codes.
     """
 
     kind: str = ""
@@ -141,7 +139,7 @@ class AudioCodec:
 
     def num_frames(self, num_samples: int) -> int:
         """Frames the encoder makes of `num_samples` samples at the model rate."""
-        return _ceil_div(num_samples, self.hop_length)
+        return ceil_div(num_samples, self.hop_length)
 
     def encode(self, waveform: np.ndarray, sample_rate: int, n_q: int | None = None) -> np.ndarray:
         """Audio (samples,) or (channels, samples) at `sample_rate` -> int32 codes (n_q, frames)."""
@@ -175,7 +173,10 @@ class AudioCodec:
         """Mono float32 arrays at the model rate -> int32 codes (n_q, frames) each, one batch."""
         n_q = self._check_n_q(n_q)
         lengths = np.array([len(w) for w in waveforms], np.int32)
-        total = _ceil_div(int(lengths.max()), self._bucket) * self._bucket
+        if lengths.size == 0 or lengths.min() == 0:
+            raise ValueError(f"encode_arrays: need one or more non-empty waveforms, got lengths "
+                             f"{lengths.tolist()}")
+        total = ceil_div(int(lengths.max()), self._bucket) * self._bucket
         batch = np.zeros((len(waveforms), total), np.float32)
         for b, w in enumerate(waveforms):
             batch[b, : len(w)] = w
@@ -191,7 +192,7 @@ class AudioCodec:
                              f"{[c.shape[0] for c in codes]}")
         frames = np.array([c.shape[1] for c in codes], np.int32)
         bucket = self._bucket // self.hop_length
-        total = _ceil_div(int(frames.max()), bucket) * bucket
+        total = ceil_div(int(frames.max()), bucket) * bucket
         batch = np.zeros((codes[0].shape[0], len(codes), total), np.int32)
         for b, c in enumerate(codes):
             batch[:, b, : c.shape[1]] = c

@@ -8,7 +8,6 @@ appended after its pieces. Deterministic for the same corpus.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Iterable
@@ -16,6 +15,7 @@ from collections.abc import Iterable
 from anygpt_jax import prompts
 from anygpt_jax.io_utils import atomic_output_dir
 from anygpt_jax.vocab import MergedVocabulary, anygpt_layout
+from anygpt_jax.vocab.spm_training import train_llama_like_spm
 
 TEXT_PIECES = 1000
 
@@ -47,32 +47,12 @@ def corpus_text(jsonl_paths: Iterable[str]) -> list[str]:
 
 def build_demo_vocab(out_dir: str, jsonl_paths: Iterable[str]) -> MergedVocabulary:
     """Trains the demo SentencePiece model and saves the merged vocabulary to `out_dir`."""
-    import sentencepiece as spm
-
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         return MergedVocabulary.load(out_dir)
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus_text(jsonl_paths)),
-        model_writer=model,
-        vocab_size=TEXT_PIECES,
-        model_type="bpe",
-        byte_fallback=True,
-        split_digits=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        character_coverage=1.0,
-        allow_whitespace_only_pieces=True,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        add_dummy_prefix=True,
-        hard_vocab_limit=False,
-        num_threads=1,  # deterministic
-        minloglevel=2,
+    spm_model = train_llama_like_spm(
+        corpus_text(jsonl_paths), vocab_size=TEXT_PIECES, hard_vocab_limit=False
     )
-    vocab = MergedVocabulary.from_layout(model.getvalue(), anygpt_layout())
+    vocab = MergedVocabulary.from_layout(spm_model, anygpt_layout())
     with atomic_output_dir(out_dir) as tmp:
         vocab.save(tmp)
     return MergedVocabulary.load(out_dir)

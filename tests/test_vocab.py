@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
@@ -27,6 +26,7 @@ from anygpt_jax.vocab import (
     anygpt_layout,
 )
 from anygpt_jax.vocab.layout import Layout
+from anygpt_jax.vocab.spm_training import train_llama_like_spm
 
 WORDS = (
     "the a cat dog image speech music sings draws picture of sunny beach hello world please "
@@ -58,8 +58,6 @@ TEXT_POOL = (
 
 
 def _train_spm(path: str) -> None:
-    import sentencepiece as spm
-
     rng = random.Random(0)
 
     def sentence():
@@ -68,29 +66,11 @@ def _train_spm(path: str) -> None:
             out += [rng.choice(WORDS), rng.choice([" "] * 8 + ["  ", "   ", "\n", "\t"])]
         return "".join(out).strip()
 
-    model = io.BytesIO()
-    # LLaMA's trainer settings that matter for encoding: BPE, byte fallback, split digits,
-    # identity normalization, whitespace kept, <unk>=0 <s>=1 </s>=2.
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([sentence() for _ in range(600)]),
-        model_writer=model,
-        vocab_size=400,
-        model_type="bpe",
-        byte_fallback=True,
-        split_digits=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        character_coverage=0.9995,
-        allow_whitespace_only_pieces=True,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        add_dummy_prefix=True,
-        minloglevel=2,
+    model = train_llama_like_spm(
+        [sentence() for _ in range(600)], vocab_size=400, character_coverage=0.9995
     )
     with open(path, "wb") as f:
-        f.write(model.getvalue())
+        f.write(model)
 
 
 def _build_anygpt_dir(

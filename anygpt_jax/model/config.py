@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 import gin
+
+from anygpt_jax.io_utils import read_json, write_json
 
 REMAT_POLICIES = ("none", "full", "minimal", "save_dot_except_mlp", "save_qkv_proj")
 ATTENTION_KERNELS = ("xla",)
@@ -87,16 +87,10 @@ class ModelConfig:
         return cls(**values)
 
     def save(self, path: str) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        """Writes the config as JSON."""
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str) -> ModelConfig:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"model config not found: {path}")
-        with open(path) as f:
-            try:
-                values = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from e
-        return cls.from_dict(values, source=path)
+        """Reads a saved config, naming the file in any error."""
+        return cls.from_dict(read_json(path), source=path)

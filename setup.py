@@ -22,10 +22,10 @@ INSTALL_REQUIRES = [
     "tqdm>=4.60",
 ]
 
-# timm and diffusers (SEED's reference ViT, unCLIP rendering) are installed by
-# scripts/setup.sh with --no-deps: timm declares torchvision, which would replace the pinned
-# CPU torch with another build, and neither needs it for what we use.
-NO_DEPS_REQUIRE = ["timm>=1.0,<2", "diffusers>=0.30,<1"]
+# Reference PyTorch packages installed by scripts/setup.sh with --no-deps: speechtokenizer
+# declares torchaudio and timm torchvision, which would replace the pinned CPU torch with
+# another build; none of the code we use needs them. diffusers renders SEED images (unCLIP).
+NO_DEPS_REQUIRE = ["speechtokenizer==1.0.1", "timm>=1.0,<2", "diffusers>=0.30,<1"]
 
 EXTRAS_REQUIRE = {
     # The reference PyTorch stack: converters' tests and parity checks run against it.
@@ -33,6 +33,7 @@ EXTRAS_REQUIRE = {
     "test": [
         "torch==2.13.0",
         "transformers>=5.0,<6",
+        "einops>=0.7",  # speechtokenizer's model imports it
         "pytest>=8",
         "pytest-xdist>=3",
         "ruff>=0.6",

@@ -5,11 +5,13 @@ Everything is configured through gin (see tpu_configs/); `anygpt_jax.train` only
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -139,22 +141,28 @@ def train(
     log_every: int = 10,
     peak_flops_per_device: float | None = None,
     loss_config: LossConfig | None = None,
-    register_tasks: bool = True,
+    register_tasks: bool | Callable[[], Any] = True,
     stop_after_steps: int | None = None,
+    log_batch_digests: bool = False,
 ) -> dict[str, float]:
     """Trains to `train_steps`, resuming from MODEL_DIR's latest checkpoint; returns last metrics.
 
     `init_from` is a model directory (e.g. from `converters.llama import`) to fine-tune from
     when MODEL_DIR holds no checkpoint yet. `register_tasks` registers the seqio tasks
-    over the shard directories gin names (tasks.register) before looking the mixture up.
-    `stop_after_steps` ends this invocation (with a checkpoint) after that many steps, for
-    time-sliced jobs; the schedule still runs to `train_steps`.
+    over the shard directories gin names (tasks.register) before looking the mixture up;
+    a callable registers them instead (e.g. a test's synthetic task). `stop_after_steps`
+    ends this invocation (with a checkpoint) after that many steps, for time-sliced jobs;
+    the schedule still runs to `train_steps`. `log_batch_digests` appends each step's loss
+    and a hash of each local batch row to MODEL_DIR/batch_digests/process_<i>.tsv, so runs
+    can be checked for identical data order (resume, multi-host).
     """
     cfg = model_config or ModelConfig()
     loss_config = loss_config or LossConfig()
     mesh = partitioning.make_mesh()
     rules = partitioning.logical_axis_rules()
-    if register_tasks:
+    if callable(register_tasks):
+        register_tasks()
+    elif register_tasks:
         tasks.register()
     vocab = _vocabulary(mixture_or_task_name)
     if vocab.vocab_size != cfg.vocab_size:
@@ -201,6 +209,7 @@ def train(
     flops_per_step = metrics_lib.model_flops_per_token(cfg, seq_len) * batch_size * seq_len
     writer = _summary_writer(model_dir)
     preemption = _Preemption()
+    digests = _digest_file(model_dir) if log_batch_digests else None
     last: dict[str, float] = {}
     run_start, steps_timed, window_start = time.perf_counter(), 0, time.perf_counter()
     try:
@@ -221,6 +230,8 @@ def train(
                 )
             state, step = new_state, step + 1
             steps_timed += 1
+            if digests is not None:
+                _write_digest(digests, step, float(step_metrics["loss"]), local)
             if step % log_every == 0 or step == train_steps:
                 elapsed = time.perf_counter() - window_start
                 last = metrics_lib.summarize(step_metrics, vocab.modality_names)
@@ -252,10 +263,30 @@ def train(
         checkpointer.wait()
         checkpointer.close()
         preemption.restore()
+        if digests is not None:
+            digests.close()
         if writer is not None:
             writer.flush()
     log.info("trained %d steps in %.1fs", step - start, time.perf_counter() - run_start)
     return last
+
+
+def _digest_file(model_dir: str):
+    path = os.path.join(model_dir, "batch_digests", f"process_{jax.process_index()}.tsv")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # Line-buffered append: a SIGKILLed run keeps every step it logged.
+    return open(path, "a", buffering=1)
+
+
+def _write_digest(f, step: int, loss: float, local: dict[str, np.ndarray]) -> None:
+    """`step, loss (exact repr), one hash per local batch row` as a tab-separated line."""
+    rows = []
+    for i in range(len(local[BATCH_KEYS[0]])):
+        h = hashlib.sha256()
+        for k in BATCH_KEYS:
+            h.update(np.ascontiguousarray(local[k][i]).tobytes())
+        rows.append(h.hexdigest()[:16])
+    f.write(f"{step}\t{loss!r}\t{','.join(rows)}\n")
 
 
 def _summary_writer(model_dir: str):

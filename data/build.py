@@ -34,11 +34,21 @@ KIND_MODALITIES = {"image_text": ("image",), "speech_text": ("speech",),
                    "music_text": ("music",), "dialogue": readers.MODALITIES}  # fmt: skip
 
 _worker: dict = {}
+# (modality, spec) -> Encoder, kept for the process: building several kinds in one process
+# (data.demo) then loads weights and compiles each codec once, and its code cache spans kinds.
+_encoders: dict[tuple[str, str], media_lib.Encoder] = {}
 
 
 def _init_worker(vocab_dir: str, tokenizers: dict[str, str]) -> None:
     _worker["vocab"] = MergedVocabulary.load(vocab_dir)
-    _worker["encoders"] = {m: media_lib.make_encoder(m, s) for m, s in tokenizers.items()}
+    _worker["encoders"] = {m: get_encoder(m, s) for m, s in tokenizers.items()}
+
+
+def get_encoder(modality: str, spec: str) -> media_lib.Encoder:
+    """The process's Encoder of a tokenizer spec, made on first use."""
+    if (modality, spec) not in _encoders:
+        _encoders[(modality, spec)] = media_lib.make_encoder(modality, spec)
+    return _encoders[(modality, spec)]
 
 
 def _codes(item_media, encoded, vocab, where):
@@ -143,6 +153,9 @@ def build(
         raise ValueError(
             f"no --tokenizer given for {missing} (a directory, 'demo' or 'precomputed:NAME')"
         )
+    # Only the tokenizers these items use: an image-only build loads no audio codec.
+    used = {md.modality for it in items for md in it.media}
+    tokenizers = {m: s for m, s in tokenizers.items() if m in used}
     vocab = MergedVocabulary.load(vocab_dir)
     n = math.ceil(len(items) / examples_per_shard)
     os.makedirs(out_dir, exist_ok=True)
@@ -188,7 +201,6 @@ def build(
     sides = [done[p] for p in paths]
     entries = [s["entry"] for s in sides]
     errors = [e for s in sides for e in s["errors"]]
-    used = {md.modality for it in items for md in it.media}
     infos = {
         m: shards_lib.TokenizerInfo(**i)
         for s in sides

@@ -44,6 +44,10 @@ DEMO_CONFIGS = {
     ),
 }
 MUSIC_SEGMENT_SECONDS = 5.0
+CODE_CACHE_FILES = 20_000  # per audio encoder; a few tens of MB of codes at most
+# Demo codecs pad batches to multiples of 5 s: the demo's speech clips (<= 5 s) and music
+# segments (5 s) then make one shape each, so each codec compiles about once per batch size.
+DEMO_BUCKET_SECONDS = 5.0
 
 
 @dataclasses.dataclass
@@ -78,26 +82,47 @@ def _dir_identity(path: str) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def _file_key(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # not cached; loading it reports the error
+    return os.path.realpath(path), st.st_size, st.st_mtime_ns
+
+
 def _audio_encoder(modality: str, codec, info: TokenizerInfo) -> Encoder:
     from anygpt_jax.modalities import audio_io
 
+    # Codes of files already encoded, so a corpus that reuses clips (dialogues quoting the
+    # speech and music sets) encodes each once. An item's codes do not depend on its batch.
+    cache: dict[tuple, np.ndarray] = {}
+
     def encode_files(paths):
-        out, waves, slots = [None] * len(paths), [], []
+        out, waves, slots, keys = [None] * len(paths), [], [], []
         for i, p in enumerate(paths):
             try:
+                key = _file_key(p)
+                if key is not None and key in cache:
+                    out[i] = cache[key]
+                    continue
                 w = audio_io.load_audio(p, codec.sample_rate)
                 if modality == "music":  # AnyGPT tokenizes one 5 s segment of a music clip
                     w = w[: int(MUSIC_SEGMENT_SECONDS * codec.sample_rate)]
                 waves.append(w)
                 slots.append(i)
+                keys.append(key)
             except (audio_io.AudioError, OSError, ValueError) as e:
                 out[i] = e
         if waves:
             # Batches padded to a power of two: fewer shapes, fewer compilations.
             pad = [waves[0]] * ((1 << (len(waves) - 1).bit_length()) - len(waves))
             codes = codec.encode_arrays(waves + pad, n_q=1 if modality == "speech" else None)
-            for i, c in zip(slots, codes, strict=False):
+            for i, key, c in zip(slots, keys, codes, strict=False):
                 out[i] = c[0] if modality == "speech" else c
+                if len(cache) >= CODE_CACHE_FILES:  # bounded: drop the oldest entry
+                    del cache[next(iter(cache))]
+                if key is not None:
+                    cache[key] = out[i]
         return out
 
     return Encoder(modality, info, encode_files)
@@ -143,7 +168,7 @@ def demo_codec(modality: str, seed: int = 0):
         residual = residual - book[d.argmin(1)]
     params = dict(params, codebooks=np.stack(books))
     cls = SpeechTokenizer if modality == "speech" else MusicTokenizer
-    return cls(cfg, params, bucket_seconds=4.0)
+    return cls(cfg, params, bucket_seconds=DEMO_BUCKET_SECONDS)
 
 
 def digits_pixel_pairs(paths: list[str]) -> list[np.ndarray | Exception]:

@@ -101,6 +101,27 @@ def test_build_pairs_with_a_bad_file(corpus, anygpt_tokenizer_dir, merged_vocab)
     assert not [f for f in os.listdir(out) if ".tmp" in f]
 
 
+def test_encoders_made_once_per_process_and_only_when_used(
+    corpus, anygpt_tokenizer_dir, monkeypatch
+):
+    tmp, images, _, _ = corpus
+    made = []
+    real = build.media_lib.make_encoder
+    monkeypatch.setattr(build, "_encoders", {})
+    monkeypatch.setattr(build.media_lib, "make_encoder", lambda m, s: made.append(m) or real(m, s))
+    toks = {"image": "demo", "speech": "demo", "music": "demo"}
+    for k in range(2):
+        s = build.build(
+            "image_text", [images], str(tmp / f"once{k}"), anygpt_tokenizer_dir, toks,
+            progress=False,
+        )  # fmt: skip
+        assert s["examples"] == 7
+    # The audio codecs are neither loaded nor compiled for an image-only build.
+    assert made == ["image"]
+    assert build.get_encoder("image", "demo") is build.get_encoder("image", "demo")
+    assert made == ["image"]
+
+
 def test_precomputed_music_and_dialogues(corpus, anygpt_tokenizer_dir, merged_vocab):
     tmp, _, music, dialogues = corpus
     out = str(tmp / "m")

@@ -60,11 +60,13 @@ def make_mesh(
     mesh_shape: dict[str, int] | None = None,
     devices: Sequence[jax.Device] | None = None,
     num_devices: int | None = None,
+    num_slices: int = 1,
 ) -> Mesh:
     """Builds a (data, fsdp, tensor) mesh; one axis may be -1 to take the remaining devices.
 
     The default puts every device on fsdp, the usual choice for a single host or slice.
-    `num_devices` keeps only the first N devices (tests, debugging).
+    `num_devices` keeps only the first N devices (tests, debugging). With `num_slices` > 1
+    (multi-slice TPU) the data axis spans the slices over DCN; fsdp and tensor stay in a slice.
     """
     devices = list(devices) if devices is not None else jax.devices()
     if num_devices is not None:
@@ -90,12 +92,34 @@ def make_mesh(
             f"mesh_shape {resolved} needs {math.prod(sizes)} devices, "
             f"but {len(devices)} are available"
         )
+    ici, dcn = hybrid_mesh_shapes(sizes, num_slices)
     try:
-        device_array = mesh_utils.create_device_mesh(sizes, devices=devices)
-    except (AssertionError, ValueError, NotImplementedError):
-        # Physical-topology aware placement is unavailable (e.g. forced host devices).
+        if num_slices > 1:
+            device_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices)
+        else:
+            device_array = mesh_utils.create_device_mesh(sizes, devices=devices)
+    except (AssertionError, ValueError, NotImplementedError, AttributeError):
+        # Physical-topology aware placement is unavailable (e.g. forced host devices, which
+        # have no slice_index either: then process order stands in for slice order).
         device_array = np.asarray(devices).reshape(sizes)
     return Mesh(device_array, MESH_AXES)
+
+
+def hybrid_mesh_shapes(
+    sizes: Sequence[int], num_slices: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(per-slice ICI shape, DCN shape) of a (data, fsdp, tensor) mesh over `num_slices` slices.
+
+    Only the data axis crosses slices: its gradient all-reduce is the one collective per step
+    that the slow DCN links can afford.
+    """
+    data, *rest = (int(s) for s in sizes)
+    if num_slices < 1 or data % num_slices:
+        raise ValueError(
+            f"the data axis ({data}) must be a multiple of num_slices ({num_slices}): "
+            "it is the axis laid across slices"
+        )
+    return (data // num_slices, *rest), (num_slices,) + (1,) * len(rest)
 
 
 def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: Sequence | None = None) -> Any:

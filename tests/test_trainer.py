@@ -118,7 +118,7 @@ def test_loss_falls_and_checkpoint_loads_for_inference(vocab, tmp_path):
 def test_restore_onto_another_mesh(vocab, tmp_path):
     run(tmp_path / "m", vocab, 2)
     gin.bind_parameter("make_mesh.num_devices", 4)
-    gin.bind_parameter("make_mesh.mesh_shape", {"data": 2, "fsdp": 2})
+    gin.bind_parameter("make_mesh.mesh_shape", {"fsdp": 2, "tensor": 2})
     out = run(tmp_path / "m", vocab, 3)
     assert np.isfinite(out["loss"])
 

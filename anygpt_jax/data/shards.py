@@ -142,7 +142,9 @@ def serialize(ex: ShardExample) -> bytes:
         ),
         "meta": _bytes([json.dumps(dict(ex.meta), sort_keys=True).encode()]),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(
+        deterministic=True  # map order fixed, so a rebuild gives byte-identical shards
+    )
 
 
 def deserialize(record: bytes, where: str = "record") -> ShardExample:

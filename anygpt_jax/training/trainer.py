@@ -23,6 +23,7 @@ import seqio
 
 from anygpt_jax import checkpointing, partitioning, tasks
 from anygpt_jax.data.pipeline import InputIterator, get_dataset
+from anygpt_jax.io_utils import atomic_output_dir
 from anygpt_jax.model import ModelConfig, Transformer
 from anygpt_jax.training import metrics as metrics_lib
 from anygpt_jax.training.checkpoints import TrainCheckpointer
@@ -88,23 +89,33 @@ def _vocabulary(mixture_or_task_name: str):
 
 
 def _prepare_model_dir(model_dir: str, cfg: ModelConfig, vocab) -> None:
-    """Writes model_config.json and vocab/ once; a resumed run must agree with them."""
+    """Writes model_config.json and vocab/ once; a resumed run must agree with them.
+
+    Process 0 writes (atomically) while the others wait at a barrier, so no process ever
+    reads a half-written file; then every process checks what is there.
+    """
     os.makedirs(model_dir, exist_ok=True)
     config_path = os.path.join(model_dir, checkpointing.CONFIG_FILE)
-    if os.path.exists(config_path):
-        saved = checkpointing.load_config(model_dir)
-        if saved.replace(**_layout(cfg)) != cfg:
-            raise ValueError(
-                f"{config_path} describes another model than this run's config; "
-                "use a new MODEL_DIR or the same architecture"
-            )
-    elif jax.process_index() == 0:
-        cfg.save(config_path)
     vocab_dir = os.path.join(model_dir, checkpointing.VOCAB_DIR)
-    if not os.path.isdir(vocab_dir):
-        if jax.process_index() == 0:
-            vocab.save(vocab_dir)
-    elif checkpointing.load_vocab(model_dir).fingerprint != vocab.fingerprint:
+    if jax.process_index() == 0:
+        if not os.path.exists(config_path):
+            tmp = f"{config_path}.tmp-{os.getpid()}"
+            cfg.save(tmp)
+            os.replace(tmp, config_path)
+        if not os.path.isdir(vocab_dir):
+            with atomic_output_dir(vocab_dir) as tmp:
+                vocab.save(tmp)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("anygpt_model_dir_ready")
+    saved = checkpointing.load_config(model_dir)
+    if saved.replace(**_layout(cfg)) != cfg:
+        raise ValueError(
+            f"{config_path} describes another model than this run's config; "
+            "use a new MODEL_DIR or the same architecture"
+        )
+    if checkpointing.load_vocab(model_dir).fingerprint != vocab.fingerprint:
         raise ValueError(f"{vocab_dir} holds another vocabulary than the task's")
 
 

@@ -24,6 +24,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from anygpt_jax.model import ModelConfig, Transformer, init_params  # noqa: E402
+from anygpt_jax.training.metrics import model_flops_per_token  # noqa: E402
+from converters.llama import model_to_hf_config  # noqa: E402
 
 # ~100M parameters: 10 layers of width 768 plus untied 16k-row embedding and head.
 CONFIG = dict(
@@ -34,15 +36,6 @@ CONFIG = dict(
     num_heads=12,
     num_kv_heads=12,
 )
-
-
-def model_flops_per_token(cfg: ModelConfig, seq: int) -> float:
-    """Training FLOPs per token (forward + backward): 6 x matmul params + causal-free attention."""
-    d, hd = cfg.hidden_size, cfg.resolved_head_dim
-    per_layer = d * hd * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) + 3 * d * cfg.intermediate_size
-    matmul_params = cfg.num_layers * per_layer + d * cfg.vocab_size  # embedding lookup is free
-    attention = 12 * cfg.num_layers * cfg.num_heads * hd * seq
-    return 6 * matmul_params + attention
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
@@ -79,22 +72,21 @@ def jax_step(cfg: ModelConfig, ids: np.ndarray):
     return run
 
 
+def hf_model(cfg: ModelConfig):
+    """transformers' LlamaForCausalLM with the same config (the converter's export mapping)."""
+    import transformers
+
+    return transformers.LlamaForCausalLM(
+        transformers.LlamaConfig.from_dict(model_to_hf_config(cfg, "float32"))
+    )
+
+
 def torch_step(cfg: ModelConfig, ids: np.ndarray):
     """A warmed-up forward+backward step of transformers' LlamaForCausalLM, as a callable."""
     import torch
-    import transformers
 
     torch.set_num_threads(os.cpu_count() or 1)
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        tie_word_embeddings=False,
-    )
-    model = transformers.LlamaForCausalLM(hf_cfg).train()
+    model = hf_model(cfg).train()
     x = torch.as_tensor(ids)
 
     def run():
@@ -158,6 +150,7 @@ def main() -> None:
     ref = best.pop("transformers (torch)")
     for name, sec in best.items():
         print(f"ratio {name} / torch tokens/s: {ref / sec:.2f}x (goal >= 1.5x)")
+
 
 if __name__ == "__main__":
     main()

@@ -26,10 +26,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_llama_step import CONFIG, _timed, matmul_peak_flops, model_flops_per_token  # noqa: E402
+from bench_llama_step import CONFIG, _timed, hf_model, matmul_peak_flops  # noqa: E402
 
 from anygpt_jax import partitioning  # noqa: E402
 from anygpt_jax.model import ModelConfig, init_params  # noqa: E402
+from anygpt_jax.training.metrics import model_flops_per_token  # noqa: E402
 from anygpt_jax.training.optimizer import learning_rate_schedule, make_optimizer  # noqa: E402
 from anygpt_jax.training.step import init_train_state, make_train_step  # noqa: E402
 
@@ -74,19 +75,9 @@ def bench_ours(cfg: ModelConfig, ids: np.ndarray, steps: int) -> float:
 def bench_torch(cfg: ModelConfig, ids: np.ndarray, steps: int) -> float:
     """Median seconds per train step of LlamaForCausalLM + torch.optim.AdamW (clip 1.0)."""
     import torch
-    import transformers
 
     torch.set_num_threads(os.cpu_count() or 1)
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        tie_word_embeddings=False,
-    )
-    model = transformers.LlamaForCausalLM(hf_cfg).train()
+    model = hf_model(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.0)
     x = torch.as_tensor(ids)
 

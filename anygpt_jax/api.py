@@ -1,8 +1,9 @@
-"""The user's Python entry: `AnyGPT.load(dir)` and its logits."""
+"""The user's Python entry: `AnyGPT.load(dir)`, its logits and `generate`."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -12,6 +13,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from anygpt_jax import checkpointing, partitioning
+from anygpt_jax.inference import GenerationSettings
+from anygpt_jax.inference import generate as _generate
 from anygpt_jax.model import ModelConfig, Transformer
 
 
@@ -92,3 +95,21 @@ class AnyGPT:
             with jax.set_mesh(self.mesh):
                 return np.asarray(self._forward(self.params, *args))
         return np.asarray(self._forward(self.params, *args))
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        settings: GenerationSettings | None = None,
+        seed: int = 0,
+        *,
+        stop_ids: Sequence[int] | None = None,
+        constrain: bool = True,
+    ) -> list[list[int]]:
+        """New ids for each prompt (ids lists), up to and including the stop id.
+
+        See `anygpt_jax.inference.generate`: settings default to GenerationSettings(); e.g.
+        `m.generate([ids], GenerationSettings.for_output("image"), stop_ids=[eoim])`.
+        """
+        return _generate(
+            self, prompts, settings, seed=seed, stop_ids=stop_ids, constrain=constrain
+        )

@@ -1,0 +1,230 @@
+"""`generate`: batched greedy, sampling and beam search with a jitted prefill + KV-cache decode.
+
+One request is one device program: prefill of the left-padded prompts, then a lax.while_loop
+that picks a token, writes it and runs the decode step for every row, until each row has hit a
+stop id or the budget of new tokens. Nothing returns to the host between tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec
+
+from anygpt_jax import partitioning
+from anygpt_jax.inference import beam, constraints, decoding
+from anygpt_jax.inference.settings import GenerationSettings
+from anygpt_jax.model import Transformer
+
+if TYPE_CHECKING:
+    from anygpt_jax.api import AnyGPT
+    from anygpt_jax.vocab import MergedVocabulary
+
+# Chat-end markers that stop generation by default, besides </s>, when the vocabulary has them.
+DEFAULT_STOP_MARKERS = ("<eos>", "<eom>")
+
+# Compiled programs and constraint tables per loaded model (dropped with the model).
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def default_stop_ids(vocab: MergedVocabulary) -> list[int]:
+    """</s> and the chat end markers (<eos>, <eom>) that `vocab` has."""
+    ids = [vocab.eos_id]
+    markers = vocab.marker_ids
+    ids += [markers[m] for m in DEFAULT_STOP_MARKERS if m in markers]
+    return ids
+
+
+def generate(
+    model: AnyGPT,
+    prompts: Sequence[Sequence[int]],
+    settings: GenerationSettings | None = None,
+    *,
+    seed: int = 0,
+    stop_ids: Sequence[int] | None = None,
+    constrain: bool = True,
+) -> list[list[int]]:
+    """New ids of each prompt, up to and including its stop id (or max_new_tokens of them).
+
+    settings: defaults to GenerationSettings() (gin-configurable). stop_ids: default </s> plus
+    the vocabulary's <eos>/<eom>. constrain: inside a modality span only that modality's codes
+    (in codebook order) and, at a valid length, its end marker may be generated, so every span
+    parses; a prompt ending with a start marker (e.g. `<soim>`) starts inside that span.
+    Sampling is deterministic for a seed, and a row's draws do not depend on the padding.
+    """
+    settings = GenerationSettings() if settings is None else settings
+    if not isinstance(settings, GenerationSettings):
+        raise TypeError(f"settings must be a GenerationSettings, got {type(settings).__name__}")
+    cfg, vocab = model.config, model.vocab
+    arrays = decoding.check_prompts(prompts, cfg.vocab_size)
+    if stop_ids is None:
+        if vocab is None:
+            raise ValueError(
+                "the model has no vocabulary (no vocab/ in its directory): pass stop_ids"
+            )
+        stop_ids = default_stop_ids(vocab)
+    stop_ids = sorted({int(i) for i in stop_ids})
+    bad = [i for i in stop_ids if not 0 <= i < cfg.vocab_size]
+    if bad:
+        raise ValueError(f"stop_ids {bad} are outside [0, {cfg.vocab_size})")
+
+    table = None
+    states = [(0, 0)] * len(arrays)
+    if constrain:
+        if vocab is None:
+            raise ValueError(
+                "constrain=True needs the model's vocabulary (no vocab/ in its directory); "
+                "pass constrain=False"
+            )
+        table = _programs(model).get("table")
+        if table is None:
+            table = _programs(model)["table"] = constraints.span_table(vocab, cfg.padded_vocab_size)
+        states = [
+            constraints.prompt_state(vocab, table, p, where=f"prompt {i}")
+            for i, p in enumerate(arrays)
+        ]
+        for i, (span, pos) in enumerate(states):
+            need = constraints.state_need(table, span, pos)
+            if need > settings.max_new_tokens:
+                name = vocab.modality_names[span]
+                raise ValueError(
+                    f"prompt {i} ends inside a {name} span that needs {need} more tokens to "
+                    f"close, but max_new_tokens={settings.max_new_tokens}"
+                )
+
+    plan = decoding.Plan.of(settings, constrain, len(stop_ids))
+    slots = decoding.bucket(settings.max_new_tokens)
+    knobs = decoding.Knobs.of(settings, stop_ids, cfg.padded_vocab_size, slots)
+    rows = _rows(len(arrays), model.mesh)
+    batch = decoding.make_batch(arrays, rows, cfg.padded_vocab_size, states, plan.use_penalty)
+    program = _program(model, plan)
+    args = (model.params, batch, knobs, table, jax.random.key(seed))
+    if model.mesh is not None:
+        with jax.set_mesh(model.mesh):
+            args = _place(args, model.mesh)
+            tokens, counts = program(*args, num_slots=slots)
+    else:
+        tokens, counts = program(*args, num_slots=slots)
+    tokens, counts = np.asarray(tokens), np.asarray(counts)
+    return [tokens[r, : counts[r]].tolist() for r in range(len(arrays))]
+
+
+def sample_loop(
+    model: Transformer,
+    plan: decoding.Plan,
+    params: Any,
+    batch: decoding.PromptBatch,
+    knobs: decoding.Knobs,
+    table: constraints.SpanTable | None,
+    key: jax.Array,
+    *,
+    num_slots: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Greedy or sampled decoding of every row: (tokens [rows, num_slots], counts [rows])."""
+    rows, length = batch.ids.shape
+    logits, cache = decoding.prefill(model, params, batch, length + num_slots)
+    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(rows))
+    row_index = jnp.arange(rows)
+
+    def cond(c):
+        return (c["t"] < knobs.max_new_tokens) & ~jnp.all(c["done"])
+
+    def body(c):
+        t, done = c["t"], c["done"]
+        scores = decoding.process_scores(
+            c["logits"], t, plan, knobs, table, c["span"], c["pos"], c["seen"]
+        )
+        if plan.do_sample:
+            step_keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, t)
+            token = decoding.processors.sample_rows(step_keys, scores)
+        else:
+            token = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+        token = jnp.where(done, 0, token)
+        out = dict(c)
+        out["tokens"] = jax.lax.dynamic_update_slice(c["tokens"], token[:, None], (0, t))
+        out["counts"] = c["counts"] + (~done).astype(jnp.int32)
+        if plan.constrain:
+            span, pos = constraints.advance(table, c["span"], c["pos"], token)
+            out["span"] = jnp.where(done, c["span"], span)
+            out["pos"] = jnp.where(done, c["pos"], pos)
+        if plan.use_penalty:
+            out["seen"] = c["seen"].at[row_index, token].set(True)
+        out["done"] = done | knobs.stop_mask[token]
+        out["logits"], out["cache"] = decoding.step(model, params, token, c["position"], c["cache"])
+        out["position"] = c["position"] + 1
+        out["t"] = t + 1
+        return out
+
+    init = dict(
+        t=jnp.zeros((), jnp.int32),
+        logits=logits,
+        cache=cache,
+        tokens=jnp.zeros((rows, num_slots), jnp.int32),
+        counts=jnp.zeros(rows, jnp.int32),
+        done=~batch.real,
+        span=batch.span,
+        pos=batch.pos,
+        seen=batch.seen,
+        position=batch.next_position,
+    )
+    final = jax.lax.while_loop(cond, body, init)
+    return final["tokens"], final["counts"]
+
+
+def _programs(model: AnyGPT) -> dict:
+    return _PROGRAMS.setdefault(model, {})
+
+
+def _program(model: AnyGPT, plan: decoding.Plan):
+    """The jitted program of `plan` for this model (jax.jit then caches it per shape)."""
+    programs = _programs(model)
+    if plan not in programs:
+        loop = beam.beam_loop if plan.num_beams > 1 else sample_loop
+        fn = decoding.traced(
+            model.model, partitioning.logical_axis_rules(), functools.partial(_call, loop, plan)
+        )
+        programs[plan] = jax.jit(fn, static_argnames=("num_slots",))
+    return programs[plan]
+
+
+def _call(loop, plan, model, *args, **kwargs):
+    return loop(model, plan, *args, **kwargs)
+
+
+def _rows(n: int, mesh) -> int:
+    """Batch rows for n prompts: a power of two, and a multiple of the batch shards."""
+    rows = decoding.bucket(n, minimum=1)
+    if mesh is not None:
+        axes = partitioning.batch_sharding(mesh).spec[0]
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        shards = math.prod(mesh.shape[a] for a in axes)
+        rows = -(-rows // shards) * shards
+    return rows
+
+
+def _place(args, mesh):
+    """Puts the batch on the mesh sharded over rows like training inputs; the rest replicated."""
+    params, batch, knobs, table, key = args
+    rows_sharding = partitioning.batch_sharding(mesh)
+    replicated = jax.sharding.NamedSharding(mesh, PartitionSpec())
+
+    def put(x):
+        if x is None:
+            return None
+        x = np.asarray(x)
+        if x.ndim == 0:
+            return jax.device_put(x, replicated)
+        spec = PartitionSpec(*rows_sharding.spec[:1], *([None] * (x.ndim - 1)))
+        return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+
+    batch = jax.tree_util.tree_map(put, batch)
+    knobs = jax.device_put(knobs, replicated)
+    table = None if table is None else jax.device_put(table, replicated)
+    return params, batch, knobs, table, jax.device_put(key, replicated)

@@ -315,14 +315,30 @@ def pick_instruction(direction: str, rng: np.random.Generator) -> str:
     return pool[int(rng.integers(len(pool)))]
 
 
+def render_pretrain_prompt(
+    direction: str, instruction: str, text: str = "", span: ModalitySpan | None = None
+) -> tuple[Segment, ...]:
+    """The stage-1 template up to where the answer starts: a base model's generation prompt.
+
+    modality->text ends at `[MMGPT]:` (the answer brings its leading space); text->modality
+    ends at `[MMGPT]: `, where the answer's span opens with its start marker.
+    """
+    if direction.endswith("_to_text"):
+        if span is None:
+            raise ValueError(f"{direction}: the prompt needs the input span")
+        return (f"[Human]: {instruction} ", span, "<eoh> [MMGPT]:")
+    if direction.startswith("text_to_"):
+        return (f"[Human]: {instruction} This is input: {text}<eoh> [MMGPT]: ",)
+    raise ValueError(f"direction {direction!r}; expected one of {DIRECTIONS}")
+
+
 def render_pretrain(direction: str, text: str, span: ModalitySpan, instruction: str) -> list[Piece]:
     """One pre-training sample (loss on all tokens) in AnyGPT's stage-1 template."""
+    prompt = render_pretrain_prompt(direction, instruction, text, span)
     if direction.endswith("_to_text"):
-        segs = (f"[Human]: {instruction} ", span, f"<eoh> [MMGPT]: {text}<eos>")
-    elif direction.startswith("text_to_"):
-        segs = (f"[Human]: {instruction} This is input: {text}<eoh> [MMGPT]: ", span, "<eos>")
+        segs = (*prompt[:-1], f"{prompt[-1]} {text}<eos>")
     else:
-        raise ValueError(f"direction {direction!r}; expected one of {DIRECTIONS}")
+        segs = (*prompt, span, "<eos>")
     return [Piece(segs, 1.0)]
 
 

@@ -205,26 +205,28 @@ class LSTM(nn.Module):
 
 
 def _lstm_scan(xw: list[Array], w_hh_t: list[Array], precision: lax.Precision) -> list[Array]:
-    """Runs the recurrence of every direction in one scan; returns (time, batch, H) each.
+    """Runs the recurrence of each direction in its own scan; returns (time, batch, H) each.
 
     `w_hh_t` (4H, H) per direction: at batch 1 the step is a matrix-vector product bound by
-    memory, and this layout reads 25% faster on CPU. One plain dot per direction: XLA's CPU
-    batched dot over a directions axis was 3x slower.
+    memory, and this layout reads 25% faster on CPU. One scan per direction keeps a single
+    direction's weights (16 MiB at H=1024) resident in the last-level cache; interleaving both
+    directions in one scan streamed twice that every step and was ~30% slower.
     """
     _, batch, h4 = xw[0].shape
     zeros = jnp.zeros((batch, h4 // 4), xw[0].dtype)
 
-    def step(carry, xw_t):
-        new = []
-        for (h, c), x_d, w_d in zip(carry, xw_t, w_hh_t, strict=True):
-            gates = x_d + jnp.einsum("gh,bh->bg", w_d, h, precision=precision)
+    def run(x_d: Array, w_d: Array) -> Array:
+        def step(carry, xw_t):
+            h, c = carry
+            gates = xw_t + jnp.einsum("gh,bh->bg", w_d, h, precision=precision)
             i, f, g, o = jnp.split(gates, 4, axis=-1)
             c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-            new.append((jax.nn.sigmoid(o) * jnp.tanh(c), c))
-        return new, [h for h, _ in new]
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), h
 
-    _, hs = lax.scan(step, [(zeros, zeros) for _ in xw], xw)
-    return hs
+        return lax.scan(step, (zeros, zeros), x_d)[1]
+
+    return [run(x_d, w_d) for x_d, w_d in zip(xw, w_hh_t, strict=True)]
 
 
 def rvq_encode(x: Array, codebooks: Array, precision: lax.Precision) -> Array:

@@ -1,0 +1,163 @@
+"""SoundStorm's MaskGIT-style decoding, as the SpeechTokenizer authors' fork runs it for AnyGPT.
+
+The sequence is [voice prompt frames | frames to generate | padding]; every frame has a semantic
+code and Q acoustic codes (mask code where unknown). The first `full_levels` acoustic layers
+(AnyGPT: 1) are decoded in steps + 1 network passes, the others in one argmax pass each:
+
+- full pass i of layer q: keep the top ceil((1 - thres) * L) logits of every code slot, pick
+  codes by argmax at i = 0 and by Gumbel sampling at temperature i / steps after that (argmax
+  once no slot is left masked, when greedy); fill every masked slot with its pick; then mask
+  again the `count_i` slots of highest 1 - p(pick) among all slots of all layers, with
+  count_i = floor(cos(pi/2 * i / steps) * frames) (frames counting the prompt), plus every
+  slot of the layers above q; prompt slots are never masked.
+- one pass of layer q >= full_levels: argmax, written to layers q..Q-1.
+
+Deviation from the reference, on by default (`keep_prompt`): its single passes also write
+layers q..Q-1 of the prompt frames, so later layers see the model's guesses in place of the
+voice prompt's real codes; here the prompt prefix is never overwritten. `keep_prompt=False`
+reproduces the reference exactly (the parity tests use it).
+
+Everything runs in one jitted `lax.fori_loop` over a static pass plan, so the network is
+compiled once; padded frames (`valid` False) are excluded from attention, from the depthwise
+conv and from the ranking, so each item of a padded batch decodes as it would alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+LogitsFn = Callable[[Array, Array, Array], Array]  # (codes, semantic, valid) -> logits
+
+
+def cosine_schedule(steps: int) -> np.ndarray:
+    """float32 cos(pi/2 * t) at t = linspace(0, 1, steps + 1), computed as the reference does.
+
+    torch.linspace's scalar path fills the first half from 0 and the second half back from
+    1; the float32 rounding that follows decides the re-mask counts (e.g. 3 steps: 0.50000006,
+    not 0.49999997), so it is reproduced here rather than computed exactly.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    n = steps + 1
+    step = np.float32(1.0) / np.float32(steps)
+    i = np.arange(n)
+    times = np.where(i < n // 2, i.astype(np.float32) * step,
+                     np.float32(1.0) - (n - 1 - i).astype(np.float32) * step).astype(np.float32)
+    return np.cos((times * np.float32(math.pi)) / np.float32(2)).astype(np.float32)
+
+
+def remask_counts(steps: int, lengths: np.ndarray) -> np.ndarray:
+    """int32 (steps + 1, batch): slots masked again after full pass i, for sequence lengths
+    (prompt frames included), truncated from float32 as in the reference."""
+    lengths = np.asarray(lengths, np.float32)
+    return (cosine_schedule(steps)[:, None] * lengths[None, :]).astype(np.int32)
+
+
+def top_k_size(codebook_size: int, thres: float) -> int:
+    """Codes kept by the reference's top-k filter: ceil((1 - thres) * codebook_size)."""
+    if not 0.0 <= thres < 1.0:
+        raise ValueError(f"top_k_thres must be in [0, 1), got {thres}")
+    return max(1, math.ceil((1 - thres) * codebook_size))
+
+
+def pass_plan(steps: int, num_quantizers: int, full_levels: int) -> np.ndarray:
+    """int32 (passes, 3): (acoustic layer, step index, is a full pass) of every network pass."""
+    if not 0 <= full_levels <= num_quantizers:
+        raise ValueError(f"full_levels must be in 0..{num_quantizers}, got {full_levels}")
+    plan = [(q, i, 1) for q in range(full_levels) for i in range(steps + 1)]
+    plan += [(q, 0, 0) for q in range(full_levels, num_quantizers)]
+    return np.asarray(plan, np.int32)
+
+
+def frame_gumbel(key: Array, shape: tuple[int, ...]) -> Array:
+    """Gumbel noise (batch, frames, ...) drawn per (item, frame) from `key`, so an item's noise
+    does not depend on the batch size or on the padding after it."""
+    batch, length, *rest = shape
+
+    def item(b):
+        item_key = jax.random.fold_in(key, b)
+        return jax.vmap(lambda t: jax.random.gumbel(jax.random.fold_in(item_key, t), rest))(
+            jnp.arange(length))
+
+    return jax.vmap(item)(jnp.arange(batch))
+
+
+def maskgit_decode(
+    logits_fn: LogitsFn,
+    semantic: Array,
+    codes: Array,
+    generate: Array,
+    valid: Array,
+    counts: Array,
+    key: Array,
+    *,
+    steps: int,
+    full_levels: int,
+    top_k: int,
+    greedy: bool,
+    sample: bool,
+    keep_prompt: bool,
+    mask_id: int,
+) -> Array:
+    """Decodes acoustic codes (batch, frames, Q): `codes` holds the prompt's codes where
+    `generate` (batch, frames) is False; the result holds generated codes where it is True.
+
+    `valid` (batch, frames) marks real frames; `counts` comes from `remask_counts`; `key` seeds
+    the Gumbel sampling (the only randomness); `sample=False` leaves the noise out, so every
+    pick is an argmax (deterministic decoding whatever the number of steps).
+    """
+    batch, length, num_q = codes.shape
+    plan = jnp.asarray(pass_plan(steps, num_q, full_levels))
+    layer = jnp.arange(num_q, dtype=jnp.int32)
+    gen = generate[:, :, None]
+    valid3 = jnp.broadcast_to(valid[:, :, None], codes.shape)
+    writable = gen if keep_prompt else valid3
+    mask = jnp.broadcast_to(gen, codes.shape)
+    codes = jnp.where(mask, mask_id, codes).astype(jnp.int32)
+
+    def full_pass(p, q, i, logits, codes, mask):
+        count = counts[i]  # (batch,)
+        vals, idx = lax.top_k(logits, top_k)  # descending; ties keep the lower code first
+        if sample:
+            temperature = jnp.maximum(i.astype(jnp.float32) / steps, 1e-10)
+            noise = frame_gumbel(jax.random.fold_in(key, p), vals.shape)
+            sampled_pos = jnp.argmax(vals / temperature + noise, axis=-1)
+        else:
+            sampled_pos = jnp.zeros(vals.shape[:-1], jnp.int32)
+        use_argmax = (i == 0) | (greedy & (count == 0))  # temperature 0 is argmax
+        pos = jnp.where(use_argmax[:, None, None], 0, sampled_pos)
+        picked = jnp.take_along_axis(idx, pos[..., None], axis=-1)[..., 0]
+        prob = jnp.take_along_axis(jax.nn.softmax(vals, axis=-1), pos[..., None], axis=-1)
+        codes = jnp.where(mask, picked, codes)
+        score = jnp.where(valid3, 1.0 - prob[..., 0], -jnp.inf).reshape(batch, length * num_q)
+        # Slot rank by descending uncertainty over all layers' slots ('b (n q)' order).
+        rank = jnp.argsort(jnp.argsort(-score, axis=-1, stable=True), axis=-1, stable=True)
+        remask = (rank < count[:, None]).reshape(codes.shape) | (layer > q)
+        remask = remask & gen
+        again = (count > 0)[:, None, None]  # a count of 0 leaves the mask as it was
+        return jnp.where(again & remask, mask_id, codes), jnp.where(again, remask, mask)
+
+    def single_pass(q, logits, codes, mask):
+        picked = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        codes = jnp.where((layer >= q) & writable, picked, codes)
+        return codes, mask & (layer != q)
+
+    def body(p, state):
+        codes, mask = state
+        q, i, full = plan[p, 0], plan[p, 1], plan[p, 2]
+        logits = logits_fn(codes, semantic, valid)
+        return lax.cond(
+            full == 1,
+            lambda: full_pass(p, q, i, logits, codes, mask),
+            lambda: single_pass(q, logits, codes, mask),
+        )
+
+    codes, _ = lax.fori_loop(0, plan.shape[0], body, (codes, mask))
+    return codes

@@ -2,7 +2,8 @@
 
 Formats (paths inside a file are relative to that file's directory):
 - image_text: .jsonl {"image": path | "image_codes": [32 ints], "caption": str[, "id"]} or
-  .csv with columns image, caption[, id].
+  .csv with columns image, caption[, id]. A .jsonl pair may carry "meta": {...}, kept in the
+  shard example's metadata (evaluation sets put their references there: data/eval_sets.py).
 - speech_text: a LibriSpeech-style directory (`*.trans.txt` lines "UTT-ID transcript", audio
   `UTT-ID.flac` beside it) or .jsonl {"audio": path | "speech_codes": [ints], "text": str}.
 - music_text: .jsonl {"audio": path | "music_codes": [[ints] x 4], "caption": str}.
@@ -96,7 +97,11 @@ def _pair(
         else Media(modality, codes=value)
     )
     ex_id = str(obj.get("id", f"{os.path.basename(path)}:{n}"))
-    return RawItem(ex_id, kind, text, (media,), meta={"file": os.path.basename(path), "line": n})
+    extra = obj.get("meta", {})
+    if not isinstance(extra, dict):
+        raise InputError(f"{where}: 'meta' must be a JSON object, got {type(extra).__name__}")
+    meta = {**extra, "file": os.path.basename(path), "line": n}
+    return RawItem(ex_id, kind, text, (media,), meta=meta)
 
 
 def read_image_text(path: str) -> Iterator[RawItem]:

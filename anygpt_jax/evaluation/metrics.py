@@ -26,6 +26,11 @@ class MetricError(ValueError):
     """Inputs a metric cannot score (mismatched lengths, no references); names what is wrong."""
 
 
+class MetricSkipped(Exception):
+    """A metric that cannot run in this configuration (no scoring model, no decoder); the
+    message says what to configure. Evaluation records it instead of a score."""
+
+
 def _check_lengths(name: str, references: Sequence, predictions: Sequence) -> None:
     if len(references) != len(predictions):
         raise MetricError(

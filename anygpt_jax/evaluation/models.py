@@ -1,0 +1,278 @@
+"""The scoring models behind the media metrics, loaded from local paths only (no downloads).
+
+Protocols (anything with these methods plugs in, e.g. through gin):
+
+    TextImageEmbedder   embed_texts(texts) -> [n, d];  embed_images(PIL images) -> [n, d]
+    TextAudioEmbedder   embed_texts(texts) -> [n, d];  embed_audio(waveforms, rate) -> [n, d]
+    AsrModel            transcribe(waveforms, rate) -> list of transcripts
+    SpeakerEmbedder     embed_speakers(waveforms, rate) -> [n, d]
+
+Implementations: `OpenClip` (open_clip weights: a checkpoint file plus its model name, or an
+open_clip hub-style directory), `LaionClap` (a laion_clap checkpoint), and the transformers
+ports of the same families, `HFClip` / `HFClap` (CLIPModel / ClapModel directories, e.g.
+openai/clip-vit-large-patch14, laion/larger_clap_music), `HFWhisperAsr` and `HFSpeakerEmbedder`
+(WavLMForXVector, e.g. microsoft/wavlm-base-plus-sv). open_clip and laion_clap import
+torchvision, which must match the installed torch; the transformers ports need no torchvision.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import gin
+import numpy as np
+
+from anygpt_jax.modalities import audio_io
+
+
+@runtime_checkable
+class TextImageEmbedder(Protocol):
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+    def embed_images(self, images: Sequence[Any]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class TextAudioEmbedder(Protocol):
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+    def embed_audio(self, waveforms: Sequence[np.ndarray], sample_rate: int) -> np.ndarray: ...
+
+
+@runtime_checkable
+class AsrModel(Protocol):
+    def transcribe(self, waveforms: Sequence[np.ndarray], sample_rate: int) -> list[str]: ...
+
+
+@runtime_checkable
+class SpeakerEmbedder(Protocol):
+    def embed_speakers(self, waveforms: Sequence[np.ndarray], sample_rate: int) -> np.ndarray: ...
+
+
+def _existing(path: str | None, what: str) -> str:
+    """`path`, or FileNotFoundError naming the setting when it is unset or absent."""
+    if not path:
+        raise FileNotFoundError(f"{what}: no path given")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what}: {path} does not exist")
+    return path
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError("the scoring models run in PyTorch: pip install torch") from e
+    return torch
+
+
+def _features(out: Any) -> Any:
+    # transformers 5 returns a model output (projected features in pooler_output) where
+    # older versions returned the tensor itself.
+    return out if hasattr(out, "detach") else out.pooler_output
+
+
+def _batched(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _resampled(waveforms: Sequence[np.ndarray], rate: int, target: int) -> list[np.ndarray]:
+    return [audio_io.prepare(np.asarray(w, np.float32), rate, target) for w in waveforms]
+
+
+@gin.configurable
+class HFClip:
+    """CLIP from a transformers CLIPModel directory (model and processor files)."""
+
+    def __init__(self, path: str = gin.REQUIRED, batch_size: int = 32):
+        path = _existing(path, "HFClip.path (a transformers CLIP directory)")
+        import transformers
+
+        torch = _torch()
+        self._torch = torch
+        self.model = transformers.CLIPModel.from_pretrained(path, local_files_only=True).eval()
+        self.processor = transformers.CLIPProcessor.from_pretrained(path, local_files_only=True)
+        self.batch_size = batch_size
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        out = []
+        with self._torch.no_grad():
+            for chunk in _batched(list(texts), self.batch_size):
+                x = self.processor(text=chunk, return_tensors="pt", padding=True, truncation=True)
+                out.append(_features(self.model.get_text_features(**x)).numpy())
+        return np.concatenate(out)
+
+    def embed_images(self, images: Sequence[Any]) -> np.ndarray:
+        out = []
+        with self._torch.no_grad():
+            for chunk in _batched(list(images), self.batch_size):
+                x = self.processor(images=[im.convert("RGB") for im in chunk], return_tensors="pt")
+                out.append(_features(self.model.get_image_features(**x)).numpy())
+        return np.concatenate(out)
+
+
+@gin.configurable
+class OpenClip:
+    """CLIP through open_clip: `weights` is a checkpoint file (give `model_name`, e.g.
+    'ViT-L-14') or a directory with open_clip_config.json (read as 'local-dir:')."""
+
+    def __init__(self, weights: str = gin.REQUIRED, model_name: str | None = None,
+                 batch_size: int = 32):  # fmt: skip
+        weights = _existing(weights, "OpenClip.weights (open_clip weights)")
+        try:
+            import open_clip
+        except ImportError as e:
+            raise ImportError(
+                f"OpenClip needs open_clip_torch (and a torchvision matching torch): {e}"
+            ) from e
+        torch = _torch()
+        self._torch = torch
+        if os.path.isdir(weights):
+            name, pretrained = f"local-dir:{weights}", None
+        elif model_name:
+            name, pretrained = model_name, weights
+        else:
+            raise ValueError(f"OpenClip.weights {weights} is a file: set OpenClip.model_name")
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained
+        )
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(name)
+        self.batch_size = batch_size
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        with self._torch.no_grad():
+            return np.concatenate([self.model.encode_text(self.tokenizer(list(c))).numpy()
+                                   for c in _batched(list(texts), self.batch_size)])  # fmt: skip
+
+    def embed_images(self, images: Sequence[Any]) -> np.ndarray:
+        with self._torch.no_grad():
+            return np.concatenate([
+                self.model.encode_image(
+                    self._torch.stack([self.preprocess(im.convert("RGB")) for im in c])
+                ).numpy()
+                for c in _batched(list(images), self.batch_size)
+            ])  # fmt: skip
+
+
+@gin.configurable
+class HFClap:
+    """CLAP from a transformers ClapModel directory (e.g. laion/larger_clap_music)."""
+
+    def __init__(self, path: str = gin.REQUIRED, batch_size: int = 16):
+        path = _existing(path, "HFClap.path (a transformers CLAP directory)")
+        import transformers
+
+        torch = _torch()
+        self._torch = torch
+        self.model = transformers.ClapModel.from_pretrained(path, local_files_only=True).eval()
+        self.processor = transformers.ClapProcessor.from_pretrained(path, local_files_only=True)
+        self.sample_rate = int(self.processor.feature_extractor.sampling_rate)
+        self.batch_size = batch_size
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        out = []
+        with self._torch.no_grad():
+            for chunk in _batched(list(texts), self.batch_size):
+                x = self.processor(text=chunk, return_tensors="pt", padding=True, truncation=True)
+                out.append(_features(self.model.get_text_features(**x)).numpy())
+        return np.concatenate(out)
+
+    def embed_audio(self, waveforms: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
+        out = []
+        waves = _resampled(waveforms, sample_rate, self.sample_rate)
+        with self._torch.no_grad():
+            for chunk in _batched(waves, self.batch_size):
+                x = self.processor(audio=chunk, sampling_rate=self.sample_rate, return_tensors="pt")
+                out.append(_features(self.model.get_audio_features(**x)).numpy())
+        return np.concatenate(out)
+
+
+@gin.configurable
+class LaionClap:
+    """CLAP through laion_clap from a checkpoint file (e.g. music_audioset_epoch_15_esc_90.14.pt,
+    amodel 'HTSAT-base'). laion_clap itself loads 'roberta-base' through transformers: have it
+    in the local Hugging Face cache (HF_HUB_OFFLINE=1) where there is no network."""
+
+    SAMPLE_RATE = 48000
+
+    def __init__(self, weights: str = gin.REQUIRED, amodel: str = "HTSAT-base",
+                 enable_fusion: bool = False):  # fmt: skip
+        weights = _existing(weights, "LaionClap.weights (a laion_clap checkpoint)")
+        try:
+            import laion_clap
+        except ImportError as e:
+            raise ImportError(
+                f"LaionClap needs laion_clap (and a torchvision matching torch): {e}"
+            ) from e
+        self.model = laion_clap.CLAP_Module(enable_fusion=enable_fusion, amodel=amodel,
+                                            device="cpu")  # fmt: skip
+        self.model.load_ckpt(weights, verbose=False)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self.model.get_text_embedding(list(texts), use_tensor=False))
+
+    def embed_audio(self, waveforms: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
+        waves = _resampled(waveforms, sample_rate, self.SAMPLE_RATE)
+        return np.concatenate([
+            np.asarray(self.model.get_audio_embedding_from_data(x=[w], use_tensor=False))
+            for w in waves
+        ])  # fmt: skip
+
+
+@gin.configurable
+class HFWhisperAsr:
+    """English ASR with a transformers Whisper directory (e.g. openai/whisper-large-v3)."""
+
+    def __init__(self, path: str = gin.REQUIRED, batch_size: int = 8, max_new_tokens: int = 200):
+        path = _existing(path, "HFWhisperAsr.path (a transformers Whisper directory)")
+        import transformers
+
+        torch = _torch()
+        self._torch = torch
+        self.model = transformers.WhisperForConditionalGeneration.from_pretrained(
+            path, local_files_only=True
+        ).eval()
+        self.processor = transformers.WhisperProcessor.from_pretrained(path, local_files_only=True)
+        self.sample_rate = int(self.processor.feature_extractor.sampling_rate)
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+
+    def transcribe(self, waveforms: Sequence[np.ndarray], sample_rate: int) -> list[str]:
+        out: list[str] = []
+        waves = _resampled(waveforms, sample_rate, self.sample_rate)
+        with self._torch.no_grad():
+            for chunk in _batched(waves, self.batch_size):
+                x = self.processor(chunk, sampling_rate=self.sample_rate, return_tensors="pt")
+                ids = self.model.generate(x.input_features, max_new_tokens=self.max_new_tokens,
+                                          language="en", task="transcribe")  # fmt: skip
+                out += self.processor.batch_decode(ids, skip_special_tokens=True)
+        return [s.strip() for s in out]
+
+
+@gin.configurable
+class HFSpeakerEmbedder:
+    """Speaker embeddings (x-vectors) from a transformers WavLMForXVector directory."""
+
+    def __init__(self, path: str = gin.REQUIRED):
+        path = _existing(path, "HFSpeakerEmbedder.path (a transformers WavLMForXVector directory)")
+        import transformers
+
+        torch = _torch()
+        self._torch = torch
+        self.model = transformers.WavLMForXVector.from_pretrained(path, local_files_only=True)
+        self.model.eval()
+        self.extractor = transformers.AutoFeatureExtractor.from_pretrained(
+            path, local_files_only=True
+        )
+        self.sample_rate = int(self.extractor.sampling_rate)
+
+    def embed_speakers(self, waveforms: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
+        out = []
+        with self._torch.no_grad():
+            # One utterance at a time: padding would change the statistics pooling.
+            for w in _resampled(waveforms, sample_rate, self.sample_rate):
+                x = self.extractor([w], sampling_rate=self.sample_rate, return_tensors="pt")
+                out.append(self.model(**x).embeddings.numpy())
+        return np.concatenate(out)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import seqio
 from conftest import make_shard_dir
+from test_metrics_models import make_tiny_clap
 
 from anygpt_jax.api import AnyGPT
 from anygpt_jax.data.shards import ShardExample, serialize
@@ -237,3 +238,33 @@ def test_eval_gin_files_parse(name):
 
     eval_cli.parse_gin([name], [])
     assert gin.query_parameter("run_eval.model_dir") is not None
+
+
+@pytest.mark.slow
+def test_music_generation_decoded_and_clap_scored(model, merged_vocab, eval_sets, tmp_path):
+    """The media path: music spans generated, decoded by the (demo) codec, written as WAV and
+    scored by a CLAP model bound through gin."""
+    from anygpt_jax.evaluation import models
+
+    clap_dir = make_tiny_clap(str(tmp_path / "clap"))
+
+    gin.bind_parameter("ClapScore.model", models.HFClap)
+    gin.bind_parameter("HFClap.path", clap_dir)
+    _register(merged_vocab, eval_sets)
+    music = {"max_new_tokens": 26, "min_new_tokens": 0, "do_sample": True, "top_k": 0}
+    options = loop.EvalOptions(tasks=["anygpt_eval_musiccaps_music"], teacher_forced=False,
+                               max_examples=2, generation={"music": music},
+                               tokenizer_dirs={"music": "demo"})  # fmt: skip
+    summary = loop.evaluate(model, str(tmp_path), step=3, options=options)
+    metrics = summary["metrics"]
+    assert summary["skipped"] == {}
+    assert -1.0 <= metrics["anygpt_eval_musiccaps_music/clap_score"] <= 1.0
+    with open(tmp_path / "predictions-00000003.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    made = [r for r in records if r["prediction"].endswith(".wav")]
+    assert metrics["anygpt_eval_musiccaps_music/clap_score_missing"] == len(records) - len(made)
+    for r in made:
+        import soundfile as sf
+
+        wav, rate = sf.read(tmp_path / r["prediction"])
+        assert rate == 32000 and len(wav) % 640 == 0 and len(wav) > 0

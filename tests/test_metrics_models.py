@@ -74,7 +74,12 @@ def clip_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def clap_dir(tmp_path_factory) -> str:
-    d = str(tmp_path_factory.mktemp("clap"))
+    return make_tiny_clap(str(tmp_path_factory.mktemp("clap")))
+
+
+def make_tiny_clap(d: str) -> str:
+    """A random transformers CLAP (model + processor files) in directory `d`."""
+    os.makedirs(d, exist_ok=True)
     n = _bpe_files(d, ["<s>", "<pad>", "</s>", "<unk>"], ["<mask>"])
     files = (os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"))
     tok = transformers.RobertaTokenizer(*files)

@@ -138,3 +138,13 @@ def logical_sharding(
 def batch_sharding(mesh: Mesh, rules: Sequence | None = None) -> NamedSharding:
     """Sharding of [batch, length] input arrays (ids, segment ids, positions, weights)."""
     return logical_sharding(("activation_batch", "activation_length"), mesh, rules)
+
+
+def batch_shards(mesh: Mesh, rules: Sequence | None = None) -> int:
+    """How many ways the batch axis is split: the global batch must be a multiple of it."""
+    spec = batch_sharding(mesh, rules).spec
+    axes = spec[0] if len(spec) else None
+    if axes is None:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else axes
+    return math.prod(mesh.shape[a] for a in axes)

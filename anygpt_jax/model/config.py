@@ -10,7 +10,8 @@ import gin
 from anygpt_jax.io_utils import read_json, write_json
 
 REMAT_POLICIES = ("none", "full", "minimal", "save_dot_except_mlp", "save_qkv_proj")
-ATTENTION_KERNELS = ("xla",)
+# "splash": the Pallas TPU kernel for the cache-free call (model/tpu_attention.py).
+ATTENTION_KERNELS = ("xla", "splash")
 
 
 @gin.configurable

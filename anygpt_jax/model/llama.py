@@ -17,6 +17,7 @@ from jax.ad_checkpoint import checkpoint_name
 from anygpt_jax.model.attention import apply_rotary, attention_mask, dot_product_attention
 from anygpt_jax.model.cache import KVCache
 from anygpt_jax.model.config import ModelConfig
+from anygpt_jax.model.tpu_attention import splash_attention
 
 constrain = nn.with_logical_constraint
 
@@ -122,21 +123,25 @@ class Attention(nn.Module):
         v = checkpoint_name(v, "value_proj")
 
         q_len = x.shape[1]
-        if layer_cache is None:
-            slots = jnp.arange(q_len)
-            mask = attention_mask(slots, slots, segment_ids, segment_ids)
-            new_cache = None
+        dtype = jnp.dtype(cfg.dtype)
+        new_cache = None
+        if layer_cache is None and cfg.attention_kernel == "splash":
+            # The kernel builds the causal/segment mask itself, block by block.
+            out = splash_attention(q, k, v, segment_ids, dtype)
         else:
-            cached_k, cached_v = layer_cache
-            start = (0, cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), start)
-            v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), start)
-            new_cache = (k, v)
-            query_slots = cache_index + jnp.arange(q_len)
-            key_slots = jnp.arange(k.shape[1])
-            mask = attention_mask(query_slots, key_slots, segment_ids, cache_segment_ids)
-
-        out = dot_product_attention(q, k, v, mask, jnp.dtype(cfg.dtype))
+            if layer_cache is None:
+                slots = jnp.arange(q_len)
+                mask = attention_mask(slots, slots, segment_ids, segment_ids)
+            else:
+                cached_k, cached_v = layer_cache
+                start = (0, cache_index, 0, 0)
+                k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), start)
+                v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), start)
+                new_cache = (k, v)
+                query_slots = cache_index + jnp.arange(q_len)
+                key_slots = jnp.arange(k.shape[1])
+                mask = attention_mask(query_slots, key_slots, segment_ids, cache_segment_ids)
+            out = dot_product_attention(q, k, v, mask, dtype)
         out = checkpoint_name(out, "attention_out")
         out = Projection(
             cfg, (cfg.num_heads, head_dim), embed, ("heads", "head_dim", "embed"), name="o_proj"

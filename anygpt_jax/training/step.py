@@ -8,6 +8,7 @@ Batches follow the feature converter's contract: int32 [batch, length] arrays
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -17,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
 
+from anygpt_jax import partitioning
 from anygpt_jax.model import ModelConfig, Transformer
 from anygpt_jax.training.loss import cross_entropy, tiled_cross_entropy
 
@@ -160,3 +163,62 @@ def make_train_step(
         return new_state, metrics
 
     return step
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedTrainStep:
+    """The jitted train step (state donated) and the shardings it was built for."""
+
+    fn: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    abstract_state: Any  # TrainState of ShapeDtypeStructs carrying their shardings
+    state_shardings: Any
+    batch_sharding: NamedSharding
+
+    def abstract_batch(self, batch_size: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """ShapeDtypeStructs of one global batch, for lowering without data."""
+        shape = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=self.batch_sharding)
+        return {k: shape for k in BATCH_KEYS}
+
+
+def abstract_train_state(
+    cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, rules: Any
+) -> tuple[Any, Any]:
+    """(TrainState of ShapeDtypeStructs with shardings, its shardings), from logical axes."""
+    model = Transformer(cfg)
+
+    def boxed_init():
+        params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"]
+        return init_train_state(params, tx)
+
+    boxed = jax.eval_shape(boxed_init)
+    shardings = partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
+    shapes = nn.meta.unbox(boxed)
+    abstract = jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )
+    return abstract, shardings
+
+
+def sharded_train_step(
+    cfg: ModelConfig,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    modality_index: np.ndarray,
+    loss_cfg: LossConfig,
+    mesh: Mesh,
+    rules: Any,
+) -> ShardedTrainStep:
+    """The one way to build the step on a mesh: the trainer runs it, `anygpt_jax.aot` compiles it.
+
+    State and batch shardings come from the logical rules; the state is donated so the
+    update happens in place. Call `fn` under `jax.set_mesh(mesh)`.
+    """
+    abstract_state, state_shardings = abstract_train_state(cfg, tx, mesh, rules)
+    batch_sharding = partitioning.batch_sharding(mesh, rules)
+    fn = jax.jit(
+        make_train_step(cfg, tx, schedule, modality_index, loss_cfg, rules),
+        in_shardings=(state_shardings, {k: batch_sharding for k in BATCH_KEYS}),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+    return ShardedTrainStep(fn, abstract_state, state_shardings, batch_sharding)

@@ -28,7 +28,7 @@ from anygpt_jax.model import ModelConfig, Transformer
 from anygpt_jax.training import metrics as metrics_lib
 from anygpt_jax.training.checkpoints import TrainCheckpointer
 from anygpt_jax.training.optimizer import learning_rate_schedule, make_optimizer
-from anygpt_jax.training.step import BATCH_KEYS, LossConfig, init_train_state, make_train_step
+from anygpt_jax.training.step import BATCH_KEYS, LossConfig, init_train_state, sharded_train_step
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +57,6 @@ class _Preemption:
 
     def restore(self) -> None:
         signal.signal(signal.SIGTERM, self._previous)
-
-
-def _abstract_state(cfg: ModelConfig, tx, mesh, rules):
-    """(ShapeDtypeStructs with shardings, shardings) of the TrainState, from logical axes."""
-    model = Transformer(cfg)
-
-    def boxed_init():
-        params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"]
-        return init_train_state(params, tx)
-
-    boxed = jax.eval_shape(boxed_init)
-    shardings = partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
-    shapes = nn.meta.unbox(boxed)
-    abstract = jax.tree_util.tree_map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
-    )
-    return abstract, shardings
 
 
 def _vocabulary(mixture_or_task_name: str):
@@ -185,14 +168,11 @@ def train(
 
     schedule = learning_rate_schedule(train_steps)
     tx = make_optimizer(schedule)
-    abstract_state, state_shardings = _abstract_state(cfg, tx, mesh, rules)
-    batch_sharding = partitioning.batch_sharding(mesh, rules)
-    step_fn = jax.jit(
-        make_train_step(cfg, tx, schedule, vocab.id_modality_index(), loss_config, rules),
-        in_shardings=(state_shardings, {k: batch_sharding for k in BATCH_KEYS}),
-        out_shardings=(state_shardings, None),
-        donate_argnums=(0,),
+    sharded = sharded_train_step(
+        cfg, tx, schedule, vocab.id_modality_index(), loss_config, mesh, rules
     )
+    step_fn, batch_sharding = sharded.fn, sharded.batch_sharding
+    abstract_state, state_shardings = sharded.abstract_state, sharded.state_shardings
 
     inputs = InputIterator(get_dataset(mixture_or_task_name, seq_len, batch_size, seed=seed))
     checkpointer = TrainCheckpointer(model_dir)

@@ -7,6 +7,9 @@ import glob
 import json
 import math
 import os
+import subprocess
+import sys
+import types
 
 import gin
 import jax
@@ -218,9 +221,11 @@ def test_bound_metric_weights_missing_fail_before_generation(model, merged_vocab
     task = seqio.get_mixture_or_task("anygpt_eval_coco_text_to_image")
     [clip] = task.predict_metric_fns
     assert isinstance(clip, scoring.ClipScore)
+    # Decoders configured (image tokenizer and unCLIP directories), so scoring is next.
+    codecs = types.SimpleNamespace(dirs={"image": str(tmp_path)}, unclip_pipeline=str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"HFClip.path .*no_clip does not exist"):
         loop.inference_eval(model, "anygpt_eval_coco_text_to_image", loop.EvalOptions(),
-                            codecs=None, media_dir=str(tmp_path))  # fmt: skip
+                            codecs=codecs, media_dir=str(tmp_path))  # fmt: skip
 
 
 def test_cli_config_errors(capsys):
@@ -268,3 +273,41 @@ def test_music_generation_decoded_and_clap_scored(model, merged_vocab, eval_sets
 
         wav, rate = sf.read(tmp_path / r["prediction"])
         assert rate == 32000 and len(wav) % 640 == 0 and len(wav) > 0
+
+
+@pytest.mark.slow
+def test_cli_runs_on_a_model_directory(model, merged_vocab, eval_sets, tmp_path):
+    """`python -m anygpt_jax.eval` on a saved model directory and a gin file of eval sets."""
+    from anygpt_jax import checkpointing
+
+    model_dir = str(tmp_path / "model")
+    checkpointing.save_model(model_dir, model.params, model.config, merged_vocab)
+    config = tmp_path / "eval.gin"
+    config.write_text(
+        "import anygpt_jax.evaluation.loop\n"
+        "import anygpt_jax.inference\n"
+        "run_eval.model_dir = %MODEL_DIR\n"
+        "run_eval.options = @EvalOptions()\n"
+        "run_eval.data_parallel = False\n"
+        f"register_eval.librispeech_dirs = ['{eval_sets['speech_text'][0]}']\n"
+        "EvalOptions.seq_len = 160\n"
+        "EvalOptions.max_examples = 2\n"
+        "text/GenerationSettings.do_sample = False\n"
+        "text/GenerationSettings.max_new_tokens = 6\n"
+        "text/GenerationSettings.min_new_tokens = 0\n"
+    )
+    from synthetic_task import cli_env
+
+    # One CPU device, and no TPU pod variables (a library imported by the suite may set them).
+    env = {k: v for k, v in cli_env(1).items()
+           if k not in ("TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID")}  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "anygpt_jax.eval", f"--gin_file={config}",
+         f"--gin.MODEL_DIR='{model_dir}'"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout[run.stdout.index("{") :])
+    assert summary["step"] == 0
+    assert math.isfinite(summary["metrics"]["anygpt_eval_librispeech_asr/wer"])
+    assert os.path.isfile(os.path.join(model_dir, "eval", "metrics-00000000.json"))

@@ -189,8 +189,8 @@ def inference_eval(
 
     spec = eval_tasks.eval_spec(task_name)
     task = seqio.get_mixture_or_task(task_name)
-    unscorable = _unscorable(task)
     problem = _decoder_problem(codecs, spec.output)
+    unscorable = {} if problem else _unscorable(task)
     if problem or len(unscorable) == len(task.predict_metric_fns):
         reason = problem or "; ".join(unscorable.values())
         return {}, {_metric_name(f): reason for f in task.predict_metric_fns}, []

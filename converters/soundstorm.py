@@ -108,7 +108,8 @@ def block_table(layout: str) -> dict[str, tuple[str, str | None]]:
     return table
 
 
-def _transform(x: np.ndarray, how: str | None, key: str) -> np.ndarray:
+def transform(x: np.ndarray, how: str | None, key: str) -> np.ndarray:
+    """A torch tensor -> our layout, as the key table's `how` says (see above)."""
     if how == "einmix_bias":
         return x.reshape(x.shape[-2:]) if x.ndim >= 2 and x.size == np.prod(x.shape[-2:]) else x
     expected_ndim = {None: x.ndim, _LINEAR: 2, "conv1x1": 3, "depthwise": 3, "gamma": 3}[how]
@@ -183,7 +184,7 @@ def params_from_torch(t: TorchTensors, config: SoundStormConfig, layout: str
     params: dict[str, np.ndarray] = {}
 
     def take(key: str, how: str | None, want: tuple[int, ...]) -> np.ndarray:
-        value = _transform(t.get(key), how, key)
+        value = transform(t.get(key), how, key)
         if value.shape != want:
             raise ConversionError(f"{t.source}: {key}: shape {t.get(key).shape} does not fit "
                                   f"the model (expected {want} after conversion)")

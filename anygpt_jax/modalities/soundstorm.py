@@ -27,7 +27,7 @@ from anygpt_jax.io_utils import read_json, write_json
 from anygpt_jax.modalities import audio_io
 from anygpt_jax.modalities.audio_layers import ceil_div
 from anygpt_jax.modalities.codec import PRECISIONS
-from anygpt_jax.modalities.soundstorm_generate import maskgit_decode, remask_counts, top_k_size
+from anygpt_jax.modalities.soundstorm_generate import decode_plan, maskgit_decode, top_k_size
 from anygpt_jax.modalities.soundstorm_model import SoundStormConfig, SoundStormNet
 
 CONFIG_FILE = "config.json"
@@ -118,7 +118,10 @@ class SoundStorm:
         self.keep_prompt, self.bucket_frames = keep_prompt, bucket_frames
         self.top_k = top_k_size(config.codebook_size, top_k_thres)
         self.net = SoundStormNet(config, PRECISIONS[precision], unroll)
-        self._decode = jax.jit(self._decode_impl, static_argnames=("steps",))
+        if not 0 <= full_levels <= config.num_quantizers:
+            raise ValueError(f"full_levels must be in 0..{config.num_quantizers}, got "
+                             f"{full_levels}")
+        self._decode = jax.jit(self._decode_impl)
         self._logits = jax.jit(lambda p, c, s, v: self.net.apply({"params": p}, c, s, v))
 
     @classmethod
@@ -152,38 +155,52 @@ class SoundStorm:
                        seed: int = 0) -> list[np.ndarray]:
         """Units of any lengths (frames_i,) -> codes (1 + Q, frames_i) each, decoded in one
         padded batch; each item comes out as it would alone (same seed, same batch slot)."""
-        steps = self.steps if steps is None else int(steps)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
         if len(semantic_units) == 0:
             raise ValueError("semantic_units: no sequences given")
         units = [self._check_units(u[None], name=f"semantic_units[{i}]")[0]
                  for i, u in enumerate(map(np.asarray, semantic_units))]
         prompt = self._check_prompt(prompt_codes)
-        num_q, prompt_len = self.num_quantizers, prompt.shape[1]
+        prompt_len = prompt.shape[1]
         lengths = np.array([prompt_len + len(u) for u in units], np.int32)
         total = ceil_div(int(lengths.max()), self.bucket_frames) * self.bucket_frames
         semantic = np.zeros((len(units), total), np.int32)
-        codes = np.full((len(units), total, num_q), self.config.mask_id, np.int32)
+        codes = np.full((len(units), total, self.num_quantizers), self.config.mask_id, np.int32)
         for b, u in enumerate(units):
             semantic[b, :prompt_len] = prompt[0]
             semantic[b, prompt_len : prompt_len + len(u)] = u
             codes[b, :prompt_len] = prompt[1:].T
         frame = np.arange(total)[None, :]
         valid = frame < lengths[:, None]
-        generate = valid & (frame >= prompt_len)
-        counts = remask_counts(steps, lengths)
-        out = np.asarray(self._decode(self.params, semantic, codes, generate, valid, counts,
-                                      jax.random.PRNGKey(seed), steps=steps))
+        out = self.decode_frames(semantic, codes, valid & (frame >= prompt_len), valid,
+                                 steps=steps, seed=seed)
         return [np.concatenate([u[None], out[b, prompt_len : prompt_len + len(u)].T])
                 for b, u in enumerate(units)]
 
-    def _decode_impl(self, params, semantic, codes, generate, valid, counts, key, *, steps):
+    def decode_frames(self, semantic: np.ndarray, codes: np.ndarray, generate: np.ndarray,
+                      valid: np.ndarray, *, steps: int | None = None, seed: int = 0
+                      ) -> np.ndarray:
+        """The decoder on whole sequences: semantic (batch, frames), acoustic codes (batch,
+        frames, Q), and masks (batch, frames) of the frames to generate and of real frames ->
+        int32 codes (batch, frames, Q), prompt frames included (see soundstorm_generate)."""
+        steps = self.steps if steps is None else int(steps)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        valid = np.asarray(valid, bool)
+        plan, counts, num_passes = decode_plan(steps, self.num_quantizers, self.full_levels,
+                                               valid.sum(axis=1))
+        out = self._decode(self.params, np.asarray(semantic, np.int32),
+                           np.asarray(codes, np.int32), np.asarray(generate, bool), valid, plan,
+                           np.int32(num_passes), counts, np.int32(steps),
+                           jax.random.PRNGKey(seed))
+        return np.asarray(out)
+
+    def _decode_impl(self, params, semantic, codes, generate, valid, plan, num_passes, counts,
+                     steps, key):
         logits_fn = functools.partial(
             lambda p, c, s, v: self.net.apply({"params": p}, c, s, v), params)
         return maskgit_decode(
-            logits_fn, semantic, codes, generate, valid, counts, key, steps=steps,
-            full_levels=self.full_levels, top_k=self.top_k, greedy=self.greedy, sample=self.sample,
+            logits_fn, semantic, codes, generate, valid, plan, num_passes, counts, steps, key,
+            top_k=self.top_k, greedy=self.greedy, sample=self.sample,
             keep_prompt=self.keep_prompt, mask_id=self.config.mask_id)
 
     def _check_units(self, units: np.ndarray, name: str = "semantic_units") -> np.ndarray:

@@ -76,6 +76,19 @@ def pass_plan(steps: int, num_quantizers: int, full_levels: int) -> np.ndarray:
     return np.asarray(plan, np.int32)
 
 
+def decode_plan(steps: int, num_quantizers: int, full_levels: int, lengths: np.ndarray,
+                bucket: int = 8) -> tuple[np.ndarray, np.ndarray, int]:
+    """(pass plan, re-mask counts, number of passes), the first two padded to a multiple of
+    `bucket` rows so that nearby step counts share one compiled decoder."""
+    plan = pass_plan(steps, num_quantizers, full_levels)
+    counts = remask_counts(steps, lengths)
+
+    def pad(a):
+        return np.pad(a, ((0, -len(a) % bucket), (0, 0)))
+
+    return pad(plan), pad(counts), len(plan)
+
+
 def frame_gumbel(key: Array, shape: tuple[int, ...]) -> Array:
     """Gumbel noise (batch, frames, ...) drawn per (item, frame) from `key`, so an item's noise
     does not depend on the batch size or on the padding after it."""
@@ -95,11 +108,12 @@ def maskgit_decode(
     codes: Array,
     generate: Array,
     valid: Array,
+    plan: Array,
+    num_passes: Array,
     counts: Array,
+    steps: Array,
     key: Array,
     *,
-    steps: int,
-    full_levels: int,
     top_k: int,
     greedy: bool,
     sample: bool,
@@ -109,12 +123,12 @@ def maskgit_decode(
     """Decodes acoustic codes (batch, frames, Q): `codes` holds the prompt's codes where
     `generate` (batch, frames) is False; the result holds generated codes where it is True.
 
-    `valid` (batch, frames) marks real frames; `counts` comes from `remask_counts`; `key` seeds
+    `valid` (batch, frames) marks real frames; `plan`, `num_passes` and `counts` come from
+    `decode_plan` for `steps` (all traced, so step counts need no recompiling); `key` seeds
     the Gumbel sampling (the only randomness); `sample=False` leaves the noise out, so every
     pick is an argmax (deterministic decoding whatever the number of steps).
     """
     batch, length, num_q = codes.shape
-    plan = jnp.asarray(pass_plan(steps, num_q, full_levels))
     layer = jnp.arange(num_q, dtype=jnp.int32)
     gen = generate[:, :, None]
     valid3 = jnp.broadcast_to(valid[:, :, None], codes.shape)
@@ -126,7 +140,7 @@ def maskgit_decode(
         count = counts[i]  # (batch,)
         vals, idx = lax.top_k(logits, top_k)  # descending; ties keep the lower code first
         if sample:
-            temperature = jnp.maximum(i.astype(jnp.float32) / steps, 1e-10)
+            temperature = jnp.maximum(i.astype(jnp.float32) / steps.astype(jnp.float32), 1e-10)
             noise = frame_gumbel(jax.random.fold_in(key, p), vals.shape)
             sampled_pos = jnp.argmax(vals / temperature + noise, axis=-1)
         else:
@@ -159,5 +173,5 @@ def maskgit_decode(
             lambda: single_pass(q, logits, codes, mask),
         )
 
-    codes, _ = lax.fori_loop(0, plan.shape[0], body, (codes, mask))
+    codes, _ = lax.fori_loop(0, num_passes, body, (codes, mask))
     return codes

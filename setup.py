@@ -27,7 +27,13 @@ INSTALL_REQUIRES = [
 # another build; none of the code we use needs them. diffusers renders SEED images (unCLIP).
 NO_DEPS_REQUIRE = ["speechtokenizer==1.0.1", "timm>=1.0,<2", "diffusers>=0.30,<1"]
 
+# Evaluation metrics: caption scorers (only their Python BLEU/CIDEr, no Java), WER with
+# Whisper's English normalization. open_clip_torch and laion_clap (CLIP/CLAP scores) are left
+# to the user: both import torchvision, which has no build matching the pinned CPU torch.
+EVAL_REQUIRE = ["jiwer>=3.0,<5", "whisper-normalizer>=0.1.12,<0.2", "pycocoevalcap>=1.2,<2"]
+
 EXTRAS_REQUIRE = {
+    "eval": EVAL_REQUIRE,
     # The reference PyTorch stack: converters' tests and parity checks run against it.
     # torch 2.13.0 is pinned because that CPU build is the one these machines install offline.
     "test": [
@@ -37,6 +43,7 @@ EXTRAS_REQUIRE = {
         "pytest>=8",
         "pytest-xdist>=3",
         "ruff>=0.6",
+        *EVAL_REQUIRE,
     ],
 }
 

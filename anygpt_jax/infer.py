@@ -1,0 +1,158 @@
+"""`python -m anygpt_jax.infer --ckpt DIR [--mode base|chat] [--requests in.jsonl --out DIR]`.
+
+Any-to-any inference with an AnyGPT model directory. Without --requests it reads one request
+per line from stdin (a bad request prints an error and the session goes on); with --requests
+it runs a JSONL file into OUT/results.jsonl plus media files, generating the requests that
+share an output modality in one batched call.
+
+  base: AnyGPT's pre-training templates, one direction per request:
+        text|image|a red bus     image|text|cat.png    text|speech|Hello there[|voice.wav]
+        speech|text|hello.wav    text|music|calm piano music|text|clip.wav
+  chat: multi-turn dialogue with the history kept; [image: PATH], [speech: PATH] and
+        [music: PATH] put media in a message; /to MODALITY, /clear, /quit.
+
+Media in needs the tokenizer directories (--image_tokenizer, --speech_tokenizer,
+--music_tokenizer; `demo` = the demo corpus's random speech/music codecs). Media out: images
+render to PNG with --unclip_pipeline DIR (diffusers Stable unCLIP), music to 32 kHz WAV, speech
+to 16 kHz WAV with --soundstorm DIR (acoustic completion; a text|speech voice prompt gives the
+voice). What cannot be rendered is written as codes (NAME.MODALITY.json) with a note why.
+
+results.jsonl, one line per request in input order: {"line", "mode", "id", "error"} and for
+base {"request", "instruction", "text", "media": [{"modality", "path", "format", "note"?}],
+"finished", "num_new_tokens"}, for chat {"turns": [{"user", "text", "media", ...}]}.
+
+Gin (t5x style: --gin_file=F, then --gin.KEY=VALUE) tunes the rest: generation settings per
+output (`music/GenerationSettings.top_k = 250`), the chat template
+(`chat_style.template = 'mmgpt'`), instructions (`base_instruction.fixed`), sharding
+(`load_model.use_mesh = True`); see tpu_configs/inference/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import IO
+
+from anygpt_jax import runtime
+from anygpt_jax.train import CONFIG_DIR, ConfigError
+
+DEFAULT_INTERACTIVE_OUT = "infer_output"
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Flags and `KEY=VALUE` gin bindings; usage errors exit through argparse."""
+    parser = argparse.ArgumentParser(
+        prog="python -m anygpt_jax.infer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--ckpt", required=True, help="model directory (converted or trained)")
+    parser.add_argument("--mode", choices=("base", "chat"), default="base",
+                        help="base: pre-training templates; chat: instruction-tuned dialogue")
+    parser.add_argument("--requests", help="JSONL file of requests (batch mode)")
+    parser.add_argument("--out", help="output directory (batch: required, must not exist or "
+                        f"be empty; interactive: default {DEFAULT_INTERACTIVE_OUT})")
+    for m in ("image", "speech", "music"):
+        parser.add_argument(f"--{m}_tokenizer", metavar="DIR",
+                            help=f"converted {m} tokenizer directory"
+                            + (" (or 'demo')" if m != "image" else ""))
+    parser.add_argument("--unclip_pipeline", metavar="DIR",
+                        help="diffusers StableUnCLIPImg2ImgPipeline directory to render images")
+    parser.add_argument("--soundstorm", metavar="DIR",
+                        help="converted SoundStorm directory to turn speech units into WAV")
+    parser.add_argument("--render_steps", type=int, default=20,
+                        help="unCLIP denoising steps (SEED uses 20)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling and instruction seed")
+    parser.add_argument("--unconstrained", action="store_true",
+                        help="do not constrain decoding to well-formed modality spans")
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="a gin file; repeat to layer several (later files win)")
+    parser.add_argument("--gin_search_path", action="append", default=[],
+                        help="extra directories to resolve gin files and includes in")
+    args, rest = parser.parse_known_args(argv)
+    bindings = []
+    for arg in rest:
+        if arg.startswith("--gin.") and "=" in arg:
+            bindings.append(arg[len("--gin.") :])
+        else:
+            parser.error(f"unrecognized argument {arg!r} (bindings are --gin.KEY=VALUE)")
+    if args.requests and not args.out:
+        parser.error("--requests needs --out DIR for results.jsonl and media")
+    if args.render_steps < 1:
+        parser.error(f"--render_steps must be >= 1, got {args.render_steps}")
+    return args, bindings
+
+
+def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
+    """Parses gin files then bindings for inference; raises ConfigError naming the fault."""
+    import gin
+
+    # Registers every configurable the inference configs may name.
+    import anygpt_jax.inference.session  # noqa: F401
+    import anygpt_jax.modalities.soundstorm  # noqa: F401
+    import anygpt_jax.partitioning  # noqa: F401
+    import anygpt_jax.prompts  # noqa: F401
+
+    gin.clear_config()
+    for path in (os.getcwd(), CONFIG_DIR, *search_paths):
+        gin.add_config_file_search_path(path)
+    for path in gin_files:
+        if not (os.path.isfile(path) or os.path.isfile(os.path.join(CONFIG_DIR, path))):
+            raise ConfigError(f"gin file not found: {path}")
+    try:
+        gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=False)
+    except (ValueError, KeyError, NameError, SyntaxError, OSError) as e:
+        raise ConfigError(f"gin: {e}") from e
+
+
+def main(argv: list[str] | None = None, stdin: IO[str] | None = None,
+         stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
+    """Runs inference; returns the exit status (1 on a bad setup or any failed request)."""
+    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+    runtime.configure_xla_flags()
+    args, bindings = parse_args(sys.argv[1:] if argv is None else argv)
+    for path in args.gin_search_path:
+        if not os.path.isdir(path):
+            print(f"error: --gin_search_path {path!r} is not a directory", file=stderr)
+            return 1
+    if args.requests and not os.path.isfile(args.requests):
+        print(f"error: --requests {args.requests}: no such file", file=stderr)
+        return 1
+    if args.requests and os.path.exists(args.out) and (
+        not os.path.isdir(args.out) or os.listdir(args.out)
+    ):  # checked before the model loads; run_batch refuses it too
+        print(f"error: --out {args.out} already exists and is not empty; refusing to overwrite",
+              file=stderr)
+        return 1
+    try:
+        parse_gin(args.gin_file, bindings, args.gin_search_path)
+    except ConfigError as e:
+        print(f"error: {e}", file=stderr)
+        return 1
+    from anygpt_jax.inference.media import MediaCodecs
+    from anygpt_jax.inference.session import Engine, load_model, run_batch, run_interactive
+
+    try:
+        model = load_model(args.ckpt)
+        dirs = {m: getattr(args, f"{m}_tokenizer") for m in ("image", "speech", "music")}
+        codecs = MediaCodecs(model.vocab, dirs, args.unclip_pipeline, args.render_steps,
+                             args.soundstorm)
+        engine = Engine(model, codecs, seed=args.seed, constrain=not args.unconstrained)
+        if args.requests:
+            done, failed = run_batch(engine, args.requests, args.mode, args.out)
+        else:
+            failed = run_interactive(engine, args.mode, args.out or DEFAULT_INTERACTIVE_OUT,
+                                     stdin, stdout, stderr)
+            done = None
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=stderr)
+        return 1
+    if done is not None:
+        print(f"{done + failed} requests: {done} done, {failed} failed; results in "
+              f"{os.path.join(args.out, 'results.jsonl')}", file=stdout)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Media in and out of inference: files -> ModalitySpans, generated spans -> PNG / WAV files.
+
+In: images through ImageTokenizer (SEED), speech through SpeechTokenizer (RVQ layer 1),
+music through MusicTokenizer (one 5 s Encodec segment), each batched per modality.
+Out: image codes -> PNG through `ImageTokenizer.render` (diffusers unCLIP) when a pipeline
+directory is given, music codes -> WAV through `MusicTokenizer.decode`, speech units -> WAV
+through `speech_to_wav` (SoundStorm completes RVQ layers 2-8, SpeechTokenizer decodes). What
+cannot be rendered is written as its codes (`NAME.MODALITY.json`) with a note that says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from anygpt_jax.inference.requests import MediaRef, RequestError
+from anygpt_jax.vocab import MergedVocabulary, ModalitySpan
+
+FLAGS = {m: f"--{m}_tokenizer" for m in ("image", "speech", "music")}
+SPEECH_WAV_UNAVAILABLE = (
+    "wrote the speech units (RVQ layer 1) only: a WAV needs acoustic completion of RVQ layers "
+    "2-8 by SoundStorm (--soundstorm DIR) and the SpeechTokenizer (--speech_tokenizer DIR)"
+)
+
+
+def speech_to_wav(units: np.ndarray, voice_prompt: str | None = None,
+                  speech_tokenizer: Any = None, soundstorm: Any = None,
+                  seed: int = 0) -> np.ndarray | None:
+    """Speech units (RVQ layer 1, [T]) -> waveform at the SpeechTokenizer's rate, or None
+    when SoundStorm or the SpeechTokenizer is missing (callers then write the units).
+
+    The one place acoustic completion happens: SoundStorm predicts RVQ layers 2-8 from the
+    units, prefixed by the layers of `voice_prompt` to take its voice (gin: `speak`,
+    `SoundStorm` settings), then the SpeechTokenizer decodes all layers.
+    """
+    if speech_tokenizer is None or soundstorm is None:
+        return None
+    from anygpt_jax.modalities.soundstorm import speak
+
+    return speak(np.asarray(units), speech_tokenizer, soundstorm, voice_prompt, seed=seed)
+
+
+class MediaCodecs:
+    """The modality tokenizers of a session, loaded on first use from their directories.
+
+    `dirs` maps modality -> a converted tokenizer directory (or 'demo' for the demo corpus's
+    random speech/music codecs); `unclip_pipeline` is a diffusers StableUnCLIPImg2Img
+    directory for rendering images, `soundstorm` a converted SoundStorm directory for speech.
+    A request needing a tokenizer that was not given gets an error naming its flag (FLAGS).
+    """
+
+    def __init__(self, vocab: MergedVocabulary, dirs: dict[str, str | None] | None = None,
+                 unclip_pipeline: str | None = None, render_steps: int = 20,
+                 soundstorm: str | None = None):
+        self.vocab = vocab
+        self.dirs = {m: d for m, d in (dirs or {}).items() if d}
+        unknown = sorted(set(self.dirs) - set(FLAGS))
+        if unknown:
+            raise ValueError(f"no tokenizer for modalities {unknown}; known: {sorted(FLAGS)}")
+        for m, d in self.dirs.items():
+            if d != "demo" and not os.path.isdir(d):
+                raise ValueError(f"{FLAGS[m]} {d}: not a directory")
+        if unclip_pipeline is not None and not os.path.isdir(unclip_pipeline):
+            raise ValueError(f"--unclip_pipeline {unclip_pipeline}: not a directory")
+        if soundstorm is not None and not os.path.isdir(soundstorm):
+            raise ValueError(f"--soundstorm {soundstorm}: not a directory")
+        self.unclip_pipeline = unclip_pipeline
+        self.render_steps = render_steps
+        self.soundstorm_dir = soundstorm
+        self._loaded: dict[str, Any] = {}
+
+    def tokenizer(self, modality: str) -> Any:
+        """The tokenizer of `modality`; RequestError naming the flag when none was given."""
+        if modality in self._loaded:
+            return self._loaded[modality]
+        if modality not in self.dirs:
+            raise RequestError(f"this request needs the {modality} tokenizer: give "
+                               f"{FLAGS[modality]} DIR")
+        tok = _load(modality, self.dirs[modality])
+        self._check_fits(modality, tok)
+        self._loaded[modality] = tok
+        return tok
+
+    def soundstorm(self) -> Any:
+        """The SoundStorm model (loaded on first use), or None when --soundstorm was not given."""
+        if self.soundstorm_dir is None:
+            return None
+        if "soundstorm" not in self._loaded:
+            from anygpt_jax.modalities.soundstorm import SoundStorm
+
+            try:
+                model = SoundStorm.load(self.soundstorm_dir)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"--soundstorm {self.soundstorm_dir}: {e}") from e
+            tok = self._optional("speech")
+            if tok is not None and tok.n_q != 1 + model.num_quantizers:
+                raise ValueError(
+                    f"--soundstorm {self.soundstorm_dir} completes {model.num_quantizers} RVQ "
+                    f"layers, but {FLAGS['speech']} {self.dirs['speech']} has {tok.n_q} "
+                    f"(needs {1 + model.num_quantizers})")
+            self._loaded["soundstorm"] = model
+        return self._loaded["soundstorm"]
+
+    def _check_fits(self, modality: str, tok: Any) -> None:
+        # A tokenizer whose codebooks differ from the vocabulary's would make ids that mean
+        # nothing to the model, or codes the tokenizer cannot decode.
+        spec = self.vocab.modality(modality)
+        size = tok.codebook_size if modality == "image" else tok.config.codebook_size
+        books = 1 if modality == "image" else tok.n_q
+        if size != spec.codebook_size or books < spec.num_codebooks:
+            raise ValueError(
+                f"{FLAGS[modality]} {self.dirs[modality]}: {books} codebook(s) of {size} codes, "
+                f"but the model's vocabulary needs {spec.num_codebooks} of {spec.codebook_size}")
+
+    # ----- in ---------------------------------------------------------------------------------
+
+    def encode(self, refs: Sequence[MediaRef]) -> list[ModalitySpan | Exception]:
+        """Media files -> spans, one batched call per modality; a file that fails gets its
+        exception (naming it) in its slot and does not stop the others."""
+        out: list[ModalitySpan | Exception | None] = [None] * len(refs)
+        for modality in {r.modality for r in refs}:
+            slots = [i for i, r in enumerate(refs) if r.modality == modality]
+            try:
+                tok = self.tokenizer(modality)
+            except (RequestError, ValueError, OSError) as e:
+                for i in slots:
+                    out[i] = e
+                continue
+            loaded, good = [], []
+            for i in slots:
+                try:
+                    loaded.append(_read(modality, tok, refs[i].path))
+                    good.append(i)
+                except (ValueError, OSError) as e:  # AudioError / ImageError are ValueErrors
+                    out[i] = e
+            if good:
+                books = self.vocab.modality(modality).num_codebooks
+                for i, span in zip(good, _encode(modality, tok, loaded, books), strict=True):
+                    out[i] = span
+        return out  # type: ignore[return-value]
+
+    def check_voice(self, path: str) -> None:
+        """Reads a voice prompt, so a bad file fails its request before generation."""
+        from anygpt_jax.modalities import audio_io
+
+        audio_io.load_audio(path, 16000)
+
+    # ----- out --------------------------------------------------------------------------------
+
+    def write(self, span: ModalitySpan, out_dir: str, name: str, seed: int = 0,
+              voice: str | None = None) -> dict:
+        """Writes a generated span as NAME.png / NAME.wav, or its codes as NAME.MODALITY.json;
+        returns {"modality", "path" (relative to out_dir), "format", "note"?}."""
+        m = span.modality
+        codes = np.asarray(span.codes)
+        frames = codes.shape[-1] if codes.ndim else 0
+        note = None
+        if frames == 0:
+            note = f"the generated {m} span is empty"
+        elif m == "image":
+            note = self._write_image(codes, out_dir, name, seed)
+        elif m == "music":
+            note = self._write_music(codes, out_dir, name)
+        elif m == "speech":
+            tok = self._optional("speech")
+            wav = speech_to_wav(codes, voice, tok, self.soundstorm(), seed=seed)
+            if wav is not None:
+                _write_wav(os.path.join(out_dir, name + ".wav"), wav, tok.sample_rate)
+            else:
+                note = SPEECH_WAV_UNAVAILABLE
+        else:
+            note = f"no renderer for {m}"
+        if note is None:
+            ext = "png" if m == "image" else "wav"
+            return {"modality": m, "path": f"{name}.{ext}", "format": ext}
+        path = f"{name}.{m}.json"
+        with open(os.path.join(out_dir, path), "w") as f:
+            json.dump({"modality": m, "codes": codes.tolist(), "note": note}, f)
+            f.write("\n")
+        return {"modality": m, "path": path, "format": "codes", "note": note}
+
+    def _optional(self, modality: str) -> Any:
+        try:
+            return self.tokenizer(modality)
+        except RequestError:
+            return None
+
+    def _write_image(self, codes: np.ndarray, out_dir: str, name: str, seed: int) -> str | None:
+        tok = self._optional("image")
+        if tok is None:
+            return f"wrote the SEED codes: rendering needs {FLAGS['image']} DIR"
+        if codes.shape != (tok.num_codes,):
+            return f"wrote the codes: SEED renders {tok.num_codes} codes, the span has {codes.size}"
+        if self.unclip_pipeline is None:
+            return ("wrote the SEED codes: rendering needs a Stable Diffusion unCLIP pipeline "
+                    "directory (--unclip_pipeline DIR)")
+        try:
+            [image] = tok.render(codes[None], seed=seed, pipeline=self.unclip_pipeline,
+                                 num_inference_steps=self.render_steps)
+        except ImportError as e:
+            return f"wrote the SEED codes: {e}"
+        image.save(os.path.join(out_dir, name + ".png"))
+        return None
+
+    def _write_music(self, codes: np.ndarray, out_dir: str, name: str) -> str | None:
+        tok = self._optional("music")
+        if tok is None:
+            return f"wrote the Encodec codes: decoding needs {FLAGS['music']} DIR"
+        _write_wav(os.path.join(out_dir, name + ".wav"), tok.decode(codes), tok.sample_rate)
+        return None
+
+
+def _load(modality: str, spec: str) -> Any:
+    if spec == "demo":
+        if modality == "image":
+            raise ValueError(f"{FLAGS['image']} demo: the demo corpus's images use a pixel "
+                             "code, not SEED; give a converted SEED directory")
+        # The demo corpus (python -m data.demo) tokenized its audio with these seeded codecs.
+        from data.media import demo_codec
+
+        return demo_codec(modality)
+    from anygpt_jax.modalities import ImageTokenizer, MusicTokenizer, SpeechTokenizer
+
+    cls = {"image": ImageTokenizer, "speech": SpeechTokenizer, "music": MusicTokenizer}[modality]
+    try:
+        return cls.load(spec)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{FLAGS[modality]} {spec}: {e}") from e
+
+
+def _read(modality: str, tok: Any, path: str) -> Any:
+    if modality == "image":
+        from anygpt_jax.modalities.image import load_image
+
+        return load_image(path, name=path)
+    from anygpt_jax.modalities import audio_io
+
+    wav = audio_io.load_audio(path, tok.sample_rate)
+    # AnyGPT tokenizes music as one segment (5 s) from the start of the clip.
+    return tok.segment(wav) if modality == "music" else wav
+
+
+def _encode(modality: str, tok: Any, items: list, num_codebooks: int) -> list[ModalitySpan]:
+    if modality == "image":
+        return [ModalitySpan("image", c) for c in tok.encode(items)]
+    if modality == "speech":  # the LLM sees RVQ layer 1 only
+        return [ModalitySpan("speech", c[0]) for c in tok.encode_arrays(items, n_q=1)]
+    return [ModalitySpan("music", c) for c in tok.encode_arrays(items, n_q=num_codebooks)]
+
+
+def _write_wav(path: str, wav: np.ndarray, sample_rate: int) -> None:
+    import soundfile as sf
+
+    sf.write(path, np.clip(np.asarray(wav, np.float32), -1.0, 1.0), int(sample_rate),
+             subtype="PCM_16")

@@ -273,3 +273,23 @@ def test_bad_requests_are_refused(models, tmp_path):
         len(generate(bare, [[5]], s.replace(do_sample=False), stop_ids=[2], constrain=False)[0])
         >= 1
     )
+
+
+def test_requests_in_one_bucket_reuse_one_program(models):
+    """Prompt lengths, batch sizes and values (temperature, top-p, budgets, stop ids) that
+    fall in the same buckets run the program compiled for the first request."""
+    from anygpt_jax.inference import decoding
+    from anygpt_jax.inference.generate import _programs
+
+    _, m = models
+    v = m.vocab
+    base = GenerationSettings(do_sample=True, top_p=0.9, max_new_tokens=20)
+    requests = [
+        (text_prompts(v, 3, seed=7), base, [2]),
+        (text_prompts(v, 4, seed=8)[1:], base.replace(temperature=0.5, top_p=0.6), [2, 5]),
+        ([[9] * 16, [4], [5, 6]], base.replace(max_new_tokens=32, min_new_tokens=4), [3]),
+    ]
+    for prompts, settings, stops in requests:
+        m.generate(prompts, settings, seed=1, stop_ids=stops)
+    program = _programs(m)[decoding.Plan.of(base, True, 1)]
+    assert program._cache_size() == 1

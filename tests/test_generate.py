@@ -84,6 +84,15 @@ def test_greedy_equals_transformers(models):
     assert [len(r) for r in got][:2] == [5, 8] and len(got[2]) <= 12
 
 
+def test_greedy_tied_unrolled_equals_transformers(anygpt_tokenizer_dir, tmp_path):
+    """The other layout: tied embedding as the head, unrolled layers, plain multi-head."""
+    hf, m = load_tiny(str(tmp_path), anygpt_tokenizer_dir, "mha_tied", scan_layers=False)
+    prompts = text_prompts(m.vocab, 2, seed=2)
+    want = hf_generate(hf, prompts, [2], max_new_tokens=10, do_sample=False)
+    settings = GenerationSettings(do_sample=False, max_new_tokens=10)
+    assert m.generate(prompts, settings, stop_ids=[2], constrain=False) == want
+
+
 def test_penalty_and_min_new_tokens_equal_transformers(models):
     hf, m = models
     prompts = text_prompts(m.vocab, 2, seed=1)

@@ -69,6 +69,14 @@ def _parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str], list[st
     if not 0.0 <= args.min_headroom < 1.0:
         parser.error(f"--min_headroom={args.min_headroom} must be in [0, 1)")
     gin_files, bindings, search_paths = train_cli.parse_args(rest)
+    # Absolute paths: gin would read `runs/x.gin` as a resource of a package named `runs`
+    # when the working directory has a runs/ folder (e.g. training outputs).
+    for i, path in enumerate(gin_files):
+        under_configs = os.path.join(train_cli.CONFIG_DIR, path)
+        if not os.path.isfile(path) and os.path.isfile(under_configs):
+            gin_files[i] = under_configs
+        elif os.path.isfile(path):
+            gin_files[i] = os.path.abspath(path)
     return args, gin_files, bindings, search_paths
 
 

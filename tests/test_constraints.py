@@ -133,7 +133,7 @@ def test_prompt_state(merged_vocab, table):
         )
     with pytest.raises(
         ValueError,
-        match="prompt 1: the open image span .* already has 33 codes; a image span has exactly 32",
+        match="prompt 1: the open image span .* already has 33 codes; image spans have exactly 32",
     ):
         constraints.prompt_state(v, table, [image.start_id] + [image.first_id] * 33, "prompt 1")
 

@@ -265,7 +265,7 @@ def test_bad_requests_are_refused(models, tmp_path):
     image = m.vocab.modality("image")
     with pytest.raises(
         ValueError,
-        match="prompt 0 ends inside a image span that needs 33 more "
+        match="prompt 0 ends inside an open image span that needs 33 more "
         "tokens to close, but max_new_tokens=8",
     ):
         generate(m, [[5, image.start_id]], s)

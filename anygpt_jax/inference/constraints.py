@@ -172,7 +172,7 @@ def prompt_state(
     if fixed and pos > fixed:
         raise ValueError(
             f"{where}: the open {m.name} span ({m.start_token} at position {at}) already has "
-            f"{pos} codes; a {m.name} span has exactly {fixed}"
+            f"{pos} codes; {m.name} spans have exactly {fixed}"
         )
     return m.index, pos
 

@@ -95,7 +95,7 @@ def generate(
             if need > settings.max_new_tokens:
                 name = vocab.modality_names[span]
                 raise ValueError(
-                    f"prompt {i} ends inside a {name} span that needs {need} more tokens to "
+                    f"prompt {i} ends inside an open {name} span that needs {need} more tokens to "
                     f"close, but max_new_tokens={settings.max_new_tokens}"
                 )
 

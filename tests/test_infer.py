@@ -206,6 +206,35 @@ def test_cli_usage_errors(assets, tmp_path, capsys):
     gin.clear_config()
 
 
+def test_inference_gin_configs_parse_and_mean_what_they_say():
+    from anygpt_jax.inference import GenerationSettings
+    from anygpt_jax.inference.chat import base_instruction, chat_style
+
+    names = sorted(os.listdir(os.path.join(infer.CONFIG_DIR, "inference")))
+    assert {"chat_anygpt.gin", "chat_mmgpt.gin", "greedy.gin", "paper_eval.gin",
+            "tpu.gin"} <= set(names)
+    try:
+        for name in names:
+            infer.parse_gin([f"inference/{name}"], [])
+        infer.parse_gin(["inference/chat_mmgpt.gin"], [])
+        assert chat_style() == prompts.release_chat_style()
+        infer.parse_gin(["inference/chat_anygpt.gin"], [])
+        assert chat_style() == prompts.ChatStyle()
+        infer.parse_gin(["inference/greedy.gin"], [])
+        music = GenerationSettings.for_output("music")
+        assert not music.do_sample and music.top_k == 0 and music.repetition_penalty == 1.0
+        assert music.max_new_tokens == 2000  # the release's length stays
+        infer.parse_gin(["inference/paper_eval.gin"], [])
+        assert GenerationSettings.for_output("text").num_beams == 5
+        assert GenerationSettings.for_output("image").top_p == 0.7
+        assert base_instruction("speech_to_text", "k") == "Transcribe this speech."
+        infer.parse_gin(["inference/tpu.gin"], ["make_mesh.mesh_shape = {'tensor': 2}"])
+        assert gin.query_parameter("load_model.use_mesh") is True
+        assert gin.query_parameter("make_mesh.mesh_shape") == {"tensor": 2}
+    finally:
+        gin.clear_config()
+
+
 @pytest.mark.slow
 def test_real_command_batch_and_interactive(assets, tmp_path):
     """The installed entry point end to end, with the release's (sampling, beam) settings."""

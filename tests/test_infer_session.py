@@ -7,13 +7,14 @@ import io
 import json
 import os
 
+import gin
 import numpy as np
 import pytest
 from infer_assets import build_assets, fast_gin_bindings, make_engine, read_codes, read_lines
 
 from anygpt_jax.inference.chat import Conversation, chat_style
 from anygpt_jax.inference.requests import parse_base, parse_chat_message
-from anygpt_jax.inference.session import run_batch, run_interactive
+from anygpt_jax.inference.session import Engine, load_model, run_batch, run_interactive
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -147,3 +148,20 @@ def test_batch_chat_dialogues(engine, assets, tmp_path, fast_gin):
     assert "cannot read audio" in recs["d2"]["error"]
     assert recs["d2"]["turns"][0]["error"] is None  # the first message was answered
     assert recs["d1"]["turns"][0]["user"] == f"Hi [image: {m}/pic0.png]"
+
+
+@pytest.mark.slow
+def test_sharded_model_gives_the_same_results(engine, assets, tmp_path, fast_gin):
+    """`load_model` with a mesh (what inference/tpu.gin turns on) answers as one device does."""
+    with gin.unlock_config():
+        gin.parse_config(["make_mesh.mesh_shape = {'data': 2, 'fsdp': 2}",
+                          "make_mesh.num_devices = 4"])
+    sharded = Engine(load_model(str(assets / "model"), use_mesh=True), engine.codecs)
+    assert sharded.model.mesh is not None and sharded.model.mesh.size == 4
+    requests = [parse_base(x) for x in ("text|image|a red bus", "text|music|jazz",
+                                        f"image|text|{assets}/media/pic0.png")]
+    names = [f"r{i}" for i in range(len(requests))]
+    os.makedirs(tmp_path / "a")
+    os.makedirs(tmp_path / "b")
+    assert (sharded.run_base(requests, str(tmp_path / "a"), names)
+            == engine.run_base(requests, str(tmp_path / "b"), names))

@@ -6,10 +6,16 @@ it runs a JSONL file into OUT/results.jsonl plus media files, generating the req
 share an output modality in one batched call.
 
   base: AnyGPT's pre-training templates, one direction per request:
-        text|image|a red bus     image|text|cat.png    text|speech|Hello there[|voice.wav]
-        speech|text|hello.wav    text|music|calm piano music|text|clip.wav
+        text|image|a red bus      image|text|cat.png     text|speech|Hello there[|voice.wav]
+        speech|text|hello.wav     text|music|calm piano  music|text|clip.wav
   chat: multi-turn dialogue with the history kept; [image: PATH], [speech: PATH] and
         [music: PATH] put media in a message; /to MODALITY, /clear, /quit.
+
+JSONL lines (relative paths resolve against the file's directory):
+  base: {"id": "a", "request": "text|image|a red bus"}  or
+        {"id": "b", "from": "text", "to": "speech", "input": "Hi", "voice": "v.wav"}
+        (optional "instruction" replaces the one drawn from the pool)
+  chat: {"id": "c", "messages": ["Hi [image: a.png]", {"content": "A song?", "to": "music"}]}
 
 Media in needs the tokenizer directories (--image_tokenizer, --speech_tokenizer,
 --music_tokenizer; `demo` = the demo corpus's random speech/music codecs). Media out: images
@@ -17,7 +23,8 @@ render to PNG with --unclip_pipeline DIR (diffusers Stable unCLIP), music to 32 
 to 16 kHz WAV with --soundstorm DIR (acoustic completion; a text|speech voice prompt gives the
 voice). What cannot be rendered is written as codes (NAME.MODALITY.json) with a note why.
 
-results.jsonl, one line per request in input order: {"line", "mode", "id", "error"} and for
+Exit status 1 when the set-up is unusable or any request failed. results.jsonl, one line per
+request in input order: {"line", "mode", "id", "error"} and for
 base {"request", "instruction", "text", "media": [{"modality", "path", "format", "note"?}],
 "finished", "num_new_tokens"}, for chat {"turns": [{"user", "text", "media", ...}]}.
 

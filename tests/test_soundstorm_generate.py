@@ -5,6 +5,7 @@ and bad input."""
 import dataclasses
 
 import flax
+import jax
 import numpy as np
 import pytest
 import soundfile as sf
@@ -15,7 +16,7 @@ from anygpt_jax.modalities import AudioError, SpeechTokenizer
 from anygpt_jax.modalities.audio_layers import SEANetConfig
 from anygpt_jax.modalities.codec import expected_param_shapes
 from anygpt_jax.modalities.soundstorm import SoundStorm, speak
-from anygpt_jax.modalities.soundstorm_generate import remask_counts
+from anygpt_jax.modalities.soundstorm_generate import remask_counts, top_k_threshold
 from anygpt_jax.modalities.soundstorm_model import SoundStormConfig
 from converters.soundstorm import convert
 
@@ -76,6 +77,22 @@ def test_remask_counts_match_reference():
         np.testing.assert_array_equal(remask_counts(steps, lengths), want)
     with pytest.raises(ValueError, match="steps"):
         remask_counts(0, lengths)
+
+
+def test_top_k_threshold_cuts_where_top_k_does():
+    rng = np.random.default_rng(0)
+    rows = [rng.standard_normal((16, 1024)) * 5,  # both signs, many exponents
+            rng.integers(-3, 4, (16, 1024)),  # ties straddling the cut
+            np.concatenate([np.full((16, 1000), -1e30), rng.standard_normal((16, 24))], 1)]
+    threshold = jax.jit(top_k_threshold)  # k traced: one program per shape
+    for x in rows:
+        x = np.asarray(x, np.float32)
+        for k in (1, 5, 308, 1024):
+            t = np.asarray(threshold(x, k))[:, None]
+            kth = np.sort(x, axis=-1)[:, ::-1][:, k - 1 : k]
+            # Exactly k entries at or above t, or t is the k-th largest (ties at the cut).
+            ok = ((x >= t).sum(-1) == k) | (t[:, 0] == kth[:, 0])
+            assert ok.all() and ((x > t).sum(-1) < k + 1).all() and (t <= kth).all()
 
 
 @pytest.mark.parametrize("steps", [1, 3, 4])

@@ -1,8 +1,8 @@
 """Media -> codes for the builder: the project's JAX tokenizers, demo stand-ins, precomputed codes.
 
 A tokenizer spec per modality (`--tokenizer MODALITY=SPEC`):
-- a directory: converted weights (`python -m converters.speechtokenizer` / `converters.encodec`;
-  image: anygpt_jax.modalities.image's `load`, when that module exists);
+- a directory: converted weights (`python -m converters.speechtokenizer` / `converters.encodec`
+  / `converters.seed`), loaded by the JAX tokenizers of anygpt_jax.modalities;
 - `demo`: speech/music: a small SEANet codec with random weights (seed 0) whose codebooks are
   filled from its own latents of calibration audio, so codes are diverse but meaningless;
   image: `digits_pixel_pairs`, a lossless code of 8x8 17-level images (two pixels per code);
@@ -207,16 +207,11 @@ def make_encoder(modality: str, spec: str) -> Encoder:
             f"--tokenizer {modality}={spec}: not a directory, 'demo' or 'precomputed:NAME'"
         )
     if modality == "image":
-        try:
-            from anygpt_jax.modalities import image as image_lib
-        except ImportError as e:
-            raise ValueError(
-                "no JAX image tokenizer in this checkout (anygpt_jax.modalities."
-                "image); give precomputed image codes"
-            ) from e
-        tok = image_lib.load(spec)
+        from anygpt_jax.modalities.image import ImageTokenizer
+
+        tok = ImageTokenizer.load(spec)
         info = TokenizerInfo("seed_tokenizer_v2", _dir_identity(spec))
-        return Encoder(modality, info, lambda paths: _guard(tok.encode, paths))
+        return Encoder(modality, info, lambda paths: _image_codes(tok, paths))
     from anygpt_jax.modalities.music import MusicTokenizer
     from anygpt_jax.modalities.speech import SpeechTokenizer
 
@@ -225,11 +220,17 @@ def make_encoder(modality: str, spec: str) -> Encoder:
     return _audio_encoder(modality, cls.load(spec), TokenizerInfo(name, _dir_identity(spec)))
 
 
-def _guard(fn, paths):
-    out = []
+def _image_codes(tok, paths: list[str]) -> list[np.ndarray | Exception]:
+    """SEED codes [32] per path in one batched call; unreadable files fail alone."""
+    from anygpt_jax.modalities.image import ImageError, load_image
+
+    out: list = []
+    images = []
     for p in paths:
         try:
-            out.append(np.asarray(fn(p)))
-        except (OSError, ValueError) as e:
+            images.append(load_image(p, name=p))
+            out.append(None)
+        except (ImageError, OSError) as e:
             out.append(e)
-    return out
+    codes = iter(tok.encode(images)) if images else iter(())
+    return [next(codes) if o is None else o for o in out]

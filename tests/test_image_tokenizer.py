@@ -533,3 +533,19 @@ def test_render_without_diffusers_says_what_to_install(tok, monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)  # makes `import diffusers` fail
     with pytest.raises(ImportError, match=r"pip install 'anygpt-jax\[render\]'"):
         tok.render(np.zeros((1, 32), np.int32))
+
+
+def test_shard_builder_encodes_with_a_converted_directory(converted, tok, tmp_path):
+    from data.media import make_encoder
+
+    paths = []
+    for i, img in enumerate(_images(3, seed=4)):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(img).save(paths[-1])
+    paths.insert(1, str(tmp_path / "missing.png"))
+    encoder = make_encoder("image", str(converted / "out"))
+    assert encoder.info.name == "seed_tokenizer_v2"
+    out = encoder.encode(paths)
+    assert isinstance(out[1], FileNotFoundError) and "missing.png" in str(out[1])
+    good = [paths[i] for i in (0, 2, 3)]
+    np.testing.assert_array_equal(np.stack([out[i] for i in (0, 2, 3)]), tok.encode(good))

@@ -19,13 +19,21 @@ import os
 import tempfile
 import time
 
-import numpy as np
-import torch
+from anygpt_jax import runtime
 
-from anygpt_jax.modalities.soundstorm import SoundStorm
-from anygpt_jax.modalities.soundstorm_model import SoundStormConfig
-from converters.soundstorm import convert
-from tests.soundstorm_reference import anygpt_state_dict, build_reference, fork_generate
+runtime.configure_xla_flags()  # as the project's CLIs do, before JAX starts
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from anygpt_jax.modalities.soundstorm import SoundStorm  # noqa: E402
+from anygpt_jax.modalities.soundstorm_model import SoundStormConfig  # noqa: E402
+from converters.soundstorm import convert  # noqa: E402
+from tests.soundstorm_reference import (  # noqa: E402
+    anygpt_state_dict,
+    build_reference,
+    fork_generate,
+)
 
 FRAME_RATE = 50  # SpeechTokenizer frames per second
 

@@ -265,3 +265,21 @@ def test_speak_refuses_bad_voice_prompts(model, tok, tmp_path):
         speak(units, SpeechTokenizer(three, params), model)
     with pytest.raises(ValueError, match="code 16 outside 0..15"):
         speak(np.full((2, N), 16), tok, model)
+
+
+def test_settings_are_gin_configurable(model_dir, tok):
+    import gin
+
+    try:
+        gin.parse_config("SoundStorm.steps = 4\nSoundStorm.bucket_frames = 16\n"
+                         "speak.max_prompt_seconds = 0.06")
+        configured = SoundStorm.load(model_dir)
+        assert (configured.steps, configured.bucket_frames) == (4, 16)
+        units = _units(10) % CFG.codebook_size
+        voice = (_voice(), 8000)
+        np.testing.assert_allclose(
+            speak(units, tok, configured, voice),
+            np.stack(tok.decode_batch(list(configured.generate(
+                units, tok.encode(*voice)[:, :3], steps=4)))), atol=1e-6)
+    finally:
+        gin.clear_config()

@@ -175,6 +175,19 @@ def test_padded_batch_items_decode_as_alone(model, exact):
             np.testing.assert_array_equal(batch[slot], alone)
 
 
+def test_batches_split_over_a_mesh(model_dir, exact):
+    from anygpt_jax import partitioning
+
+    mesh = partitioning.make_mesh({"data": 2}, num_devices=2)
+    sharded = SoundStorm.load(model_dir, keep_prompt=False, sample=False, bucket_frames=BUCKET,
+                              mesh=mesh)
+    units, prompt = _units(11), _prompt()
+    want = exact.generate(units, prompt, steps=3)
+    np.testing.assert_array_equal(sharded.generate(units, prompt, steps=3), want)
+    # One item: the batch is filled up with an empty row, which changes nothing.
+    np.testing.assert_array_equal(sharded.generate(units[:1], prompt, steps=3), want[:1])
+
+
 def test_bad_input(model):
     units = _units()
     for bad, match in [(units[0], r"\(batch, frames"), (units.astype(float), "integer"),

@@ -22,7 +22,9 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from anygpt_jax import partitioning
 from anygpt_jax.io_utils import read_json, write_json
 from anygpt_jax.modalities import audio_io
 from anygpt_jax.modalities.audio_layers import ceil_div
@@ -100,19 +102,23 @@ class SoundStorm:
     `top_k_thres` keeps the top ceil((1 - thres) * 1024) codes when sampling; `full_levels`
     layers decoded iteratively (AnyGPT: 1); `keep_prompt` (see soundstorm_generate);
     `bucket_frames` pads lengths to a multiple, so few shapes compile; `unroll` unrolls the
-    conformer's layer scan (faster on CPU, longer compiles); `precision` of the matmuls.
+    conformer's layer scan (faster on CPU, longer compiles); `precision` of the matmuls;
+    `mesh` (one host's devices, see anygpt_jax.partitioning) splits every batch over the axes
+    of the "activation_batch" rule, padding it to a multiple of their size.
     """
 
     def __init__(self, config: SoundStormConfig, params: dict, *, steps: int = 3,
                  greedy: bool = True, sample: bool = True, top_k_thres: float = 0.7,
                  full_levels: int = 1, keep_prompt: bool = True, bucket_frames: int = 50,
-                 unroll: int = 1, precision: str = "highest"):
+                 unroll: int = 1, precision: str = "highest", mesh: Mesh | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if bucket_frames < 1:
             raise ValueError(f"bucket_frames must be >= 1, got {bucket_frames}")
-        self.config = config
+        self.config, self.mesh = config, mesh
         self.params = jax.tree_util.tree_map(jnp.asarray, params)
+        if mesh is not None:  # weights replicated, batches split over the batch axes
+            self.params = jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
         self.steps, self.greedy, self.sample = steps, greedy, sample
         self.full_levels = full_levels
         self.keep_prompt, self.bucket_frames = keep_prompt, bucket_frames
@@ -185,14 +191,22 @@ class SoundStorm:
         steps = self.steps if steps is None else int(steps)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        valid = np.asarray(valid, bool)
+        arrays = [np.asarray(semantic, np.int32), np.asarray(codes, np.int32),
+                  np.asarray(generate, bool), np.asarray(valid, bool)]
+        batch = arrays[0].shape[0]
+        if self.mesh is not None:  # empty rows (no valid frame) fill the batch up
+            pad = -batch % partitioning.batch_shards(self.mesh)
+            arrays = [np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in arrays]
         plan, counts, num_passes = decode_plan(steps, self.num_quantizers, self.full_levels,
-                                               valid.sum(axis=1))
-        out = self._decode(self.params, np.asarray(semantic, np.int32),
-                           np.asarray(codes, np.int32), np.asarray(generate, bool), valid, plan,
-                           np.int32(num_passes), counts, np.int32(steps),
-                           jax.random.PRNGKey(seed))
-        return np.asarray(out)
+                                               arrays[3].sum(axis=1))
+        if self.mesh is not None:
+            rows = partitioning.logical_sharding(("activation_batch",), self.mesh)
+            arrays = [jax.device_put(a, rows) for a in arrays]
+            counts = jax.device_put(
+                counts, partitioning.logical_sharding((None, "activation_batch"), self.mesh))
+        out = self._decode(self.params, *arrays, plan, np.int32(num_passes), counts,
+                           np.int32(steps), jax.random.PRNGKey(seed))
+        return np.asarray(out)[:batch]
 
     def _decode_impl(self, params, semantic, codes, generate, valid, plan, num_passes, counts,
                      steps, key):

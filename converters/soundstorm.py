@@ -6,7 +6,8 @@ speechtokenizer_soundstorm_mls.pt) -> an anygpt_jax SoundStorm directory.
 The output (config.json + params.safetensors) loads with
 `anygpt_jax.modalities.soundstorm.SoundStorm.load(OUT)`. The checkpoint is a state dict (or a
 training checkpoint with it under "model"); its shapes give the config, except the number of
-attention heads (`--heads`, 8 for AnyGPT's). Two key layouts are read: AnyGPT's copy of the
+attention heads (`--heads`, 8 for AnyGPT's); a directory of safetensors or .bin shards works
+too. Two key layouts are read: AnyGPT's copy of the
 fork (`conv.net1` / `conv.ds_conv` / `conv.net2`) and the fork's own (`conv.net.N`). Missing,
 unknown or wrongly shaped tensors are refused with their names; nothing is left behind on error.
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from anygpt_jax.modalities.soundstorm import expected_param_shapes, save_soundstorm
 from anygpt_jax.modalities.soundstorm_model import SoundStormConfig
-from converters.common import USER_ERRORS, ConversionError, atomic_output_dir
+from converters.common import USER_ERRORS, ConversionError, TensorReader, atomic_output_dir
 from converters.encodec import TorchTensors
 
 REFERENCE_REQUIREMENT = ("soundstorm-pytorch==0.6.1 with beartype and hyper-connections "
@@ -220,17 +221,24 @@ def load_state_dict(ckpt: str) -> dict:
     return state
 
 
+def read_tensors(ckpt: str) -> TorchTensors:
+    """The tensors of a .pt state dict file, or of a directory of safetensors / .bin shards."""
+    if os.path.isdir(ckpt):
+        reader = TensorReader(ckpt)
+        return TorchTensors(reader.keys(), reader.get, ckpt)
+    return TorchTensors.from_state_dict(load_state_dict(ckpt), ckpt)
+
+
 def convert(ckpt: str, out: str, heads: int = 8) -> str:
-    """Converts a SoundStorm checkpoint file into the directory `out`."""
-    state = load_state_dict(ckpt)
-    tensors = TorchTensors.from_state_dict(state, ckpt)
+    """Converts a SoundStorm checkpoint (file or shard directory) into the directory `out`."""
+    tensors = read_tensors(ckpt)
     layout = detect_layout(tensors.keys, ckpt)
     config = config_from_tensors(tensors, layout, heads)
     tensors.used.clear()  # reading shapes is not using a tensor
     params = params_from_torch(tensors, config, layout)
     with atomic_output_dir(out) as tmp:
         save_soundstorm(tmp, config, params,
-                        {"checkpoint": os.path.basename(ckpt), "layout": layout})
+                        {"checkpoint": os.path.basename(os.path.normpath(ckpt)), "layout": layout})
     return out
 
 
@@ -266,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m converters.soundstorm",
         description="Convert a SoundStorm checkpoint (soundstorm-speechtokenizer / AnyGPT's "
                     "speechtokenizer_soundstorm_mls.pt) into an anygpt_jax directory.")
-    parser.add_argument("--ckpt", required=True, help="the SoundStorm state dict (.pt)")
+    parser.add_argument("--ckpt", required=True,
+                        help="the SoundStorm state dict (.pt), or a directory of safetensors")
     parser.add_argument("--out", required=True, help="output directory (must not exist)")
     parser.add_argument("--heads", type=int, default=8,
                         help="attention heads (not stored in the checkpoint; AnyGPT's: 8)")

@@ -166,6 +166,14 @@ def test_fork_layout_and_training_checkpoint(reference, converted, tmp_path):
     _, want, _ = load_soundstorm(str(converted / "out"))
     assert source["layout"] == "fork"
     jax.tree_util.tree_map(np.testing.assert_array_equal, ours, want)
+    # A directory of safetensors (e.g. re-saved on a model hub) reads the same.
+    from safetensors.torch import save_file
+
+    (tmp_path / "st").mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "st" / "model.safetensors")
+    convert(str(tmp_path / "st"), str(tmp_path / "out_st"), heads=CFG.heads)
+    jax.tree_util.tree_map(np.testing.assert_array_equal,
+                           load_soundstorm(str(tmp_path / "out_st"))[1], want)
 
 
 def _convert_error(state, tmp_path, heads=CFG.heads) -> str:

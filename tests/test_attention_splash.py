@@ -153,3 +153,22 @@ def test_padding_and_block_counts():
             for j in range(length // bkv)
         )
         assert causal_blocks(length, bq, bkv) == brute
+
+
+def test_bf16_kernel_under_highest_precision_has_the_same_gradients():
+    """conftest sets "highest" matmul precision; the bf16 kernel then runs through a custom
+    VJP that traces it at the default precision: same values and gradients as without."""
+    q, k, v, seg = (
+        x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x for x in packed_inputs()
+    )
+    assert jax.config.jax_default_matmul_precision == "highest"
+
+    def loss(q, k, v):
+        out = splash_attention(q, k, v, seg, jnp.float32, SMALL)
+        return jnp.sum(jnp.where(np.asarray(seg)[..., None, None] != 0, out, 0.0) ** 2)
+
+    got = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+    with jax.default_matmul_precision("default"):
+        want = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32))

@@ -83,9 +83,12 @@ def _block_sizes(length: int, config: SplashConfig):
     return splash.BlockSizes(**clipped)
 
 
-@functools.lru_cache(maxsize=32)
 def _kernel(num_heads: int, length: int, config: SplashConfig):
-    """A causal multi-head splash kernel for one sequence [heads, length, head_dim]."""
+    """A causal multi-head splash kernel for one sequence [heads, length, head_dim].
+
+    Built anew in every trace, never cached: its block-mask arrays belong to the trace
+    that made them.
+    """
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
     mask = splash.MultiHeadMask([splash.CausalMask((length, length))] * num_heads)
@@ -116,6 +119,33 @@ def _splash_local(query, key, value, segment_ids, config: SplashConfig):
     segments = splash.SegmentIds(q=segment_ids, kv=segment_ids)
     out = jax.vmap(kernel)(query, key, value, segments)
     return jnp.swapaxes(out, 1, 2)[:, :length]
+
+
+def _default_precision(fn):
+    """`fn(q, k, v, seg)` traced, forward and backward, at the default matmul precision.
+
+    Mosaic multiplies 16-bit operands at their own precision (fp32 accumulation): a
+    process-wide "highest" default asks it for an fp32 pass it cannot lower. The kernel's
+    backward is traced with the gradient, outside any scope here, so this custom VJP
+    re-derives it inside one (one extra forward kernel: only used under such a default).
+    """
+
+    @jax.custom_vjp
+    def call(q, k, v, seg):
+        with jax.default_matmul_precision("default"):
+            return fn(q, k, v, seg)
+
+    def forward(q, k, v, seg):
+        return call(q, k, v, seg), (q, k, v, seg)
+
+    def backward(residuals, grad):
+        q, k, v, seg = residuals
+        with jax.default_matmul_precision("default"):
+            _, vjp_fn = jax.vjp(lambda q, k, v: fn(q, k, v, seg), q, k, v)
+            return (*vjp_fn(grad), None)
+
+    call.defvjp(forward, backward)
+    return call
 
 
 def _mesh_specs():
@@ -165,6 +195,9 @@ def splash_attention(
                 out_specs=q_spec,
                 check_vma=False,
             )
+        precision = jax.config.jax_default_matmul_precision
+        if jnp.dtype(q.dtype).itemsize < 4 and precision not in (None, "default", "bfloat16"):
+            local = _default_precision(local)
         return local(q, k, v, seg).astype(dtype)
 
     def xla_path(q, k, v, seg):

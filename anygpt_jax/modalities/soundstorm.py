@@ -115,6 +115,11 @@ class SoundStorm:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if bucket_frames < 1:
             raise ValueError(f"bucket_frames must be >= 1, got {bucket_frames}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if not 0 <= full_levels <= config.num_quantizers:
+            raise ValueError(f"full_levels must be in 0..{config.num_quantizers}, got "
+                             f"{full_levels}")
         self.config, self.mesh = config, mesh
         self.params = jax.tree_util.tree_map(jnp.asarray, params)
         if mesh is not None:  # weights replicated, batches split over the batch axes
@@ -124,9 +129,6 @@ class SoundStorm:
         self.keep_prompt, self.bucket_frames = keep_prompt, bucket_frames
         self.top_k = top_k_size(config.codebook_size, top_k_thres)
         self.net = SoundStormNet(config, PRECISIONS[precision], unroll)
-        if not 0 <= full_levels <= config.num_quantizers:
-            raise ValueError(f"full_levels must be in 0..{config.num_quantizers}, got "
-                             f"{full_levels}")
         self._decode = jax.jit(self._decode_impl)
         self._logits = jax.jit(lambda p, c, s, v: self.net.apply({"params": p}, c, s, v))
 
@@ -151,7 +153,8 @@ class SoundStorm:
     def generate(self, semantic_units: np.ndarray, prompt_codes: np.ndarray | None = None, *,
                  steps: int | None = None, seed: int = 0) -> np.ndarray:
         """Semantic units (batch, frames) -> int32 codes (batch, 1 + Q, frames), layer 1 being
-        the units; `prompt_codes` (1 + Q, prompt_frames) of a voice to continue, or None."""
+        the units; `prompt_codes` (1 + Q, prompt_frames) of a voice to continue, or None;
+        `steps` defaults to the instance's; `seed` drives the sampling."""
         units = self._check_units(semantic_units)
         codes = self.generate_batch(list(units), prompt_codes, steps=steps, seed=seed)
         return np.stack(codes)
@@ -163,8 +166,11 @@ class SoundStorm:
         padded batch; each item comes out as it would alone (same seed, same batch slot)."""
         if len(semantic_units) == 0:
             raise ValueError("semantic_units: no sequences given")
-        units = [self._check_units(u[None], name=f"semantic_units[{i}]")[0]
-                 for i, u in enumerate(map(np.asarray, semantic_units))]
+        units = []
+        for i, u in enumerate(map(np.asarray, semantic_units)):
+            if u.ndim != 1:
+                raise ValueError(f"semantic_units[{i}]: expected (frames,) codes, got {u.shape}")
+            units.append(self._check_units(u[None], name=f"semantic_units[{i}]")[0])
         prompt = self._check_prompt(prompt_codes)
         prompt_len = prompt.shape[1]
         lengths = np.array([prompt_len + len(u) for u in units], np.int32)
@@ -186,8 +192,9 @@ class SoundStorm:
                       valid: np.ndarray, *, steps: int | None = None, seed: int = 0
                       ) -> np.ndarray:
         """The decoder on whole sequences: semantic (batch, frames), acoustic codes (batch,
-        frames, Q), and masks (batch, frames) of the frames to generate and of real frames ->
-        int32 codes (batch, frames, Q), prompt frames included (see soundstorm_generate)."""
+        frames, Q), and masks (batch, frames) of the frames to generate and of real frames (a
+        prefix of each row) -> int32 codes (batch, frames, Q), prompt frames included (see
+        soundstorm_generate)."""
         steps = self.steps if steps is None else int(steps)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")

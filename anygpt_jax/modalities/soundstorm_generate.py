@@ -17,9 +17,10 @@ layers q..Q-1 of the prompt frames, so later layers see the model's guesses in p
 voice prompt's real codes; here the prompt prefix is never overwritten. `keep_prompt=False`
 reproduces the reference exactly (the parity tests use it).
 
-Everything runs in one jitted `lax.fori_loop` over a static pass plan, so the network is
-compiled once; padded frames (`valid` False) are excluded from attention, from the depthwise
-conv and from the ranking, so each item of a padded batch decodes as it would alone.
+Everything runs in one jitted `lax.fori_loop` over a pass plan held in an array, so the network
+is compiled once and step counts up to 9 share one program; padded frames (`valid` False) are
+excluded from attention, from the depthwise conv and from the ranking, so each item of a padded
+batch decodes as it would alone.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def cosine_schedule(steps: int) -> np.ndarray:
 
     torch.linspace's scalar path fills the first half from 0 and the second half back from
     1; the float32 rounding that follows decides the re-mask counts (e.g. 3 steps: 0.50000006,
-    not 0.49999997), so it is reproduced here rather than computed exactly.
+    not 0.49999997), so it is reproduced here rather than computed exactly. The counts equal
+    torch's for 1-7 steps (tested); beyond, torch's vectorized linspace and cos may differ by
+    one float32 ulp, moving a count by one for rare lengths.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -77,7 +80,7 @@ def pass_plan(steps: int, num_quantizers: int, full_levels: int) -> np.ndarray:
 
 
 def decode_plan(steps: int, num_quantizers: int, full_levels: int, lengths: np.ndarray,
-                bucket: int = 8) -> tuple[np.ndarray, np.ndarray, int]:
+                bucket: int = 16) -> tuple[np.ndarray, np.ndarray, int]:
     """(pass plan, re-mask counts, number of passes), the first two padded to a multiple of
     `bucket` rows so that nearby step counts share one compiled decoder."""
     plan = pass_plan(steps, num_quantizers, full_levels)

@@ -88,12 +88,17 @@ nodes() {
 on_all_workers() {
   local remote="$1" pids=() node
   for node in $(nodes); do
+    if [ "$DRY_RUN" -eq 1 ]; then  # printed in order; nothing to wait for
+      run "${GCLOUD[@]}" compute tpus tpu-vm ssh "$node" --zone "$ZONE" --worker=all \
+        --command "$remote"
+      continue
+    fi
     run "${GCLOUD[@]}" compute tpus tpu-vm ssh "$node" --zone "$ZONE" --worker=all \
       --command "$remote" &
     pids+=($!)
   done
   local status=0 pid
-  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+  for pid in "${pids[@]+"${pids[@]}"}"; do wait "$pid" || status=1; done
   return $status
 }
 

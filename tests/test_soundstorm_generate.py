@@ -1,6 +1,6 @@
-"""SoundStorm decoding (tiny random model): the fork's algorithm step for step, seeded sampling,
-one step = argmax passes, the voice prompt kept, padded batches; speak() with voice prompts,
-and bad input."""
+"""SoundStorm decoding (tiny random model): the fork's loop (restated in torch) step for step,
+seeded sampling, one step = argmax passes, the voice prompt kept, padded batches, a device mesh;
+speak() with voice prompts, and bad input."""
 
 import dataclasses
 

@@ -25,7 +25,11 @@ INSTALL_REQUIRES = [
 # Reference PyTorch packages installed by scripts/setup.sh with --no-deps: speechtokenizer
 # declares torchaudio and timm torchvision, which would replace the pinned CPU torch with
 # another build; none of the code we use needs them. diffusers renders SEED images (unCLIP).
-NO_DEPS_REQUIRE = ["speechtokenizer==1.0.1", "timm>=1.0,<2", "diffusers>=0.30,<1"]
+NO_DEPS_REQUIRE = [
+    "speechtokenizer==1.0.1", "timm>=1.0,<2", "diffusers>=0.30,<1",
+    # SoundStorm's parity reference: it declares audiolm-pytorch, which pulls torchaudio.
+    "soundstorm-pytorch==0.6.1", "hyper-connections==0.1.15",
+]
 
 # Evaluation metrics: caption scorers (only their Python BLEU/CIDEr, no Java), WER with
 # Whisper's English normalization. open_clip_torch and laion_clap (CLIP/CLAP scores) are left
@@ -40,6 +44,7 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "transformers>=5.0,<6",
         "einops>=0.7",  # speechtokenizer's model imports it
+        "beartype>=0.18",  # soundstorm-pytorch's model code
         "pytest>=8",
         "pytest-xdist>=3",
         "ruff>=0.6",

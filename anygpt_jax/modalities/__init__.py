@@ -1,4 +1,5 @@
-"""Media tokenizers: speech (SpeechTokenizer) and music (Encodec 32 kHz) in JAX.
+"""Media tokenizers in JAX: speech (SpeechTokenizer), music (Encodec 32 kHz), images (SEED),
+and SoundStorm, which completes speech codes so the model can speak.
 
 `SpeechTokenizer.load(dir)` / `MusicTokenizer.load(dir)` read directories written by
 `python -m converters.speechtokenizer` / `python -m converters.encodec`; both give
@@ -29,3 +30,8 @@ from anygpt_jax.modalities.image import (  # noqa: E402
 )
 
 __all__ += ["ImageError", "ImageTokenizer", "image_codes_from_ids", "image_ids"]
+
+# SoundStorm: speech RVQ layers 2-8 from layer-1 units, voice cloning; speak() renders speech.
+from anygpt_jax.modalities.soundstorm import SoundStorm, speak  # noqa: E402
+
+__all__ += ["SoundStorm", "speak"]

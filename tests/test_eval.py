@@ -311,3 +311,36 @@ def test_cli_runs_on_a_model_directory(model, merged_vocab, eval_sets, tmp_path)
     assert summary["step"] == 0
     assert math.isfinite(summary["metrics"]["anygpt_eval_librispeech_asr/wer"])
     assert os.path.isfile(os.path.join(model_dir, "eval", "metrics-00000000.json"))
+
+
+@pytest.mark.slow
+def test_trainer_evaluates_every_n_steps(merged_vocab, eval_sets, tmp_path):
+    from test_trainer import TASK, register_synthetic_task, tiny_config
+
+    from anygpt_jax.training.trainer import train
+
+    register_synthetic_task(merged_vocab)
+    image, speech, music = (eval_sets[k][0] for k in ("image_text", "speech_text", "music_text"))
+    gin.bind_parameter("make_mesh.num_devices", 1)
+    gin.bind_parameter("register_eval.coco_dirs", [image])
+    gin.bind_parameter("register_eval.librispeech_dirs", [speech])
+    for key, value in dict(seq_len=160, batch_size=4, max_examples=2, generation=TEXT_ONLY,
+                           generation_batch_size=2).items():  # fmt: skip
+        gin.bind_parameter(f"EvalOptions.{key}", value)
+    model_dir = tmp_path / "run"
+    train(model_dir=str(model_dir), train_steps=3, batch_size=2, seq_len=32,
+          mixture_or_task_name=TASK, checkpoint_every=3, model_config=tiny_config(merged_vocab),
+          register_tasks=False, peak_flops_per_device=1e9, eval_every=2)  # fmt: skip
+    written = sorted(os.listdir(model_dir / "eval"))
+    assert "metrics-00000002.json" in written and "metrics-00000003.json" in written
+    with open(model_dir / "eval" / "metrics-00000003.json") as f:
+        metrics = json.load(f)["metrics"]
+    assert math.isfinite(metrics["anygpt_eval_librispeech_asr/teacher_forced/loss/speech"])
+    assert "anygpt_eval_coco_caption/cider" in metrics
+    # Without eval data the run refuses to start rather than train blind.
+    gin.clear_config()
+    gin.bind_parameter("make_mesh.num_devices", 1)
+    with pytest.raises(ValueError, match="no eval task has data"):
+        train(model_dir=str(tmp_path / "none"), train_steps=1, batch_size=2, seq_len=32,
+              mixture_or_task_name=TASK, checkpoint_every=1,
+              model_config=tiny_config(merged_vocab), register_tasks=False, eval_every=1)

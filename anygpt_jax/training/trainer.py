@@ -138,6 +138,7 @@ def train(
     register_tasks: bool | Callable[[], Any] = True,
     stop_after_steps: int | None = None,
     log_batch_digests: bool = False,
+    eval_every: int | None = None,
 ) -> dict[str, float]:
     """Trains to `train_steps`, resuming from MODEL_DIR's latest checkpoint; returns last metrics.
 
@@ -149,6 +150,9 @@ def train(
     the schedule still runs to `train_steps`. `log_batch_digests` appends each step's loss
     and a hash of each local batch row to MODEL_DIR/batch_digests/process_<i>.tsv, so runs
     can be checked for identical data order (resume, multi-host).
+    `eval_every` runs anygpt_jax.evaluation on the current parameters every that many steps
+    and at the end (eval tasks and options from gin: register_eval, EvalOptions), writing to
+    MODEL_DIR/eval; its tasks are registered before training, so a bad eval config fails first.
     """
     cfg = model_config or ModelConfig()
     loss_config = loss_config or LossConfig()
@@ -165,6 +169,7 @@ def train(
             f"uses a vocabulary of {vocab.vocab_size} ids"
         )
     _prepare_model_dir(model_dir, cfg, vocab)
+    evaluate = _eval_hook(model_dir, cfg, vocab, mesh) if eval_every else None
 
     schedule = learning_rate_schedule(train_steps)
     tx = make_optimizer(schedule)
@@ -246,6 +251,8 @@ def train(
             stop = preemption.should_stop() or sliced
             if step % checkpoint_every == 0 or step == train_steps or stop:
                 checkpointer.save(step, state, inputs)
+            if evaluate is not None and (step % eval_every == 0 or step == train_steps):
+                evaluate(state.params, step)
             if stop:
                 reason = "time slice done" if sliced else "SIGTERM"
                 print(f"{reason}: saved step {step}, exiting", flush=True)
@@ -260,6 +267,28 @@ def train(
             writer.flush()
     log.info("trained %d steps in %.1fs", step - start, time.perf_counter() - run_start)
     return last
+
+
+def _eval_hook(model_dir: str, cfg: ModelConfig, vocab, mesh) -> Callable[[Any, int], None]:
+    """`evaluate(params, step)` for this run; registers the eval tasks now (gin's dirs)."""
+    from anygpt_jax.api import AnyGPT
+    from anygpt_jax.evaluation import loop
+    from anygpt_jax.evaluation import tasks as eval_tasks
+
+    if not eval_tasks.register_eval(vocab):
+        raise ValueError(
+            "train.eval_every is set but no eval task has data: bind register_eval's "
+            "*_dirs (see tpu_configs/eval/)"
+        )
+
+    def evaluate(params: Any, step: int) -> None:
+        model = AnyGPT(params, cfg, vocab, mesh)
+        summary = loop.evaluate(model, os.path.join(model_dir, "eval"), step)
+        if jax.process_index() == 0:
+            scores = ", ".join(f"{k} {v:.4g}" for k, v in sorted(summary["metrics"].items()))
+            print(f"eval at step {step}: {scores}", flush=True)
+
+    return evaluate
 
 
 def _digest_file(model_dir: str):

@@ -95,3 +95,18 @@ def test_beam_sampling_is_seeded_and_parses(models):
         for prompt, new in zip(prompts, run, strict=True):
             check_spans(v, prompt, new)
         assert len(run[0]) == 33 and run[0][-1] == stops[-3]
+
+
+def test_beam_search_unrolled_tied_equals_transformers(anygpt_tokenizer_dir, tmp_path):
+    """Unrolled models decode over per-layer caches: beams reorder those too."""
+    hf, m = load_tiny(str(tmp_path), anygpt_tokenizer_dir, "mha_tied", scan_layers=False)
+    prompts = text_prompts(m.vocab, 3, seed=4)
+    free = hf_generate(hf, prompts, [2], max_new_tokens=8, num_beams=2, do_sample=False)
+    stops = [2, free[0][3], free[2][5]]
+    want = hf_generate(
+        hf, prompts, stops, max_new_tokens=8, num_beams=2, do_sample=False, length_penalty=0.5
+    )
+    settings = GenerationSettings(
+        do_sample=False, max_new_tokens=8, num_beams=2, length_penalty=0.5
+    )
+    assert m.generate(prompts, settings, stop_ids=stops, constrain=False) == want

@@ -98,12 +98,7 @@ def beam_loop(
         if plan.use_penalty:
             seen = c["seen"][origin]
             out["seen"] = seen.at[jnp.arange(rows * k), token.reshape(-1)].set(True)
-        cache = c["cache"]
-        cache = cache.replace(
-            keys=cache.keys[:, origin],
-            values=cache.values[:, origin],
-            segment_ids=cache.segment_ids[origin],
-        )
+        cache = decoding.reorder_cache(c["cache"], origin)
 
         # Finished beams: candidates among the first k that stopped, if they beat the kept ones.
         done = hits & is_top[None, :]

@@ -171,13 +171,31 @@ def make_batch(
     return PromptBatch(ids, positions, segments, next_position, real, span, pos, seen)
 
 
+@flax.struct.dataclass
+class LayerCaches:
+    """The KV cache of an unrolled model as one array per layer, [rows, length, kv_heads, d].
+
+    Separate arrays let each decode step write its new slot in place; the stacked KVCache
+    would be sliced per layer and stacked again, copying the whole cache every token.
+    """
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    segment_ids: jax.Array
+    index: jax.Array
+
+
+Cache = KVCache | LayerCaches
+
+
 def prefill(
     model: Transformer, params, batch: PromptBatch, cache_length: int, copies: int = 1
-) -> tuple[jax.Array, KVCache]:
+) -> tuple[jax.Array, Cache]:
     """Runs the prompts into a fresh cache; returns the last position's logits [rows, vocab].
 
     Only the last hidden state is projected to the vocabulary. `copies` > 1 repeats each row's
-    cache and logits (beams of one prompt share its prefill).
+    cache and logits (beams of one prompt share its prefill). Unrolled models get their cache
+    as LayerCaches, scanned ones keep the stacked KVCache their layer scan reads.
     """
     rows = batch.ids.shape[0]
     cache = KVCache.init(model.config, rows, cache_length)
@@ -198,21 +216,67 @@ def prefill(
             values=jnp.repeat(cache.values, copies, axis=1),
             segment_ids=rep(cache.segment_ids),
         )
+    if not model.config.scan_layers:
+        layers = range(model.config.num_layers)
+        cache = LayerCaches(
+            keys=tuple(cache.keys[i] for i in layers),
+            values=tuple(cache.values[i] for i in layers),
+            segment_ids=cache.segment_ids,
+            index=cache.index,
+        )
     return logits, cache
 
 
 def step(
-    model: Transformer, params, tokens: jax.Array, positions: jax.Array, cache: KVCache
-) -> tuple[jax.Array, KVCache]:
+    model: Transformer, params, tokens: jax.Array, positions: jax.Array, cache: Cache
+) -> tuple[jax.Array, Cache]:
     """One decode step: tokens [rows] at positions [rows] -> next logits [rows, vocab]."""
-    logits, cache = model.apply(
-        {"params": params},
-        tokens[:, None],
-        positions[:, None],
-        jnp.ones_like(tokens)[:, None],
-        cache=cache,
-    )
+    args = (tokens[:, None], positions[:, None], jnp.ones_like(tokens)[:, None])
+    if isinstance(cache, LayerCaches):
+        logits, cache = model.apply({"params": params}, *args, cache, method=_decode_layers)
+    else:
+        logits, cache = model.apply({"params": params}, *args, cache=cache)
     return logits[:, 0], cache
+
+
+def _decode_layers(
+    module: Transformer, ids, positions, segment_ids, cache: LayerCaches
+) -> tuple[jax.Array, LayerCaches]:
+    """Transformer.__call__ for an unrolled model over per-layer caches (same modules)."""
+    x = nn.with_logical_constraint(
+        module.embed_tokens(ids), ("activation_batch", "activation_length", "activation_embed")
+    )
+    cache_segment_ids = jax.lax.dynamic_update_slice(
+        cache.segment_ids, segment_ids, (0, cache.index)
+    )
+    keys, values = [], []
+    for i, layer in enumerate(module.layers):
+        x, (k, v) = layer(
+            x,
+            positions,
+            segment_ids,
+            cache_segment_ids,
+            cache.index,
+            (cache.keys[i], cache.values[i]),
+        )
+        keys.append(k)
+        values.append(v)
+    logits = module.project(module.norm(x))
+    new = LayerCaches(tuple(keys), tuple(values), cache_segment_ids, cache.index + ids.shape[1])
+    return logits, new
+
+
+def reorder_cache(cache: Cache, rows: jax.Array) -> Cache:
+    """The cache of rows `rows` (beam search keeps the beams it continues)."""
+    if isinstance(cache, LayerCaches):
+        return cache.replace(
+            keys=tuple(k[rows] for k in cache.keys),
+            values=tuple(v[rows] for v in cache.values),
+            segment_ids=cache.segment_ids[rows],
+        )
+    return cache.replace(
+        keys=cache.keys[:, rows], values=cache.values[:, rows], segment_ids=cache.segment_ids[rows]
+    )
 
 
 def process_scores(

@@ -58,6 +58,8 @@ def generate(
     (in codebook order) and, at a valid length, its end marker may be generated, so every span
     parses; a prompt ending with a start marker (e.g. `<soim>`) starts inside that span.
     Sampling is deterministic for a seed, and a row's draws do not depend on the padding.
+    On a CPU host decode is fastest with unrolled layers (`AnyGPT.load(d, scan_layers=False)`):
+    a layer scan copies each layer's weights out of the stacked arrays at every token.
     """
     settings = GenerationSettings() if settings is None else settings
     if not isinstance(settings, GenerationSettings):

@@ -191,6 +191,7 @@ def format_report(result: AotResult, min_headroom: float = 0.0) -> str:
         )
         if step.kernels:
             lines.append(f"  custom kernels: {', '.join(step.kernels)}")
+        lines += [f"  note: {note}" for note in step.notes]
     lines.append("parameter sharding (logical axes -> mesh axes; per-chip shard):")
     width = max(len(p["name"]) for p in result.parameters)
     for p in result.parameters:

@@ -83,6 +83,7 @@ class StepReport:
     kernels: tuple[str, ...] = ()  # custom kernels in the compiled step (e.g. splash_mha_fwd)
     compile_seconds: float = 0.0
     out_of_memory: str = ""  # XLA's message when the step does not fit at all
+    notes: tuple[str, ...] = ()  # why compiled FLOPs are missing, if they are
     hlo: str = dataclasses.field(default="", repr=False)
 
     def fits(self, min_headroom: float = 0.0) -> bool:
@@ -152,11 +153,26 @@ def _kernels(hlo: str) -> tuple[str, ...]:
     return tuple(sorted({name for name, _ in kernel_calls(hlo)}))
 
 
-def _probe_flops(compiled: Any, splash: SplashConfig) -> float:
+# The TPU compiler turns large FSDP matmuls into loops over weight shards (windowed einsum),
+# which cost analysis would count once; probes compile them as plain dots (same FLOPs).
+PROBE_COMPILER_OPTIONS = {
+    "xla_tpu_enable_windowed_einsum_for_all_gather": False,
+    "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False,
+}
+
+
+class ProbeError(RuntimeError):
+    """A FLOP probe still holds a loop, so its count would be too low."""
+
+
+def _probe_flops(lowered: Any, splash: SplashConfig) -> float:
     """Per-chip FLOPs of a loop-free compiled probe: XLA's count plus the Pallas kernels'."""
-    return float(compiled.cost_analysis()["flops"]) + kernel_flops_from_hlo(
-        compiled.as_text(), splash
-    )
+    compiled = lowered.compile(compiler_options=PROBE_COMPILER_OPTIONS)
+    hlo = compiled.as_text()
+    loops = hlo.count(" while(")
+    if loops:
+        raise ProbeError(f"a FLOP probe still has {loops} while loop(s); FLOPs not counted")
+    return float(compiled.cost_analysis()["flops"]) + kernel_flops_from_hlo(hlo, splash)
 
 
 def _fit(probe: Callable[[int, int], float], layers: int, rows: tuple[int, int], real_rows: int):
@@ -212,7 +228,7 @@ def compile_train(
         )
     compiled, seconds, oom = _compile(lambda: lower(cfg, loss_cfg, batch_size))
     model = model_flops_per_token(cfg, seq_len) * batch_size * seq_len / mesh.size
-    compiled_flops = None
+    compiled_flops, notes = None, []
     if count_flops and compiled is not None:
         # One tile: the tile loop runs once and XLA drops it, with the same matmuls.
         tile = None if loss_cfg.vocab_tile is None else cfg.padded_vocab_size
@@ -221,11 +237,21 @@ def compile_train(
 
         def probe(depth: int, rows: int) -> float:
             c = _probe_config(cfg, depth)
-            return _probe_flops(lower(c, probe_loss, rows).compile(), splash)
+            return _probe_flops(lower(c, probe_loss, rows), splash)
 
-        compiled_flops = _fit(probe, cfg.num_layers, (shards, 2 * shards), batch_size)
+        try:
+            compiled_flops = _fit(probe, cfg.num_layers, (shards, 2 * shards), batch_size)
+        except ProbeError as e:
+            notes.append(str(e))
     return _report(
-        "train", compiled, seconds, oom, hbm_bytes, model_flops=model, compiled_flops=compiled_flops
+        "train",
+        compiled,
+        seconds,
+        oom,
+        hbm_bytes,
+        model_flops=model,
+        compiled_flops=compiled_flops,
+        notes=tuple(notes),
     )
 
 
@@ -314,16 +340,26 @@ def compile_decode(
     per_token = model_flops_per_token(cfg, 0) / 3
     attention = 4 * cfg.num_layers * cfg.num_heads * cfg.resolved_head_dim * length
     model = (per_token + attention) * batch / mesh.size
-    flops = None
+    flops, notes = None, []
     if count_flops and compiled is not None:
 
         def probe(depth: int, rows: int) -> float:
             lowered = _lower_decode(_probe_config(cfg, depth), mesh, rules, rows, length)
-            return _probe_flops(lowered.compile(), SplashConfig())
+            return _probe_flops(lowered, SplashConfig())
 
-        flops = _fit(probe, cfg.num_layers, (batch, batch), batch)
+        try:
+            flops = _fit(probe, cfg.num_layers, (batch, batch), batch)
+        except ProbeError as e:
+            notes.append(str(e))
     return _report(
-        "decode", compiled, seconds, oom, hbm_bytes, model_flops=model, compiled_flops=flops
+        "decode",
+        compiled,
+        seconds,
+        oom,
+        hbm_bytes,
+        model_flops=model,
+        compiled_flops=flops,
+        notes=tuple(notes),
     )
 
 

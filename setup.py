@@ -36,8 +36,13 @@ NO_DEPS_REQUIRE = [
 # to the user: both import torchvision, which has no build matching the pinned CPU torch.
 EVAL_REQUIRE = ["jiwer>=3.0,<5", "whisper-normalizer>=0.1.12,<0.2", "pycocoevalcap>=1.2,<2"]
 
+# libtpu compiles for TPU slices on any host (python -m anygpt_jax.aot); the version jax's own
+# `tpu` extra pins for this jax.
+TPU_REQUIRE = ["libtpu==0.0.42.1"]
+
 EXTRAS_REQUIRE = {
     "eval": EVAL_REQUIRE,
+    "tpu": TPU_REQUIRE,
     # The reference PyTorch stack: converters' tests and parity checks run against it.
     # torch 2.13.0 is pinned because that CPU build is the one these machines install offline.
     "test": [
@@ -49,6 +54,7 @@ EXTRAS_REQUIRE = {
         "pytest-xdist>=3",
         "ruff>=0.6",
         *EVAL_REQUIRE,
+        *TPU_REQUIRE,  # the AOT tests compile for v4-8 and v5e-16
     ],
 }
 

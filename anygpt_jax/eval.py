@@ -11,11 +11,10 @@ media-STEP/ and tensorboard/. See tpu_configs/eval/ for the paper's set-up and a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from anygpt_jax import runtime
-from anygpt_jax.train import CONFIG_DIR, ConfigError
+from anygpt_jax.train import ConfigError, parse_gin_files
 
 REQUIRED_MACROS = ("MODEL_DIR",)
 
@@ -43,8 +42,6 @@ def parse_args(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def parse_gin(gin_files: list[str], bindings: list[str]) -> None:
     """Parses files then bindings and checks the required macros; raises ConfigError."""
-    import gin
-
     # Registers every configurable the eval configs may name (they may include the training
     # config of the run they evaluate).
     import anygpt_jax.evaluation.loop  # noqa: F401
@@ -57,27 +54,7 @@ def parse_gin(gin_files: list[str], bindings: list[str]) -> None:
     import anygpt_jax.training.trainer  # noqa: F401
     import anygpt_jax.vocab  # noqa: F401
 
-    gin.clear_config()
-    for path in (os.getcwd(), CONFIG_DIR):
-        gin.add_config_file_search_path(path)
-    for path in gin_files:
-        if not os.path.isfile(path) and not os.path.isfile(os.path.join(CONFIG_DIR, path)):
-            raise ConfigError(f"gin file not found: {path}")
-    try:
-        gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=False)
-    except (ValueError, KeyError, NameError, SyntaxError, OSError) as e:
-        raise ConfigError(f"gin: {e}") from e
-    missing = []
-    for macro in REQUIRED_MACROS:
-        try:
-            if gin.query_parameter(f"%{macro}") is None:
-                missing.append(macro)
-        except ValueError:
-            missing.append(macro)
-    if missing:
-        raise ConfigError(
-            f"required gin macros not set: {missing} (e.g. --gin.MODEL_DIR=\"'runs/cpu_default'\")"
-        )
+    parse_gin_files(gin_files, bindings, required_macros=REQUIRED_MACROS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,7 @@ import sys
 from typing import IO
 
 from anygpt_jax import runtime
-from anygpt_jax.train import CONFIG_DIR, ConfigError
+from anygpt_jax.train import CONFIG_DIR, ConfigError, parse_gin_files  # noqa: F401 (CONFIG_DIR re-exported)
 
 DEFAULT_INTERACTIVE_OUT = "infer_output"
 
@@ -93,24 +93,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
     """Parses gin files then bindings for inference; raises ConfigError naming the fault."""
-    import gin
-
     # Registers every configurable the inference configs may name.
     import anygpt_jax.inference.session  # noqa: F401
     import anygpt_jax.modalities.soundstorm  # noqa: F401
     import anygpt_jax.partitioning  # noqa: F401
     import anygpt_jax.prompts  # noqa: F401
 
-    gin.clear_config()
-    for path in (os.getcwd(), CONFIG_DIR, *search_paths):
-        gin.add_config_file_search_path(path)
-    for path in gin_files:
-        if not (os.path.isfile(path) or os.path.isfile(os.path.join(CONFIG_DIR, path))):
-            raise ConfigError(f"gin file not found: {path}")
-    try:
-        gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=False)
-    except (ValueError, KeyError, NameError, SyntaxError, OSError) as e:
-        raise ConfigError(f"gin: {e}") from e
+    parse_gin_files(gin_files, bindings, search_paths)
 
 
 def main(argv: list[str] | None = None, stdin: IO[str] | None = None,

@@ -67,12 +67,23 @@ def parse_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
 
 def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
     """Parses files then bindings, and checks the required macros; raises ConfigError."""
-    import gin
-
     # Registers every configurable the configs may name.
     import anygpt_jax.tasks  # noqa: F401
     import anygpt_jax.training.trainer  # noqa: F401
     import anygpt_jax.vocab  # noqa: F401
+
+    parse_gin_files(gin_files, bindings, search_paths, REQUIRED_MACROS)
+
+
+def parse_gin_files(
+    gin_files: list[str],
+    bindings: list[str],
+    search_paths: list[str] = (),
+    required_macros: tuple[str, ...] = (),
+) -> None:
+    """The gin parse every CLI shares: files (found here or under tpu_configs/) then bindings;
+    a required macro that is unset or None is an error. Raises ConfigError naming the fault."""
+    import gin
 
     gin.clear_config()
     for path in (os.getcwd(), CONFIG_DIR, *search_paths):
@@ -86,9 +97,10 @@ def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str]
     except (ValueError, KeyError, NameError, SyntaxError, OSError) as e:
         raise ConfigError(f"gin: {e}") from e
     missing = []
-    for macro in REQUIRED_MACROS:
+    for macro in required_macros:
         try:
-            gin.query_parameter(f"%{macro}")
+            if gin.query_parameter(f"%{macro}") is None:
+                missing.append(macro)
         except ValueError:
             missing.append(macro)
     if missing:

@@ -106,6 +106,28 @@ class TensorReader:
         self._open.clear()
 
 
+def load_torch_state_dict(path: str) -> dict:
+    """A torch state dict from a .pt/.pth file; training checkpoints' wrappers ("model",
+    "state_dict", "module") are unwrapped. Raises ConversionError naming the file."""
+    import torch
+
+    if not os.path.isfile(path):
+        raise ConversionError(f"missing file: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types; re-raised named
+        raise ConversionError(f"{path}: cannot read PyTorch weights ({e})") from e
+    for wrapper in ("model", "state_dict", "module"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and hasattr(v, "shape") for k, v in state.items()
+    ):
+        kind = type(state).__name__
+        raise ConversionError(f"{path}: expected a state dict of tensors, got a {kind}")
+    return state
+
+
 def torch_to_numpy(tensor) -> np.ndarray:
     """Converts a CPU torch tensor to numpy without changing its dtype (bf16 kept as ml_dtypes)."""
     import ml_dtypes

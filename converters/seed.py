@@ -24,7 +24,13 @@ import sys
 import numpy as np
 
 from anygpt_jax.modalities.image_model import SeedConfig, expected_param_shapes, save_seed
-from converters.common import USER_ERRORS, ConversionError, atomic_output_dir, torch_to_numpy
+from converters.common import (
+    USER_ERRORS,
+    ConversionError,
+    atomic_output_dir,
+    load_torch_state_dict,
+    torch_to_numpy,
+)
 
 # Tensors of seed_quantizer.pt that encode/embed never use.
 IGNORED = re.compile(
@@ -318,27 +324,10 @@ def _check_shapes(config: SeedConfig, params: dict, sources: dict) -> None:
         raise ConversionError("wrong shapes (checkpoint parts disagree): " + "; ".join(problems))
 
 
-def _load_state(path: str) -> dict:
-    import torch
-
-    if not os.path.isfile(path):
-        raise ConversionError(f"missing file: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises several types; re-raised named
-        raise ConversionError(f"{path}: cannot read PyTorch weights ({e})") from e
-    for wrapper in ("model", "state_dict", "module"):  # training checkpoints nest the weights
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
-        raise ConversionError(f"{path}: expected a state dict of tensors")
-    return state
-
-
 def convert(ckpt: str, out: str, vit: str | None = None, **kwargs) -> str:
     """Converts seed_quantizer.pt (and optionally eva_vit_g.pth) into the directory `out`."""
-    ckpt_state = _load_state(ckpt)
-    vit_state = _load_state(vit) if vit is not None else None
+    ckpt_state = load_torch_state_dict(ckpt)
+    vit_state = load_torch_state_dict(vit) if vit is not None else None
     config, params, notes = params_from_state_dicts(
         ckpt_state, vit_state, ckpt_name=ckpt, vit_name=vit or ckpt, **kwargs
     )

@@ -28,7 +28,13 @@ import numpy as np
 
 from anygpt_jax.modalities.soundstorm import expected_param_shapes, save_soundstorm
 from anygpt_jax.modalities.soundstorm_model import SoundStormConfig
-from converters.common import USER_ERRORS, ConversionError, TensorReader, atomic_output_dir
+from converters.common import (
+    USER_ERRORS,
+    ConversionError,
+    TensorReader,
+    atomic_output_dir,
+    load_torch_state_dict,
+)
 from converters.encodec import TorchTensors
 
 REFERENCE_REQUIREMENT = ("soundstorm-pytorch==0.6.1 with beartype and hyper-connections "
@@ -204,29 +210,12 @@ def params_from_torch(t: TorchTensors, config: SoundStormConfig, layout: str
     return params
 
 
-def load_state_dict(ckpt: str) -> dict:
-    """A torch state dict from `ckpt` (a training checkpoint's "model" entry also works)."""
-    import torch
-
-    if not os.path.isfile(ckpt):
-        raise ConversionError(f"missing file: {ckpt}")
-    try:
-        state = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises several types; re-raised named
-        raise ConversionError(f"{ckpt}: cannot read PyTorch weights ({e})") from e
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # the fork's trainer saves {"model", "optim", "scheduler"}
-    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise ConversionError(f"{ckpt}: expected a state dict, got {type(state).__name__}")
-    return state
-
-
 def read_tensors(ckpt: str) -> TorchTensors:
     """The tensors of a .pt state dict file, or of a directory of safetensors / .bin shards."""
     if os.path.isdir(ckpt):
         reader = TensorReader(ckpt)
         return TorchTensors(reader.keys(), reader.get, ckpt)
-    return TorchTensors.from_state_dict(load_state_dict(ckpt), ckpt)
+    return TorchTensors.from_state_dict(load_torch_state_dict(ckpt), ckpt)
 
 
 def convert(ckpt: str, out: str, heads: int = 8) -> str:

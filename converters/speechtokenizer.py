@@ -15,7 +15,6 @@ dependencies (torchaudio, accelerate, ...) the model itself never needs.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import types
 
@@ -25,6 +24,7 @@ from converters.common import (
     USER_ERRORS,
     ConversionError,
     atomic_output_dir,
+    load_torch_state_dict,
     read_json,
 )
 from converters.encodec import TorchNames, TorchTensors, seanet_params_from_torch
@@ -68,18 +68,10 @@ def seanet_config_from_speechtokenizer(cfg: dict, where: str) -> SEANetConfig:
 
 def convert(config: str, ckpt: str, out: str) -> str:
     """Converts a SpeechTokenizer checkpoint (a torch state dict file) into `out`."""
-    import torch
 
     st_config = read_json(config)
     seanet = seanet_config_from_speechtokenizer(st_config, config)
-    if not os.path.isfile(ckpt):
-        raise ConversionError(f"missing file: {ckpt}")
-    try:
-        state = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises several types; re-raised named
-        raise ConversionError(f"{ckpt}: cannot read PyTorch weights ({e})") from e
-    if not isinstance(state, dict):
-        raise ConversionError(f"{ckpt}: expected a state dict, got {type(state).__name__}")
+    state = load_torch_state_dict(ckpt)
     tensors = TorchTensors.from_state_dict(state, ckpt)
     params = seanet_params_from_torch(tensors, seanet, SPEECHTOKENIZER_NAMES)
     with atomic_output_dir(out) as tmp:

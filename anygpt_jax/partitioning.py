@@ -142,9 +142,56 @@ def batch_sharding(mesh: Mesh, rules: Sequence | None = None) -> NamedSharding:
 
 def batch_shards(mesh: Mesh, rules: Sequence | None = None) -> int:
     """How many ways the batch axis is split: the global batch must be a multiple of it."""
-    spec = batch_sharding(mesh, rules).spec
+    return _row_shards(batch_sharding(mesh, rules))
+
+
+def _row_shards(sharding: NamedSharding) -> int:
+    spec = sharding.spec
     axes = spec[0] if len(spec) else None
     if axes is None:
         return 1
     axes = (axes,) if isinstance(axes, str) else axes
-    return math.prod(mesh.shape[a] for a in axes)
+    return math.prod(sharding.mesh.shape[a] for a in axes)
+
+
+def process_row_block(
+    sharding: NamedSharding, batch_size: int, process_index: int | None = None
+) -> tuple[int, int]:
+    """(index, count): this process feeds block `index` of `count` equal row blocks of a batch.
+
+    Processes whose devices hold the same rows (tensor parallelism spanning hosts, as on a
+    v5e-256 with 8-way tensor over 4-chip hosts) get the same block and must load the same
+    data; so `count` can be smaller than the process count. Raises when a process's rows
+    are not one contiguous block of the same size as every other process's.
+    """
+    process_index = jax.process_index() if process_index is None else process_index
+    shards = _row_shards(sharding)
+    if batch_size % shards:
+        raise ValueError(
+            f"batch size {batch_size} does not split over the {shards} batch shards of mesh "
+            f"{dict(sharding.mesh.shape)}"
+        )
+    rows_spec = PartitionSpec(*sharding.spec[:1])
+    rows_sharding = NamedSharding(sharding.mesh, rows_spec)
+    blocks: dict[int, set[tuple[int, int]]] = {}
+    for device, (rows,) in rows_sharding.devices_indices_map((batch_size,)).items():
+        start, stop, _ = rows.indices(batch_size)
+        blocks.setdefault(device.process_index, set()).add((start, stop))
+    spans = {}
+    for process, slices in blocks.items():
+        ordered = sorted(slices)
+        if any(a[1] != b[0] for a, b in zip(ordered[:-1], ordered[1:], strict=True)):
+            raise ValueError(
+                f"process {process} holds rows {ordered} of the batch of {batch_size}: not one "
+                f"contiguous block (mesh {dict(sharding.mesh.shape)}, batch spec {rows_spec})"
+            )
+        spans[process] = (ordered[0][0], ordered[-1][1])
+    sizes = {stop - start for start, stop in spans.values()}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"processes hold row blocks of different sizes {sorted(spans.values())} of the "
+            f"batch of {batch_size} (mesh {dict(sharding.mesh.shape)})"
+        )
+    (size,) = sizes
+    start, _ = spans[process_index]
+    return start // size, batch_size // size

@@ -92,6 +92,23 @@ def test_devices_of_one_and_two_slices():
     assert {d.slice_index for d in mesh.devices[1].flat} == {1}
 
 
+def test_v5e_256_hosts_feed_row_blocks_of_480():
+    """8-way tensor over 4-chip hosts: 32 blocks of 15 rows, each loaded by 2 hosts."""
+    import collections
+
+    topology, mesh = tpu_mesh("v5e-256", {"data": -1, "fsdp": 32, "tensor": 8})
+    sharding = partitioning.batch_sharding(mesh)
+    blocks = [partitioning.process_row_block(sharding, 480, p) for p in range(topology.hosts)]
+    assert {count for _, count in blocks} == {32}
+    assert collections.Counter(index for index, _ in blocks) == {i: 2 for i in range(32)}
+    # A process's block is the rows its devices hold.
+    for device, (rows, _) in sharding.devices_indices_map((480, 1)).items():
+        index, _ = blocks[device.process_index]
+        assert (rows.start, rows.stop) == (15 * index, 15 * index + 15)
+    with pytest.raises(ValueError, match="batch size 500 does not split over the 32 batch"):
+        partitioning.process_row_block(sharding, 500, 0)
+
+
 @pytest.mark.slow
 def test_v4_8_train_step_flops_match_a_loop_free_compile():
     """The fitted FLOPs of the scanned, micro-batched, vocab-tiled step equal a loop-free one."""

@@ -43,14 +43,10 @@ def run_all(procs: list[subprocess.Popen]) -> None:
     assert not failed, "\n---\n".join(failed)
 
 
-# ~1.5-3 min on two busy cores: three CLI processes compile at once.
-@pytest.mark.slow
-def test_two_processes_match_one(tmp_path, anygpt_tokenizer_dir, merged_vocab):
-    """Same losses (float tolerance), and per step the hosts' rows are the single run's rows."""
-    cache = str(tmp_path / "jax_cache")
-
-    def gin_file(name):
-        path = tmp_path / f"{name}.gin"
+def launch(tmp_path, name, env, anygpt_tokenizer_dir, merged_vocab, extra=""):
+    """Starts one training CLI process on the gin file `name` (written once)."""
+    path = tmp_path / f"{name}.gin"
+    if not path.exists():
         path.write_text(
             cli_gin(
                 str(tmp_path / name),
@@ -59,36 +55,46 @@ def test_two_processes_match_one(tmp_path, anygpt_tokenizer_dir, merged_vocab):
                 STEPS,
                 batch_size=4,
                 checkpoint_every=100,
-                extra=DATA,
+                extra=DATA + extra,
             )
         )
-        return path
+    return subprocess.Popen(
+        [sys.executable, "-m", "anygpt_jax.train", f"--gin_file={path}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
-    def cli(path, env):
-        return subprocess.Popen(
-            [sys.executable, "-m", "anygpt_jax.train", f"--gin_file={path}"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
 
-    single = cli(gin_file("single"), cli_env(4, cache))
+def two_hosts(tmp_path, name, tokenizer_dir, merged_vocab, extra=""):
+    """Two CLI processes of 2 CPU devices each, joined by jax.distributed over gloo."""
     address = f"127.0.0.1:{free_port()}"
-    multi_gin = gin_file("multi")
-    hosts = [
-        cli(
-            multi_gin,
-            cli_env(
-                2,
-                JAX_COORDINATOR_ADDRESS=address,
-                JAX_NUM_PROCESSES="2",
-                JAX_PROCESS_ID=str(i),
-                JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-            ),
+    env = dict(
+        JAX_COORDINATOR_ADDRESS=address,
+        JAX_NUM_PROCESSES="2",
+        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+    )
+    return [
+        launch(
+            tmp_path,
+            name,
+            cli_env(2, JAX_PROCESS_ID=str(i), **env),
+            tokenizer_dir,
+            merged_vocab,
+            extra,
         )
         for i in range(2)
     ]
+
+
+# ~1.5-3 min on two busy cores: three CLI processes compile at once.
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, anygpt_tokenizer_dir, merged_vocab):
+    """Same losses (float tolerance), and per step the hosts' rows are the single run's rows."""
+    cache = str(tmp_path / "jax_cache")
+    single = launch(tmp_path, "single", cli_env(4, cache), anygpt_tokenizer_dir, merged_vocab)
+    hosts = two_hosts(tmp_path, "multi", anygpt_tokenizer_dir, merged_vocab)
     run_all([single, *hosts])
 
     one = read_digests(str(tmp_path / "single"))
@@ -105,3 +111,38 @@ def test_two_processes_match_one(tmp_path, anygpt_tokenizer_dir, merged_vocab):
         for h in per_host:
             np.testing.assert_allclose(float(h[1]), float(loss), rtol=1e-5)
     assert os.path.isdir(tmp_path / "multi" / "checkpoints" / str(STEPS))
+
+
+# Tensor parallelism across hosts (as 8-way tensor over 4-chip v5e hosts): both hosts' devices
+# hold every row, so each host must load the whole batch, the same rows as its peer.
+TENSOR_ACROSS_HOSTS = """
+ModelConfig.num_kv_heads = 4
+make_mesh.mesh_shape = {'fsdp': 1, 'tensor': 4}
+"""
+
+
+@pytest.mark.slow
+def test_hosts_holding_the_same_rows_load_the_same_rows(
+    tmp_path, anygpt_tokenizer_dir, merged_vocab
+):
+    """A 4-way tensor mesh over 2 hosts trains like 1 host with 4-way FSDP (same rows, losses)."""
+    cache = str(tmp_path / "jax_cache")
+    single = launch(
+        tmp_path,
+        "single",
+        cli_env(4, cache),
+        anygpt_tokenizer_dir,
+        merged_vocab,
+        "ModelConfig.num_kv_heads = 4",
+    )
+    hosts = two_hosts(tmp_path, "tensor", anygpt_tokenizer_dir, merged_vocab, TENSOR_ACROSS_HOSTS)
+    run_all([single, *hosts])
+
+    one = read_digests(str(tmp_path / "single"))
+    two = [read_digests(str(tmp_path / "tensor"), i) for i in range(2)]
+    assert [s for s, _, _ in one] == list(range(1, STEPS + 1))
+    for (step, loss, rows), *per_host in zip(one, *two, strict=True):
+        for host_step, host_loss, host_rows in per_host:
+            assert host_step == step
+            assert host_rows == rows, f"step {step}: a host did not load the whole batch"
+            np.testing.assert_allclose(float(host_loss), float(loss), rtol=1e-5)

@@ -12,8 +12,9 @@ resumed run yields exactly the batches the uninterrupted run would have, replayi
 is valid only for the same arguments, shards and process count.
 
 Sharding: each process reads only its own part (whole shard files when there are at least
-process_count of them, else every process_count-th record) and builds only its own rows of
-the global batch.
+as many as parts, else every n-th record) and builds only its own rows of the global batch.
+The trainer passes `host_shard_info(batch_sharding, batch_size)`: processes whose devices
+hold the same rows (tensor parallelism across hosts) read the same part.
 """
 
 from __future__ import annotations
@@ -27,12 +28,23 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from anygpt_jax import partitioning
 from anygpt_jax.data.packing import AnyGPTFeatureConverter
 
 
-def host_shard_info() -> seqio.ShardInfo:
-    """This process's part of the data: (jax.process_index(), jax.process_count())."""
-    return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+def host_shard_info(
+    batch_sharding: jax.sharding.NamedSharding | None = None, batch_size: int | None = None
+) -> seqio.ShardInfo:
+    """This process's part of the data.
+
+    Without arguments (jax.process_index(), jax.process_count()). Given the batch's sharding
+    and global size, the block of rows this process's devices hold: processes that hold the
+    same rows (tensor parallelism across hosts) get the same part and read the same data.
+    """
+    if batch_sharding is None:
+        return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+    index, count = partitioning.process_row_block(batch_sharding, batch_size)
+    return seqio.ShardInfo(index=index, num_shards=count)
 
 
 @gin.configurable
@@ -55,7 +67,8 @@ def get_dataset(
     shard_info = shard_info or host_shard_info()
     if batch_size is not None and batch_size % shard_info.num_shards:
         raise ValueError(
-            f"batch_size {batch_size} is not divisible by the {shard_info.num_shards} processes"
+            f"batch_size {batch_size} is not divisible by the {shard_info.num_shards} input "
+            "shards (processes, or groups of processes that hold the same rows)"
         )
     provider = seqio.get_mixture_or_task(mixture_or_task_name)
     # One more id than the row: inputs are ids[:-1], targets ids[1:].

@@ -24,12 +24,11 @@ from anygpt_jax.model import Transformer
 from anygpt_jax.training.step import BATCH_KEYS, LossConfig, _per_token_loss, _sums
 
 
-def _batches(task_name: str, seq_len: int, batch_size: int, max_examples: int | None):
+def _batches(task_name: str, seq_len: int, batch_size: int, max_examples: int | None, shard):
     """This process's rows of the task (packed, one pass), in batches padded with empty rows."""
-    shard = host_shard_info()
     if batch_size % shard.num_shards:
         raise ValueError(
-            f"batch_size {batch_size} is not divisible by {shard.num_shards} processes"
+            f"batch_size {batch_size} is not divisible by {shard.num_shards} input shards"
         )
     local = batch_size // shard.num_shards
     lengths = {"targets": seq_len + 1, "loss_weights": seq_len + 1}
@@ -103,8 +102,9 @@ def teacher_forced_eval(
     step_fn = step_fn or make_eval_step(model, vocab, vocab_tile)
     sharding = partitioning.batch_sharding(model.mesh) if model.mesh is not None else None
     totals: dict[str, np.ndarray] | None = None
-    batches = _batches(task_name, seq_len, batch_size, max_examples)
-    local_rows = batch_size // jax.process_count()
+    shard = host_shard_info(sharding, batch_size)
+    batches = _batches(task_name, seq_len, batch_size, max_examples, shard)
+    local_rows = batch_size // shard.num_shards
     empty = {k: np.zeros((local_rows, seq_len), np.float32 if k == "decoder_loss_weights"
                          else np.int32) for k in BATCH_KEYS}  # fmt: skip
     while True:
@@ -114,7 +114,8 @@ def teacher_forced_eval(
             break
         batch = batch if batch is not None else empty
         if sharding is not None:
-            arrays = {k: jax.make_array_from_process_local_data(sharding, v)
+            shape = (batch_size, seq_len)
+            arrays = {k: jax.make_array_from_process_local_data(sharding, v, shape)
                       for k, v in batch.items()}  # fmt: skip
             with jax.set_mesh(model.mesh):
                 sums = step_fn(model.params, arrays)

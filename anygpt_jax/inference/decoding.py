@@ -173,7 +173,7 @@ def make_batch(
 
 @flax.struct.dataclass
 class LayerCaches:
-    """The KV cache of an unrolled model as one array per layer, [rows, length, kv_heads, d].
+    """The KV cache of an unrolled model as one array per layer, [rows, kv_heads, length, d].
 
     Separate arrays let each decode step write its new slot in place; the stacked KVCache
     would be sliced per layer and stacked again, copying the whole cache every token.

@@ -55,18 +55,21 @@ def dot_product_attention(
     value: jax.Array,
     mask: jax.Array,
     dtype: jnp.dtype,
+    heads_first: bool = False,
 ) -> jax.Array:
-    """Grouped-query attention: query [b, q, heads, d], key/value [b, k, kv_heads, d].
+    """Grouped-query attention: query [b, q, heads, d], key/value [b, s, kv_heads, d].
 
+    heads_first: key/value are [b, kv_heads, s, d] (the KV cache's layout).
     Softmax is in fp32 whatever the compute dtype, as transformers' LLaMA does.
     """
     batch, q_len, num_heads, head_dim = query.shape
-    num_kv_heads = key.shape[2]
+    num_kv_heads = key.shape[1 if heads_first else 2]
     groups = num_heads // num_kv_heads
     query = query.reshape(batch, q_len, num_kv_heads, groups, head_dim)
     scale = head_dim**-0.5
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", query, key).astype(jnp.float32) * scale
+    kv = "bksd" if heads_first else "bskd"
+    scores = jnp.einsum(f"bqkgd,{kv}->bkgqs", query, key).astype(jnp.float32) * scale
     scores = jnp.where(mask, scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, value)
+    out = jnp.einsum(f"bkgqs,{kv}->bqkgd", probs, value)
     return out.reshape(batch, q_len, num_heads, head_dim)

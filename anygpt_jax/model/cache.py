@@ -8,13 +8,17 @@ import jax.numpy as jnp
 
 from anygpt_jax.model.config import ModelConfig
 
-CACHE_AXES = ("cache_layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
+CACHE_AXES = ("cache_layers", "cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim")
 CACHE_SEGMENT_AXES = ("cache_batch", "cache_length")
 
 
 @flax.struct.dataclass
 class KVCache:
-    """Keys and values of every layer, [layers, batch, max_length, kv_heads, head_dim].
+    """Keys and values of every layer, [layers, batch, kv_heads, max_length, head_dim].
+
+    Heads before slots is the layout the attention dots read directly (batch and kv_heads as
+    their batch dimensions, head_dim contracted): a decode step then copies nothing but the
+    new slot, where [.., length, kv_heads, ..] would be transposed whole at every token.
 
     `segment_ids` [batch, max_length] marks which slots hold real tokens (0 = empty or
     padding), so left-padded prompts and not-yet-written slots are never attended to.
@@ -32,8 +36,8 @@ class KVCache:
         shape = (
             config.num_layers,
             batch_size,
-            max_length,
             config.num_kv_heads,
+            max_length,
             config.resolved_head_dim,
         )
         dtype = jnp.dtype(config.dtype)
@@ -46,4 +50,4 @@ class KVCache:
 
     @property
     def max_length(self) -> int:
-        return self.keys.shape[2]
+        return self.keys.shape[3]

@@ -133,15 +133,18 @@ class Attention(nn.Module):
                 slots = jnp.arange(q_len)
                 mask = attention_mask(slots, slots, segment_ids, segment_ids)
             else:
+                # The cache is [batch, kv_heads, slots, head_dim]: only the new slots move.
                 cached_k, cached_v = layer_cache
-                start = (0, cache_index, 0, 0)
-                k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), start)
-                v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), start)
+                start = (0, 0, cache_index, 0)
+                new_k = k.swapaxes(1, 2).astype(cached_k.dtype)
+                new_v = v.swapaxes(1, 2).astype(cached_v.dtype)
+                k = jax.lax.dynamic_update_slice(cached_k, new_k, start)
+                v = jax.lax.dynamic_update_slice(cached_v, new_v, start)
                 new_cache = (k, v)
                 query_slots = cache_index + jnp.arange(q_len)
-                key_slots = jnp.arange(k.shape[1])
+                key_slots = jnp.arange(k.shape[2])
                 mask = attention_mask(query_slots, key_slots, segment_ids, cache_segment_ids)
-            out = dot_product_attention(q, k, v, mask, dtype)
+            out = dot_product_attention(q, k, v, mask, dtype, heads_first=layer_cache is not None)
         out = checkpoint_name(out, "attention_out")
         out = Projection(
             cfg, (cfg.num_heads, head_dim), embed, ("heads", "head_dim", "embed"), name="o_proj"

@@ -22,7 +22,7 @@ import numpy as np
 import seqio
 
 from anygpt_jax import checkpointing, partitioning, tasks
-from anygpt_jax.data.pipeline import InputIterator, get_dataset
+from anygpt_jax.data.pipeline import InputIterator, get_dataset, host_shard_info
 from anygpt_jax.io_utils import atomic_output_dir
 from anygpt_jax.model import ModelConfig, Transformer
 from anygpt_jax.training import metrics as metrics_lib
@@ -179,7 +179,10 @@ def train(
     step_fn, batch_sharding = sharded.fn, sharded.batch_sharding
     abstract_state, state_shardings = sharded.abstract_state, sharded.state_shardings
 
-    inputs = InputIterator(get_dataset(mixture_or_task_name, seq_len, batch_size, seed=seed))
+    shard_info = host_shard_info(batch_sharding, batch_size)
+    inputs = InputIterator(
+        get_dataset(mixture_or_task_name, seq_len, batch_size, seed=seed, shard_info=shard_info)
+    )
     checkpointer = TrainCheckpointer(model_dir)
     latest = checkpointer.latest_step()
     with jax.set_mesh(mesh):
@@ -213,7 +216,9 @@ def train(
         while step < train_steps:
             local = next(inputs)
             batch = {
-                k: jax.make_array_from_process_local_data(batch_sharding, local[k])
+                k: jax.make_array_from_process_local_data(
+                    batch_sharding, local[k], (batch_size, seq_len)
+                )
                 for k in BATCH_KEYS
             }
             with jax.set_mesh(mesh):

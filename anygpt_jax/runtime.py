@@ -30,7 +30,7 @@ def initialize_distributed() -> None:
 
     On a TPU VM slice jax finds its peers itself; elsewhere the coordinator address, process
     count and id come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
-    A single process needs nothing.
+    A single process needs nothing, nor does a process that JAX_PLATFORMS keeps off the TPU.
     """
     import jax
 
@@ -41,5 +41,17 @@ def initialize_distributed() -> None:
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
             process_id=int(os.environ["JAX_PROCESS_ID"]),
         )
-    elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
+    elif _on_tpu_vm():
         jax.distributed.initialize()
+
+
+def _on_tpu_vm() -> bool:
+    """A TPU VM's environment, unless JAX_PLATFORMS rules the TPU out.
+
+    libtpu writes TPU_WORKER_HOSTNAMES (a warning text, off Cloud TPU) when a process only
+    compiles for a TPU topology; its CPU-only child processes must not try to join a pod.
+    """
+    if not (os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID")):
+        return False
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    return not platforms or "tpu" in platforms.split(",")

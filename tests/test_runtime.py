@@ -1,0 +1,50 @@
+"""Process set-up: XLA flags and when a process joins a multi-host job."""
+
+import os
+
+import jax
+import pytest
+
+from anygpt_jax import runtime
+
+
+@pytest.fixture
+def joins(monkeypatch):
+    """Records jax.distributed.initialize calls instead of joining a real job."""
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    for name in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    return calls
+
+
+def test_single_process_joins_nothing(joins, monkeypatch):
+    runtime.initialize_distributed()
+    assert joins == []
+
+
+def test_coordinator_address_joins_with_the_given_ids(joins, monkeypatch):
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "1")
+    runtime.initialize_distributed()
+    assert joins == [dict(coordinator_address="127.0.0.1:1234", num_processes=2, process_id=1)]
+
+
+@pytest.mark.parametrize("platforms, joined", [("", True), ("tpu", True), ("cpu", False)])
+def test_tpu_vm_environment_joins_unless_kept_off_the_tpu(joins, monkeypatch, platforms, joined):
+    # libtpu leaves TPU_WORKER_HOSTNAMES behind in processes that only compiled for a TPU.
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "WARNING: could not determine TPU worker hostnames")
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    runtime.initialize_distributed()
+    assert joins == ([{}] if joined else [])
+
+
+def test_xla_flags_keep_the_users_choice(monkeypatch):
+    monkeypatch.delenv("ANYGPT_JAX_DEFAULT_XLA", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot,reduce")
+    runtime.configure_xla_flags()
+    assert os.environ["XLA_FLAGS"].split() == ["--xla_cpu_experimental_ynn_fusion_type=dot,reduce"]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=x")
+    runtime.configure_xla_flags()
+    assert os.environ["XLA_FLAGS"].split() == ["--xla_dump_to=x", *runtime.CPU_XLA_FLAGS]

@@ -172,3 +172,54 @@ def test_cli_refuses_bad_gin_before_work(tmp_path):
     assert not (tmp_path / "m").exists()
     helped = cli("--help")
     assert helped.returncode == 0 and "--gin_file" in helped.stdout
+
+
+def test_checkpoint_holds_the_rng_of_the_seed(vocab, tmp_path):
+    from anygpt_jax import partitioning
+    from anygpt_jax.training.optimizer import learning_rate_schedule, make_optimizer
+    from anygpt_jax.training.step import abstract_train_state
+    from anygpt_jax.training.trainer import _training_rng
+
+    run(tmp_path / "r", vocab, 2, seed=5)
+    tx = make_optimizer(learning_rate_schedule(2))
+    mesh = partitioning.make_mesh()
+    rules = partitioning.logical_axis_rules()
+    abstract, _ = abstract_train_state(tiny_config(vocab), tx, mesh, rules)
+    with jax.set_mesh(mesh):
+        state = TrainCheckpointer(str(tmp_path / "r")).restore(2, abstract)
+    assert int(state.step) == 2
+    np.testing.assert_array_equal(np.asarray(state.rng), np.asarray(_training_rng(5)))
+    assert not np.array_equal(np.asarray(_training_rng(5)), np.asarray(_training_rng(6)))
+
+
+def test_fine_tunes_from_a_converted_pytorch_checkpoint(vocab, anygpt_tokenizer_dir, tmp_path):
+    """init_from a `converters.llama import` directory starts from the PyTorch weights."""
+    from conftest import make_hf_anygpt_dir
+
+    from converters.llama import import_checkpoint
+
+    hf_dir = make_hf_anygpt_dir(str(tmp_path / "hf"), anygpt_tokenizer_dir, "gqa_untied")
+    imported = str(tmp_path / "imported")
+    cfg = import_checkpoint(hf_dir, imported)
+    # A zero learning rate leaves the weights where step 0 put them: the imported ones.
+    gin.bind_parameter("learning_rate_schedule.peak_learning_rate", 0.0)
+    out = train(
+        model_dir=str(tmp_path / "ft"),
+        train_steps=1,
+        batch_size=2,
+        seq_len=32,
+        mixture_or_task_name=TASK,
+        checkpoint_every=1,
+        model_config=cfg,
+        init_from=imported,
+        register_tasks=False,
+        peak_flops_per_device=1e9,
+    )
+    assert np.isfinite(out["loss"])
+    start, tuned = AnyGPT.load(imported).params, final_params(tmp_path / "ft")
+    flat_start = jax.tree_util.tree_leaves_with_path(start)
+    flat_tuned = dict(jax.tree_util.tree_leaves_with_path(tuned))
+    assert len(flat_start) == len(flat_tuned)
+    for path, x in flat_start:
+        got = np.asarray(flat_tuned[path])
+        np.testing.assert_array_equal(got, np.asarray(x), err_msg=str(path))

@@ -35,11 +35,13 @@ BATCH_KEYS = (
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a step changes: step count, parameters and optimizer state."""
+    """Everything a step changes or needs to resume: step count, parameters, optimizer state
+    and the base RNG key (raw uint32 key data, so checkpoints hold a plain array)."""
 
     step: jax.Array
     params: Any
     opt_state: Any
+    rng: jax.Array
 
 
 @gin.configurable
@@ -54,20 +56,32 @@ class LossConfig:
     num_microbatches: int = 1
 
 
-def init_train_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
-    """A step-0 state around existing (possibly sharded) parameters."""
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+def init_train_state(
+    params: Any, tx: optax.GradientTransformation, rng: jax.Array | None = None
+) -> TrainState:
+    """A step-0 state around existing (possibly sharded) parameters; `rng` defaults to key 0."""
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng
+    )
 
 
-def _per_token_loss(model, cfg: ModelConfig, loss_cfg: LossConfig, params, batch):
+def step_rngs(state: TrainState, microbatch: jax.Array | int = 0) -> dict[str, jax.Array]:
+    """The model's RNG streams for one micro-batch of the state's step: a function of the base
+    key, the step and the micro-batch only, so a resumed run draws what the original drew."""
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), microbatch)
+    return {"dropout": key}
+
+
+def _per_token_loss(model, cfg: ModelConfig, loss_cfg: LossConfig, params, batch, rngs=None):
     """(loss, argmax) per token, fp32, from the model's logits or its tiled head."""
     args = (batch["decoder_input_tokens"], batch["decoder_positions"], batch["decoder_segment_ids"])
     targets = batch["decoder_target_tokens"]
     if loss_cfg.vocab_tile is None:
-        logits = model.apply({"params": params}, *args)
+        logits = model.apply({"params": params}, *args, rngs=rngs)
         loss, _ = cross_entropy(logits, targets, loss_cfg.z_loss)
         return loss, logits.argmax(-1)
-    hidden = model.apply({"params": params}, *args, return_hidden=True)
+    hidden = model.apply({"params": params}, *args, return_hidden=True, rngs=rngs)
     if cfg.tie_word_embeddings:
         kernel = params["embed_tokens"]["embedding"].T
     else:
@@ -118,9 +132,9 @@ def make_train_step(
     modality_index = jnp.pad(modality_index, (0, pad))  # padded ids never occur as targets
     num_modalities = int(modality_index.max()) + 1
 
-    def microbatch_sums(params, batch):
+    def microbatch_sums(params, batch, rngs):
         with nn.logical_axis_rules(rules or ()):
-            loss, best = _per_token_loss(model, cfg, loss_cfg, params, batch)
+            loss, best = _per_token_loss(model, cfg, loss_cfg, params, batch, rngs)
         sums = _sums(loss, best, batch, modality_index, num_modalities)
         return sums["loss"].sum(), sums
 
@@ -129,24 +143,24 @@ def make_train_step(
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         n = loss_cfg.num_microbatches
         if n == 1:
-            (_, sums), grads = grad_fn(state.params, batch)
+            (_, sums), grads = grad_fn(state.params, batch, step_rngs(state))
         else:
             size = batch["decoder_input_tokens"].shape[0]
             if size % n:
                 raise ValueError(f"batch {size} is not divisible by num_microbatches={n}")
             micro = jax.tree_util.tree_map(lambda x: x.reshape(n, size // n, *x.shape[1:]), batch)
 
-            def accumulate(carry, mb):
-                (_, sums), grads = grad_fn(state.params, mb)
+            def accumulate(carry, indexed):
+                i, mb = indexed
+                (_, sums), grads = grad_fn(state.params, mb, step_rngs(state, i))
                 return jax.tree_util.tree_map(jnp.add, carry, (sums, grads)), None
 
+            shapes = jax.eval_shape(lambda: grad_fn(state.params, batch, step_rngs(state))[0][1])
             zeros = (
-                jax.tree_util.tree_map(
-                    jnp.zeros_like, jax.eval_shape(lambda: grad_fn(state.params, batch)[0][1])
-                ),
+                jax.tree_util.tree_map(jnp.zeros_like, shapes),
                 jax.tree_util.tree_map(jnp.zeros_like, state.params),
             )
-            (sums, grads), _ = jax.lax.scan(accumulate, zeros, micro)
+            (sums, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(n), micro))
         total_tokens = jnp.maximum(sums["tokens"].sum(), 1.0)
         grads = jax.tree_util.tree_map(lambda g: (g / total_tokens).astype(g.dtype), grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -159,7 +173,7 @@ def make_train_step(
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": schedule(state.step),
         }
-        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 
     return step

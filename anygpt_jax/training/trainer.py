@@ -59,6 +59,11 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
+def _training_rng(seed: int) -> jax.Array:
+    """The base key of the train state's RNG streams (apart from the parameter init's key)."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+
+
 def _vocabulary(mixture_or_task_name: str):
     try:
         provider = seqio.get_mixture_or_task(mixture_or_task_name)
@@ -191,14 +196,15 @@ def train(
             log.info("resumed from step %d", latest)
         elif init_from is not None:
             params, _ = checkpointing.load_params(init_from, cfg, mesh=mesh, rules=rules)
-            state = jax.jit(lambda p: init_train_state(p, tx), out_shardings=state_shardings)(
-                params
-            )
+            state = jax.jit(
+                lambda p: init_train_state(p, tx, _training_rng(seed)),
+                out_shardings=state_shardings,
+            )(params)
         else:
 
             def init(rng):
                 params = Transformer(cfg).init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
-                return nn.meta.unbox(init_train_state(params, tx))
+                return nn.meta.unbox(init_train_state(params, tx, _training_rng(seed)))
 
             state = jax.jit(init, out_shardings=state_shardings)(jax.random.PRNGKey(seed))
     start = int(latest or 0)

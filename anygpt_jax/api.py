@@ -100,7 +100,7 @@ class AnyGPT:
         self,
         prompts: Sequence[Sequence[int]],
         settings: GenerationSettings | None = None,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         *,
         stop_ids: Sequence[int] | None = None,
         constrain: bool = True,

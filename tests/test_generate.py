@@ -249,6 +249,20 @@ def test_batched_equals_one_by_one(models):
     assert batched == [m.generate([p], settings)[0] for p in prompts]
 
 
+def test_sampled_with_a_seed_per_prompt_equals_one_by_one(models):
+    _, m = models
+    v = m.vocab
+    prompts = span_prompts(v) + text_prompts(v, 2, seed=4)
+    settings = GenerationSettings(do_sample=True, top_k=20, top_p=0.9, max_new_tokens=40)
+    seeds = [11 + i for i in range(len(prompts))]
+    batched = m.generate(prompts, settings, seeds)
+    assert batched == [m.generate([p], settings, s)[0] for p, s in zip(prompts, seeds, strict=True)]
+    # An int seed gives prompt i stream i: the first prompt alone draws as in the batch.
+    assert m.generate(prompts, settings, 7)[0] == m.generate(prompts[:1], settings, 7)[0]
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        m.generate(prompts[:3], settings, [1, 2])
+
+
 def test_bad_requests_are_refused(models, tmp_path):
     _, m = models
     s = GenerationSettings(max_new_tokens=8)

@@ -38,11 +38,13 @@ def beam_loop(
     batch: decoding.PromptBatch,
     knobs: decoding.Knobs,
     table: constraints.SpanTable | None,
-    key: jax.Array,
+    keys: jax.Array,
     *,
     num_slots: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """Beam search over every row: the best finished beam's (tokens [B, num_slots], counts [B])."""
+    """Beam search over every row: the best finished beam's (tokens [B, num_slots], counts [B]).
+
+    keys: one PRNG key per row (beam sampling draws each row's candidates from its own)."""
     rows, length = batch.ids.shape
     k = plan.num_beams
     keep = max(2, 1 + plan.num_stop) * k
@@ -72,7 +74,10 @@ def beam_loop(
         acc = scores.reshape(rows, k, vocab) + c["run_scores"][:, :, None]
         acc = acc.reshape(rows, k * vocab)
         if plan.do_sample:
-            pick = processors.sample_without_replacement(jax.random.fold_in(key, t), acc, keep)
+            step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, t)
+            pick = jax.vmap(
+                lambda key, row: processors.sample_without_replacement(key, row[None], keep)[0]
+            )(step_keys, acc)
             cand_lp = jnp.take_along_axis(acc, pick, axis=1)
         else:
             cand_lp, pick = jax.lax.top_k(acc, keep)

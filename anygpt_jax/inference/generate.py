@@ -47,7 +47,7 @@ def generate(
     prompts: Sequence[Sequence[int]],
     settings: GenerationSettings | None = None,
     *,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     stop_ids: Sequence[int] | None = None,
     constrain: bool = True,
 ) -> list[list[int]]:
@@ -58,6 +58,8 @@ def generate(
     (in codebook order) and, at a valid length, its end marker may be generated, so every span
     parses; a prompt ending with a start marker (e.g. `<soim>`) starts inside that span.
     Sampling is deterministic for a seed, and a row's draws do not depend on the padding.
+    seed: one int for the request (prompt i draws from stream i), or one per prompt: then each
+    prompt draws what it would draw alone with its seed, so batching changes no sample.
     On a CPU host decode is fastest with unrolled layers (`AnyGPT.load(d, scan_layers=False)`):
     a layer scan copies each layer's weights out of the stacked arrays at every token.
     """
@@ -107,7 +109,7 @@ def generate(
     rows = _rows(len(arrays), model.mesh)
     batch = decoding.make_batch(arrays, rows, cfg.padded_vocab_size, states, plan.use_penalty)
     program = _program(model, plan)
-    args = (model.params, batch, knobs, table, jax.random.key(seed))
+    args = (model.params, batch, knobs, table, row_keys(seed, len(arrays), rows))
     if model.mesh is not None:
         with jax.set_mesh(model.mesh):
             args = _place(args, model.mesh)
@@ -118,6 +120,18 @@ def generate(
     return [tokens[r, : counts[r]].tolist() for r in range(len(arrays))]
 
 
+def row_keys(seed: int | Sequence[int], num_prompts: int, rows: int) -> jax.Array:
+    """One PRNG key per batch row: fold_in(key(seed), i) for an int seed, else
+    fold_in(key(seed[i]), 0), which is what prompt i alone with seed[i] gets."""
+    if isinstance(seed, (int, np.integer)):
+        return jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(int(seed)), jnp.arange(rows))
+    seeds = [int(s) for s in seed]
+    if len(seeds) != num_prompts:
+        raise ValueError(f"{len(seeds)} seeds for {num_prompts} prompts: give one per prompt")
+    seeds += [0] * (rows - num_prompts)  # padding rows: their draws are discarded
+    return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0))(jnp.asarray(seeds))
+
+
 def sample_loop(
     model: Transformer,
     plan: decoding.Plan,
@@ -125,14 +139,15 @@ def sample_loop(
     batch: decoding.PromptBatch,
     knobs: decoding.Knobs,
     table: constraints.SpanTable | None,
-    key: jax.Array,
+    keys: jax.Array,
     *,
     num_slots: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """Greedy or sampled decoding of every row: (tokens [rows, num_slots], counts [rows])."""
+    """Greedy or sampled decoding of every row: (tokens [rows, num_slots], counts [rows]).
+
+    keys: one PRNG key per row (`row_keys`)."""
     rows, length = batch.ids.shape
     logits, cache = decoding.prefill(model, params, batch, length + num_slots)
-    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(rows))
     row_index = jnp.arange(rows)
 
     def cond(c):
@@ -144,7 +159,7 @@ def sample_loop(
             c["logits"], t, plan, knobs, table, c["span"], c["pos"], c["seen"]
         )
         if plan.do_sample:
-            step_keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, t)
+            step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, t)
             token = decoding.processors.sample_rows(step_keys, scores)
         else:
             token = jnp.argmax(scores, axis=-1).astype(jnp.int32)
@@ -213,7 +228,7 @@ def _rows(n: int, mesh) -> int:
 
 def _place(args, mesh):
     """Puts the batch on the mesh sharded over rows like training inputs; the rest replicated."""
-    params, batch, knobs, table, key = args
+    params, batch, knobs, table, keys = args
     rows_sharding = partitioning.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, PartitionSpec())
 
@@ -229,4 +244,4 @@ def _place(args, mesh):
     batch = jax.tree_util.tree_map(put, batch)
     knobs = jax.device_put(knobs, replicated)
     table = None if table is None else jax.device_put(table, replicated)
-    return params, batch, knobs, table, jax.device_put(key, replicated)
+    return params, batch, knobs, table, jax.device_put(keys, replicated)

@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from anygpt_jax import runtime
-from anygpt_jax.train import ConfigError, parse_gin_files
+from anygpt_jax.train import ConfigError, gin_bindings, parse_gin_files
 
 REQUIRED_MACROS = ("MODEL_DIR",)
 
@@ -29,12 +29,7 @@ def parse_args(argv: list[str]) -> tuple[list[str], list[str]]:
     parser.add_argument("--gin_file", action="append", default=[],
                         help="a gin file; repeat to layer several (later files win)")  # fmt: skip
     args, rest = parser.parse_known_args(argv)
-    bindings = []
-    for arg in rest:
-        if arg.startswith("--gin.") and "=" in arg:
-            bindings.append(arg[len("--gin.") :])
-        else:
-            parser.error(f"unrecognized argument {arg!r} (bindings are --gin.KEY=VALUE)")
+    bindings = gin_bindings(parser, rest)
     if not args.gin_file:
         parser.error("at least one --gin_file is required (e.g. tpu_configs/eval/paper.gin)")
     return args.gin_file, bindings

@@ -42,7 +42,7 @@ import sys
 from typing import IO
 
 from anygpt_jax import runtime
-from anygpt_jax.train import CONFIG_DIR, ConfigError, parse_gin_files  # noqa: F401 (CONFIG_DIR re-exported)
+from anygpt_jax.train import CONFIG_DIR, ConfigError, gin_bindings, parse_gin_files  # noqa: F401 (CONFIG_DIR re-exported)
 
 DEFAULT_INTERACTIVE_OUT = "infer_output"
 
@@ -78,12 +78,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--gin_search_path", action="append", default=[],
                         help="extra directories to resolve gin files and includes in")
     args, rest = parser.parse_known_args(argv)
-    bindings = []
-    for arg in rest:
-        if arg.startswith("--gin.") and "=" in arg:
-            bindings.append(arg[len("--gin.") :])
-        else:
-            parser.error(f"unrecognized argument {arg!r} (bindings are --gin.KEY=VALUE)")
+    bindings = gin_bindings(parser, rest)
     if args.requests and not args.out:
         parser.error("--requests needs --out DIR for results.jsonl and media")
     if args.render_steps < 1:

@@ -31,6 +31,17 @@ class ConfigError(ValueError):
     """The gin files or bindings are unusable; the message names the file, key or value."""
 
 
+def gin_bindings(parser: argparse.ArgumentParser, rest: list[str]) -> list[str]:
+    """The KEY=VALUE of each --gin.KEY=VALUE in `rest`; any other argument is a usage error."""
+    bindings = []
+    for arg in rest:
+        if arg.startswith("--gin.") and "=" in arg:
+            bindings.append(arg[len("--gin.") :])
+        else:
+            parser.error(f"unrecognized argument {arg!r} (bindings are --gin.KEY=VALUE)")
+    return bindings
+
+
 def parse_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
     """Splits argv into gin files, `KEY=VALUE` bindings and search paths; else an error."""
     parser = argparse.ArgumentParser(
@@ -51,12 +62,7 @@ def parse_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
         help="extra directories to resolve gin files and includes in",
     )
     args, rest = parser.parse_known_args(argv)
-    bindings = []
-    for arg in rest:
-        if arg.startswith("--gin.") and "=" in arg:
-            bindings.append(arg[len("--gin.") :])
-        else:
-            parser.error(f"unrecognized argument {arg!r} (bindings are --gin.KEY=VALUE)")
+    bindings = gin_bindings(parser, rest)
     if not args.gin_file:
         parser.error("at least one --gin_file is required (e.g. tpu_configs/cpu_default.gin)")
     for path in args.gin_search_path:

@@ -223,3 +223,19 @@ def test_fine_tunes_from_a_converted_pytorch_checkpoint(vocab, anygpt_tokenizer_
     for path, x in flat_start:
         got = np.asarray(flat_tuned[path])
         np.testing.assert_array_equal(got, np.asarray(x), err_msg=str(path))
+
+
+def test_cli_arguments_other_than_gin_bindings_are_usage_errors(capsys):
+    import argparse
+
+    from anygpt_jax.train import gin_bindings
+
+    parser = argparse.ArgumentParser(prog="train")
+    assert gin_bindings(parser, ["--gin.TRAIN_STEPS=3", "--gin.x.y='a=b'"]) == [
+        "TRAIN_STEPS=3",
+        "x.y='a=b'",
+    ]
+    with pytest.raises(SystemExit) as e:
+        gin_bindings(parser, ["--gin.TRAIN_STEPS=3", "--train_steps=3"])
+    assert e.value.code == 2
+    assert "unrecognized argument '--train_steps=3'" in capsys.readouterr().err

@@ -72,7 +72,8 @@ def one_device_mesh():
     gin.clear_config()
 
 
-def run(model_dir, vocab, steps, every=2, **kw):
+def run(model_dir, vocab, steps, every=2, model_config=None, **kw):
+    """`train` of a tiny model (or `model_config`) on the synthetic task, batch 2 x 32."""
     return train(
         model_dir=str(model_dir),
         train_steps=steps,
@@ -80,7 +81,7 @@ def run(model_dir, vocab, steps, every=2, **kw):
         seq_len=32,
         mixture_or_task_name=TASK,
         checkpoint_every=every,
-        model_config=tiny_config(vocab),
+        model_config=model_config or tiny_config(vocab),
         log_every=1,
         register_tasks=False,
         peak_flops_per_device=1e9,
@@ -203,18 +204,7 @@ def test_fine_tunes_from_a_converted_pytorch_checkpoint(vocab, anygpt_tokenizer_
     cfg = import_checkpoint(hf_dir, imported)
     # A zero learning rate leaves the weights where step 0 put them: the imported ones.
     gin.bind_parameter("learning_rate_schedule.peak_learning_rate", 0.0)
-    out = train(
-        model_dir=str(tmp_path / "ft"),
-        train_steps=1,
-        batch_size=2,
-        seq_len=32,
-        mixture_or_task_name=TASK,
-        checkpoint_every=1,
-        model_config=cfg,
-        init_from=imported,
-        register_tasks=False,
-        peak_flops_per_device=1e9,
-    )
+    out = run(tmp_path / "ft", vocab, 1, every=1, model_config=cfg, init_from=imported)
     assert np.isfinite(out["loss"])
     start, tuned = AnyGPT.load(imported).params, final_params(tmp_path / "ft")
     flat_start = jax.tree_util.tree_leaves_with_path(start)

@@ -154,7 +154,7 @@ def _convert_state(tmp_path, state, name):
     return out
 
 
-def test_converter_key_styles_and_refusals(ref, ckpt, tmp_path):
+def test_converter_key_styles_and_refusals(ref, ckpt, tok, tmp_path):  # tok converts ckpt/out
     (tmp_path / "config.json").write_text((ckpt / "config.json").read_text())
     from safetensors.numpy import load_file
 
@@ -187,7 +187,7 @@ def test_converter_key_styles_and_refusals(ref, ckpt, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["new_style"]
 
 
-def test_converter_cli(ckpt, tmp_path):
+def test_converter_cli(ckpt, tok, tmp_path):  # tok converts ckpt/out
     def run(*args):
         return subprocess.run([sys.executable, "-m", "converters.speechtokenizer", *args],
                               cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -7,12 +7,12 @@ Protocols (anything with these methods plugs in, e.g. through gin):
     AsrModel            transcribe(waveforms, rate) -> list of transcripts
     SpeakerEmbedder     embed_speakers(waveforms, rate) -> [n, d]
 
-Implementations: `OpenClip` (open_clip weights: a checkpoint file plus its model name, or an
-open_clip hub-style directory), `LaionClap` (a laion_clap checkpoint), and the transformers
-ports of the same families, `HFClip` / `HFClap` (CLIPModel / ClapModel directories, e.g.
-openai/clip-vit-large-patch14, laion/larger_clap_music), `HFWhisperAsr` and `HFSpeakerEmbedder`
-(WavLMForXVector, e.g. microsoft/wavlm-base-plus-sv). open_clip and laion_clap import
-torchvision, which must match the installed torch; the transformers ports need no torchvision.
+Implementations: `HFClip` / `HFClap` (transformers CLIPModel / ClapModel directories, e.g.
+openai/clip-vit-large-patch14, laion/larger_clap_music); `OpenClip` (open_clip weights) and
+`LaionClap` (a laion_clap checkpoint), which `converters.open_clip` / `converters.laion_clap`
+turn into those transformers models, so neither package (nor the torchvision they import) is
+needed; `HFWhisperAsr` and `HFSpeakerEmbedder` (WavLMForXVector, e.g.
+microsoft/wavlm-base-plus-sv).
 """
 
 from __future__ import annotations
@@ -89,16 +89,22 @@ class HFClip:
         path = _existing(path, "HFClip.path (a transformers CLIP directory)")
         import transformers
 
-        torch = _torch()
-        self._torch = torch
-        self.model = transformers.CLIPModel.from_pretrained(path, local_files_only=True).eval()
-        self.processor = transformers.CLIPProcessor.from_pretrained(path, local_files_only=True)
-        self.batch_size = batch_size
+        self._use(
+            transformers.CLIPModel.from_pretrained(path, local_files_only=True).eval(),
+            transformers.CLIPProcessor.from_pretrained(path, local_files_only=True),
+            batch_size,
+        )
+
+    def _use(self, model: Any, processor: Any, batch_size: int) -> None:
+        self._torch = _torch()
+        self.model, self.processor, self.batch_size = model, processor, batch_size
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        from converters.open_clip import clean_text
+
         out = []
         with self._torch.no_grad():
-            for chunk in _batched(list(texts), self.batch_size):
+            for chunk in _batched([clean_text(t) for t in texts], self.batch_size):
                 x = self.processor(text=chunk, return_tensors="pt", padding=True, truncation=True)
                 out.append(_features(self.model.get_text_features(**x)).numpy())
         return np.concatenate(out)
@@ -107,53 +113,35 @@ class HFClip:
         out = []
         with self._torch.no_grad():
             for chunk in _batched(list(images), self.batch_size):
-                x = self.processor(images=[im.convert("RGB") for im in chunk], return_tensors="pt")
-                out.append(_features(self.model.get_image_features(**x)).numpy())
+                pixels = self._torch.from_numpy(self._pixels([im.convert("RGB") for im in chunk]))
+                out.append(_features(self.model.get_image_features(pixel_values=pixels)).numpy())
         return np.concatenate(out)
+
+    def _pixels(self, images: list) -> np.ndarray:
+        return self.processor(images=images, return_tensors="np").pixel_values
 
 
 @gin.configurable
-class OpenClip:
-    """CLIP through open_clip: `weights` is a checkpoint file (give `model_name`, e.g.
-    'ViT-L-14') or a directory with open_clip_config.json (read as 'local-dir:')."""
+class OpenClip(HFClip):
+    """CLIP from open_clip weights (a checkpoint file, or a hub directory with
+    open_clip_config.json), converted in memory to transformers' CLIP by `converters.open_clip`
+    (convert once with its CLI and use HFClip to skip that). `quick_gelu`: the activation, for
+    files without a config (True for OpenAI-trained CLIPs, False for LAION ViT-H / g / bigG)."""
 
-    def __init__(self, weights: str = gin.REQUIRED, model_name: str | None = None,
-                 batch_size: int = 32):  # fmt: skip
+    def __init__(self, weights: str = gin.REQUIRED, quick_gelu: bool | None = None,
+                 bpe_vocab: str | None = None, batch_size: int = 32):  # fmt: skip
         weights = _existing(weights, "OpenClip.weights (open_clip weights)")
-        try:
-            import open_clip
-        except ImportError as e:
-            raise ImportError(
-                f"OpenClip needs open_clip_torch (and a torchvision matching torch): {e}"
-            ) from e
-        torch = _torch()
-        self._torch = torch
-        if os.path.isdir(weights):
-            name, pretrained = f"local-dir:{weights}", None
-        elif model_name:
-            name, pretrained = model_name, weights
-        else:
-            raise ValueError(f"OpenClip.weights {weights} is a file: set OpenClip.model_name")
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained
-        )
-        self.model.eval()
-        self.tokenizer = open_clip.get_tokenizer(name)
-        self.batch_size = batch_size
+        from converters.open_clip import convert
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        with self._torch.no_grad():
-            return np.concatenate([self.model.encode_text(self.tokenizer(list(c))).numpy()
-                                   for c in _batched(list(texts), self.batch_size)])  # fmt: skip
+        self._use(*convert(weights, quick_gelu=quick_gelu, bpe_vocab=bpe_vocab), batch_size)
+        images = self.processor.image_processor
+        self._transform = (images.crop_size["height"], tuple(images.image_mean),
+                           tuple(images.image_std))  # fmt: skip
 
-    def embed_images(self, images: Sequence[Any]) -> np.ndarray:
-        with self._torch.no_grad():
-            return np.concatenate([
-                self.model.encode_image(
-                    self._torch.stack([self.preprocess(im.convert("RGB")) for im in c])
-                ).numpy()
-                for c in _batched(list(images), self.batch_size)
-            ])  # fmt: skip
+    def _pixels(self, images: list) -> np.ndarray:
+        from converters.open_clip import eval_pixels
+
+        return eval_pixels(images, *self._transform)
 
 
 @gin.configurable

@@ -29,12 +29,17 @@ NO_DEPS_REQUIRE = [
     "speechtokenizer==1.0.1", "timm>=1.0,<2", "diffusers>=0.30,<1",
     # SoundStorm's parity reference: it declares audiolm-pytorch, which pulls torchaudio.
     "soundstorm-pytorch==0.6.1", "hyper-connections==0.1.15",
+    # CLIP / CLAP score references: open_clip and laion_clap declare torchvision. We run their
+    # weights through transformers (converters.open_clip, converters.laion_clap); the tests
+    # build the reference models from these packages' model modules.
+    "open_clip_torch==3.3.0", "laion_clap==1.1.7",
 ]
 
 # Evaluation metrics: caption scorers (only their Python BLEU/CIDEr, no Java), WER with
-# Whisper's English normalization. open_clip_torch and laion_clap (CLIP/CLAP scores) are left
-# to the user: both import torchvision, which has no build matching the pinned CPU torch.
-EVAL_REQUIRE = ["jiwer>=3.0,<5", "whisper-normalizer>=0.1.12,<0.2", "pycocoevalcap>=1.2,<2"]
+# Whisper's English normalization; ftfy cleans text as CLIP's tokenizer does.
+EVAL_REQUIRE = [
+    "jiwer>=3.0,<5", "whisper-normalizer>=0.1.12,<0.2", "pycocoevalcap>=1.2,<2", "ftfy>=6,<7",
+]
 
 # libtpu compiles for TPU slices on any host (python -m anygpt_jax.aot); the version jax's own
 # `tpu` extra pins for this jax.
@@ -50,6 +55,7 @@ EXTRAS_REQUIRE = {
         "transformers>=5.0,<6",
         "einops>=0.7",  # speechtokenizer's model imports it
         "beartype>=0.18",  # soundstorm-pytorch's model code
+        "torchlibrosa>=0.1,<0.2",  # laion_clap's HTSAT computes its mel spectrogram with it
         "pytest>=8",
         "pytest-xdist>=3",
         "ruff>=0.6",

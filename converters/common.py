@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
+from collections.abc import Callable
 
 import numpy as np
 
@@ -17,6 +19,7 @@ __all__ = [
     "fold_weight_norm",
     "numpy_to_torch",
     "read_json",
+    "run_conversion",
     "torch_to_numpy",
 ]
 
@@ -27,6 +30,18 @@ class ConversionError(ValueError):
 
 # What a converter CLI reports as a one-line error and exit status 1 (no traceback).
 USER_ERRORS = (ConversionError, FileNotFoundError, FileExistsError, ValueError, KeyError)
+
+
+def run_conversion(convert: Callable[[], object], out: str) -> int:
+    """A converter CLI's ending: runs `convert`, then prints 'wrote OUT' and returns 0, or prints
+    one 'error: ...' line (bad input, unreadable files) to stderr and returns 1."""
+    try:
+        convert()
+    except USER_ERRORS + (OSError,) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
 
 
 class TensorReader:

@@ -27,12 +27,12 @@ import numpy as np
 from anygpt_jax.modalities.audio_layers import SEANetConfig, seanet_layout
 from anygpt_jax.modalities.codec import check_params, save_codec
 from converters.common import (
-    USER_ERRORS,
     ConversionError,
     TensorReader,
     atomic_output_dir,
     fold_weight_norm,
     read_json,
+    run_conversion,
     torch_to_numpy,
 )
 
@@ -256,13 +256,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="prefix to strip, e.g. 'audio_encoder.' for a MusicGen checkpoint")
     parser.add_argument("--out", required=True, help="output directory (must not exist)")
     args = parser.parse_args(argv)
-    try:
-        convert(args.out, args.hf_dir, args.safetensors, args.config, args.key_prefix)
-    except USER_ERRORS + (OSError,) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}")
-    return 0
+    return run_conversion(
+        lambda: convert(args.out, args.hf_dir, args.safetensors, args.config, args.key_prefix),
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 
 from converters.common import (
-    USER_ERRORS,
     ConversionError,
     atomic_output_dir,
     load_torch_state_dict,
     read_json,
+    run_conversion,
 )
 
 HUB_CONFIG = "open_clip_config.json"
@@ -397,13 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bpe_vocab", help=f"CLIP's {BPE_FILE} (default: the installed "
                         "open_clip_torch's or laion_clap's copy)")  # fmt: skip
     args = parser.parse_args(argv)
-    try:
-        convert(args.weights, args.out, quick_gelu=args.quick_gelu, bpe_vocab=args.bpe_vocab)
-    except USER_ERRORS + (OSError,) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}")
-    return 0
+    return run_conversion(
+        lambda: convert(args.weights, args.out, quick_gelu=args.quick_gelu,
+                        bpe_vocab=args.bpe_vocab),  # fmt: skip
+        args.out,
+    )
 
 
 if __name__ == "__main__":

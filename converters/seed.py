@@ -25,10 +25,10 @@ import numpy as np
 
 from anygpt_jax.modalities.image_model import SeedConfig, expected_param_shapes, save_seed
 from converters.common import (
-    USER_ERRORS,
     ConversionError,
     atomic_output_dir,
     load_torch_state_dict,
+    run_conversion,
     torch_to_numpy,
 )
 
@@ -352,8 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--qformer_heads", type=int, default=12, help="Q-Former heads (12)")
     parser.add_argument("--decoder_heads", type=int, default=12, help="decode-head heads (12)")
     args = parser.parse_args(argv)
-    try:
-        convert(
+    return run_conversion(
+        lambda: convert(
             args.ckpt,
             args.out,
             vit=args.vit,
@@ -361,12 +361,9 @@ def main(argv: list[str] | None = None) -> int:
             vit_heads=args.vit_heads,
             qformer_heads=args.qformer_heads,
             decoder_heads=args.decoder_heads,
-        )
-    except USER_ERRORS + (OSError,) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}")
-    return 0
+        ),
+        args.out,
+    )
 
 
 if __name__ == "__main__":

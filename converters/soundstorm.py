@@ -29,11 +29,11 @@ import numpy as np
 from anygpt_jax.modalities.soundstorm import expected_param_shapes, save_soundstorm
 from anygpt_jax.modalities.soundstorm_model import SoundStormConfig
 from converters.common import (
-    USER_ERRORS,
     ConversionError,
     TensorReader,
     atomic_output_dir,
     load_torch_state_dict,
+    run_conversion,
 )
 from converters.encodec import TorchTensors
 
@@ -269,13 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=8,
                         help="attention heads (not stored in the checkpoint; AnyGPT's: 8)")
     args = parser.parse_args(argv)
-    try:
-        convert(args.ckpt, args.out, args.heads)
-    except USER_ERRORS + (OSError,) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}")
-    return 0
+    return run_conversion(lambda: convert(args.ckpt, args.out, args.heads), args.out)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ import types
 from anygpt_jax.modalities.audio_layers import SEANetConfig
 from anygpt_jax.modalities.codec import save_codec
 from converters.common import (
-    USER_ERRORS,
     ConversionError,
     atomic_output_dir,
     load_torch_state_dict,
     read_json,
+    run_conversion,
 )
 from converters.encodec import TorchNames, TorchTensors, seanet_params_from_torch
 
@@ -108,13 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", required=True, help="SpeechTokenizer checkpoint (ckpt.dev)")
     parser.add_argument("--out", required=True, help="output directory (must not exist)")
     args = parser.parse_args(argv)
-    try:
-        convert(args.config, args.ckpt, args.out)
-    except USER_ERRORS + (OSError,) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}")
-    return 0
+    return run_conversion(lambda: convert(args.config, args.ckpt, args.out), args.out)
 
 
 if __name__ == "__main__":

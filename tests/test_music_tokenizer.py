@@ -128,7 +128,7 @@ def test_segments_and_vocabulary_glue(tok, hf_dir):
     np.testing.assert_array_equal(music_codes_from_ids(ids, Vocab()), seg)
 
 
-def test_converter_key_styles_prefix_and_refusals(hf_dir, tmp_path):
+def test_converter_key_styles_prefix_and_refusals(hf_dir, tok, tmp_path):  # tok converts hf_dir
     base = load_file(str(hf_dir.parent / "converted" / PARAMS_FILE))
     (tmp_path / "config.json").write_text((hf_dir / "config.json").read_text())
     # Old weight-norm names (weight_g / weight_v) under a MusicGen-style prefix.
@@ -166,7 +166,7 @@ def test_converter_key_styles_prefix_and_refusals(hf_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["old"]
 
 
-def test_converter_cli(hf_dir, tmp_path):
+def test_converter_cli(hf_dir, tok, tmp_path):  # tok converts hf_dir/out
     def run(*args):
         return subprocess.run([sys.executable, "-m", "converters.encodec", *args], cwd=REPO,
                               capture_output=True, text=True, timeout=300)

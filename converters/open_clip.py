@@ -28,6 +28,7 @@ import json
 import os
 import re
 import sys
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -98,22 +99,21 @@ def read_weights(path: str) -> tuple[dict, dict]:
         if not os.path.isfile(path):
             raise ConversionError(f"missing file: {path}")
         state = load_file(path)
+    elif _is_torchscript(path):
+        # OpenAI's released CLIPs are traced TorchScript archives, not torch.save files.
+        import torch
+
+        state = dict(torch.jit.load(path, map_location="cpu").state_dict())
     else:
-        try:
-            state = load_torch_state_dict(path)
-        except ConversionError as error:
-            state = _torchscript_state(path, error)
+        state = load_torch_state_dict(path)
     return _strip(_strip(state, "module."), "_orig_mod."), config
 
 
-def _torchscript_state(path: str, error: ConversionError) -> dict:
-    # OpenAI's released CLIPs are TorchScript archives, which torch.load cannot open.
-    import torch
-
-    try:
-        return dict(torch.jit.load(path, map_location="cpu").state_dict())
-    except Exception:  # noqa: BLE001 - not TorchScript either: report the first error
-        raise error from None
+def _is_torchscript(path: str) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
 def _count(state: dict, prefix: str) -> int:

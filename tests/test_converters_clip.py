@@ -200,6 +200,7 @@ def test_bad_weights_settings_and_outputs_are_refused_by_name(reference, tmp_pat
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 def test_openai_torchscript_archive_converts(reference, tmp_path):
     """OpenAI's released CLIPs are traced TorchScript archives, not torch.save files."""
     clip = _reference_clip(reference, quick_gelu=True)

@@ -2,8 +2,9 @@
 x-vector models built offline, checked against the same models called directly; pluggable
 ASR / speaker protocols; missing weights and unbound models are errors or skips, never zeros.
 
-OpenClip (open_clip weights through converters.open_clip) is checked against open_clip's own
-model in test_converters_clip.py."""
+OpenClip and LaionClap (open_clip / laion_clap weights through converters.open_clip and
+converters.laion_clap) are checked against those packages' own models in
+test_converters_clip.py and test_converters_clap.py."""
 
 from __future__ import annotations
 
@@ -231,14 +232,5 @@ def test_unbound_models_skip_and_missing_weights_fail(tmp_path):
                            (models.LaionClap, "weights", "LaionClap.weights")]:  # fmt: skip
         with pytest.raises(FileNotFoundError, match=rf"{name} .*: .*nothing does not exist"):
             cls(**{arg: str(tmp_path / "nothing")})
-
-
-def test_laion_clap_needs_its_package(tmp_path):
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(b"")
-    for cls, package in ((models.LaionClap, "laion_clap"),):
-        try:
-            __import__(package)
-        except Exception:  # noqa: BLE001 - missing, or present but broken beside this torch
-            with pytest.raises(ImportError, match="torchvision matching torch"):
-                cls(str(weights))
+    with pytest.raises(FileNotFoundError, match=r"LaionClap.roberta_dir .*: no path given"):
+        models.LaionClap(str(tmp_path))

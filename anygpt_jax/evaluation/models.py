@@ -152,12 +152,16 @@ class HFClap:
         path = _existing(path, "HFClap.path (a transformers CLAP directory)")
         import transformers
 
-        torch = _torch()
-        self._torch = torch
-        self.model = transformers.ClapModel.from_pretrained(path, local_files_only=True).eval()
-        self.processor = transformers.ClapProcessor.from_pretrained(path, local_files_only=True)
-        self.sample_rate = int(self.processor.feature_extractor.sampling_rate)
-        self.batch_size = batch_size
+        self._use(
+            transformers.ClapModel.from_pretrained(path, local_files_only=True).eval(),
+            transformers.ClapProcessor.from_pretrained(path, local_files_only=True),
+            batch_size,
+        )
+
+    def _use(self, model: Any, processor: Any, batch_size: int) -> None:
+        self._torch = _torch()
+        self.model, self.processor, self.batch_size = model, processor, batch_size
+        self.sample_rate = int(processor.feature_extractor.sampling_rate)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         out = []
@@ -178,35 +182,18 @@ class HFClap:
 
 
 @gin.configurable
-class LaionClap:
-    """CLAP through laion_clap from a checkpoint file (e.g. music_audioset_epoch_15_esc_90.14.pt,
-    amodel 'HTSAT-base'). laion_clap itself loads 'roberta-base' through transformers: have it
-    in the local Hugging Face cache (HF_HUB_OFFLINE=1) where there is no network."""
+class LaionClap(HFClap):
+    """CLAP from a laion_clap checkpoint (e.g. music_audioset_epoch_15_esc_90.14.pt), converted
+    in memory to transformers' CLAP by `converters.laion_clap` (convert once with its CLI and use
+    HFClap to skip that); `roberta_dir` is the text tower's tokenizer (a local roberta-base)."""
 
-    SAMPLE_RATE = 48000
-
-    def __init__(self, weights: str = gin.REQUIRED, amodel: str = "HTSAT-base",
-                 enable_fusion: bool = False):  # fmt: skip
+    def __init__(self, weights: str = gin.REQUIRED, roberta_dir: str | None = None,
+                 batch_size: int = 16):  # fmt: skip
         weights = _existing(weights, "LaionClap.weights (a laion_clap checkpoint)")
-        try:
-            import laion_clap
-        except ImportError as e:
-            raise ImportError(
-                f"LaionClap needs laion_clap (and a torchvision matching torch): {e}"
-            ) from e
-        self.model = laion_clap.CLAP_Module(enable_fusion=enable_fusion, amodel=amodel,
-                                            device="cpu")  # fmt: skip
-        self.model.load_ckpt(weights, verbose=False)
+        roberta_dir = _existing(roberta_dir, "LaionClap.roberta_dir (a roberta-base tokenizer)")
+        from converters import laion_clap
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(self.model.get_text_embedding(list(texts), use_tensor=False))
-
-    def embed_audio(self, waveforms: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
-        waves = _resampled(waveforms, sample_rate, self.SAMPLE_RATE)
-        return np.concatenate([
-            np.asarray(self.model.get_audio_embedding_from_data(x=[w], use_tensor=False))
-            for w in waves
-        ])  # fmt: skip
+        self._use(laion_clap.convert(weights), laion_clap.processor(roberta_dir), batch_size)
 
 
 @gin.configurable

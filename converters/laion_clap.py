@@ -184,31 +184,42 @@ def feature_extractor():
     return transformers.ClapFeatureExtractor(**FRONT_END)
 
 
-def processor(roberta_dir: str):
-    """ClapProcessor: laion_clap's front end and the RoBERTa tokenizer in `roberta_dir`."""
+def processor(roberta_dir: str, vocab_size: int | None = None):
+    """ClapProcessor: laion_clap's front end and the RoBERTa tokenizer in `roberta_dir`
+    (checked against the text tower's `vocab_size` when given)."""
     import transformers
 
     if not roberta_dir or not os.path.isdir(roberta_dir):
         raise FileNotFoundError(f"--roberta_dir {roberta_dir}: not a directory (the text tower's "
                                 "tokenizer, e.g. a local copy of roberta-base)")  # fmt: skip
+    files = set(os.listdir(roberta_dir))
+    # transformers builds a tokenizer of special tokens alone from a directory without files.
+    if "tokenizer.json" not in files and not {"vocab.json", "merges.txt"} <= files:
+        raise ConversionError(f"{roberta_dir}: no RoBERTa tokenizer files (tokenizer.json, or "
+                              "vocab.json and merges.txt)")  # fmt: skip
     try:
         tokenizer = transformers.RobertaTokenizer.from_pretrained(
             roberta_dir, local_files_only=True
         )
     except (OSError, ValueError, TypeError) as e:
-        raise ConversionError(f"{roberta_dir}: no RoBERTa tokenizer files ({e})") from e
+        raise ConversionError(f"{roberta_dir}: unreadable RoBERTa tokenizer ({e})") from e
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise ConversionError(f"{roberta_dir}: {len(tokenizer)} tokens, more than the text "
+                              f"tower's {vocab_size} embeddings (not its tokenizer?)")  # fmt: skip
     return transformers.ClapProcessor(feature_extractor=feature_extractor(), tokenizer=tokenizer)
 
 
 def convert(ckpt: str, out_dir: str | None = None, roberta_dir: str | None = None) -> Any:
     """ClapModel from a laion_clap checkpoint; with `out_dir`, also saved there with its
     ClapProcessor (needs `roberta_dir`; an existing non-empty `out_dir` is refused)."""
-    clap_processor = processor(roberta_dir) if out_dir is not None else None
+    if out_dir is not None:
+        processor(roberta_dir)  # fail before the conversion, not after
     state = load_torch_state_dict(ckpt)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     model = clap_model(state, ckpt)
     if out_dir is not None:
+        clap_processor = processor(roberta_dir, model.config.text_config.vocab_size)
         with atomic_output_dir(out_dir) as tmp:
             model.save_pretrained(tmp)
             clap_processor.save_pretrained(tmp)

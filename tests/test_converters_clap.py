@@ -152,6 +152,14 @@ def test_cli_writes_a_transformers_directory_and_refuses_bad_input(
     assert convert_clap.main(["--ckpt", checkpoint, "--roberta_dir", str(tmp_path / "none"),
                               "--out", str(tmp_path / "x")]) == 1  # fmt: skip
     assert not (tmp_path / "x").exists()
+    (tmp_path / "empty").mkdir()  # transformers would build a tokenizer of specials alone
+    with pytest.raises(convert_clap.ConversionError, match=r"empty: no RoBERTa tokenizer files"):
+        models.LaionClap(checkpoint, roberta_dir=str(tmp_path / "empty"))
+    other = tmp_path / "other"  # a bigger vocabulary than the text tower's embeddings
+    other.mkdir()
+    _bpe_files(str(other), ["<s>", "<pad>", "</s>", "<unk>"], ["<mask>"], suffix="</w>")
+    with pytest.raises(convert_clap.ConversionError, match=r"other: \d+ tokens, more than"):
+        models.LaionClap(checkpoint, roberta_dir=str(other))
     state = reference.state_dict()
 
     def refused(bad: dict, name: str, match: str) -> None:

@@ -193,7 +193,9 @@ class LaionClap(HFClap):
         roberta_dir = _existing(roberta_dir, "LaionClap.roberta_dir (a roberta-base tokenizer)")
         from converters import laion_clap
 
-        self._use(laion_clap.convert(weights), laion_clap.processor(roberta_dir), batch_size)
+        model = laion_clap.convert(weights)
+        vocab_size = model.config.text_config.vocab_size
+        self._use(model, laion_clap.processor(roberta_dir, vocab_size), batch_size)
 
 
 @gin.configurable

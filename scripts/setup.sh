@@ -21,4 +21,5 @@ fi
 python -m pip install -q -e ".[test]"
 # See NO_DEPS_REQUIRE in setup.py: these must not pull torchvision (and with it another torch).
 python -m pip install -q --no-deps "speechtokenizer==1.0.1" "timm>=1.0,<2" "diffusers>=0.30,<1" \
-  "soundstorm-pytorch==0.6.1" "hyper-connections==0.1.15" "open_clip_torch==3.3.0" "laion_clap==1.1.7"
+  "soundstorm-pytorch==0.6.1" "hyper-connections==0.1.15" \
+  "open_clip_torch==3.3.0" "laion_clap==1.1.7"

@@ -20,6 +20,7 @@ __all__ = [
     "numpy_to_torch",
     "read_json",
     "run_conversion",
+    "strip_key_prefix",
     "torch_to_numpy",
 ]
 
@@ -140,6 +141,14 @@ def load_torch_state_dict(path: str) -> dict:
     ):
         kind = type(state).__name__
         raise ConversionError(f"{path}: expected a state dict of tensors, got a {kind}")
+    return state
+
+
+def strip_key_prefix(state: dict, prefix: str) -> dict:
+    """`state` without `prefix` when every key has it (DDP's "module.", torch.compile's
+    "_orig_mod."), else `state` as it is."""
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 

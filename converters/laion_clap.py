@@ -31,6 +31,7 @@ from converters.common import (
     atomic_output_dir,
     load_torch_state_dict,
     run_conversion,
+    strip_key_prefix,
 )
 
 AUDIO = "audio_model.audio_encoder."
@@ -184,11 +185,7 @@ def feature_extractor():
     return transformers.ClapFeatureExtractor(**FRONT_END)
 
 
-def processor(roberta_dir: str, vocab_size: int | None = None):
-    """ClapProcessor: laion_clap's front end and the RoBERTa tokenizer in `roberta_dir`
-    (checked against the text tower's `vocab_size` when given)."""
-    import transformers
-
+def _check_tokenizer_dir(roberta_dir: str | None) -> None:
     if not roberta_dir or not os.path.isdir(roberta_dir):
         raise FileNotFoundError(f"--roberta_dir {roberta_dir}: not a directory (the text tower's "
                                 "tokenizer, e.g. a local copy of roberta-base)")  # fmt: skip
@@ -197,6 +194,14 @@ def processor(roberta_dir: str, vocab_size: int | None = None):
     if "tokenizer.json" not in files and not {"vocab.json", "merges.txt"} <= files:
         raise ConversionError(f"{roberta_dir}: no RoBERTa tokenizer files (tokenizer.json, or "
                               "vocab.json and merges.txt)")  # fmt: skip
+
+
+def processor(roberta_dir: str, vocab_size: int | None = None):
+    """ClapProcessor: laion_clap's front end and the RoBERTa tokenizer in `roberta_dir`
+    (checked against the text tower's `vocab_size` when given)."""
+    import transformers
+
+    _check_tokenizer_dir(roberta_dir)
     try:
         tokenizer = transformers.RobertaTokenizer.from_pretrained(
             roberta_dir, local_files_only=True
@@ -213,10 +218,8 @@ def convert(ckpt: str, out_dir: str | None = None, roberta_dir: str | None = Non
     """ClapModel from a laion_clap checkpoint; with `out_dir`, also saved there with its
     ClapProcessor (needs `roberta_dir`; an existing non-empty `out_dir` is refused)."""
     if out_dir is not None:
-        processor(roberta_dir)  # fail before the conversion, not after
-    state = load_torch_state_dict(ckpt)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
+        _check_tokenizer_dir(roberta_dir)  # fail before the conversion, not after
+    state = strip_key_prefix(load_torch_state_dict(ckpt), "module.")
     model = clap_model(state, ckpt)
     if out_dir is not None:
         clap_processor = processor(roberta_dir, model.config.text_config.vocab_size)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import html
 import importlib.util
 import json
 import os
@@ -39,6 +38,7 @@ from converters.common import (
     load_torch_state_dict,
     read_json,
     run_conversion,
+    strip_key_prefix,
 )
 
 HUB_CONFIG = "open_clip_config.json"
@@ -74,12 +74,6 @@ UNSUPPORTED_SETTINGS = {
 }  # fmt: skip
 
 
-def _strip(state: dict, prefix: str) -> dict:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix) :]: v for k, v in state.items()}
-    return state
-
-
 def read_weights(path: str) -> tuple[dict, dict]:
     """(state dict, open_clip config or {}) from a weights file or an open_clip hub directory."""
     config: dict = {}
@@ -106,7 +100,7 @@ def read_weights(path: str) -> tuple[dict, dict]:
         state = dict(torch.jit.load(path, map_location="cpu").state_dict())
     else:
         state = load_torch_state_dict(path)
-    return _strip(_strip(state, "module."), "_orig_mod."), config
+    return strip_key_prefix(strip_key_prefix(state, "module."), "_orig_mod."), config
 
 
 def _is_torchscript(path: str) -> bool:
@@ -296,17 +290,6 @@ def write_tokenizer_files(bpe_vocab: str, out_dir: str) -> None:
         json.dump({token: i for i, token in enumerate(vocab)}, f, ensure_ascii=False)
     with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-
-
-def clean_text(text: str) -> str:
-    """CLIP's text clean-up before BPE (ftfy, HTML entities, whitespace), as open_clip does."""
-    try:
-        import ftfy
-
-        text = ftfy.fix_text(text)
-    except ImportError:
-        pass  # transformers' own normalization still applies; ftfy only repairs mojibake
-    return re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip()
 
 
 def eval_pixels(images: list, size: int, mean: tuple, std: tuple) -> np.ndarray:

@@ -75,7 +75,7 @@ def test_tokenizer_gives_open_clips_ids(reference, tmp_path):
     tokenizer = transformers.CLIPTokenizer(str(tmp_path / "vocab.json"),
                                            str(tmp_path / "merges.txt"),
                                            model_max_length=CONTEXT)  # fmt: skip
-    ours = tokenizer([convert_clip.clean_text(t) for t in TEXTS], padding="max_length",
+    ours = tokenizer([models.clip_clean_text(t) for t in TEXTS], padding="max_length",
                      truncation=True, return_tensors="pt")  # fmt: skip
     assert len(tokenizer) == 49408
     for i in range(len(TEXTS)):  # open_clip pads with 0 after <|endoftext|>; transformers masks

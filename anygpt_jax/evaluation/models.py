@@ -17,7 +17,9 @@ microsoft/wavlm-base-plus-sv).
 
 from __future__ import annotations
 
+import html
 import os
+import re
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -81,6 +83,17 @@ def _resampled(waveforms: Sequence[np.ndarray], rate: int, target: int) -> list[
     return [audio_io.prepare(np.asarray(w, np.float32), rate, target) for w in waveforms]
 
 
+def clip_clean_text(text: str) -> str:
+    """CLIP's text clean-up before BPE (ftfy, HTML entities, whitespace), as open_clip does."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass  # transformers' own normalization still applies; ftfy only repairs mojibake
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip()
+
+
 @gin.configurable
 class HFClip:
     """CLIP from a transformers CLIPModel directory (model and processor files)."""
@@ -100,11 +113,9 @@ class HFClip:
         self.model, self.processor, self.batch_size = model, processor, batch_size
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        from converters.open_clip import clean_text
-
         out = []
         with self._torch.no_grad():
-            for chunk in _batched([clean_text(t) for t in texts], self.batch_size):
+            for chunk in _batched([clip_clean_text(t) for t in texts], self.batch_size):
                 x = self.processor(text=chunk, return_tensors="pt", padding=True, truncation=True)
                 out.append(_features(self.model.get_text_features(**x)).numpy())
         return np.concatenate(out)
@@ -134,14 +145,12 @@ class OpenClip(HFClip):
         from converters.open_clip import convert
 
         self._use(*convert(weights, quick_gelu=quick_gelu, bpe_vocab=bpe_vocab), batch_size)
-        images = self.processor.image_processor
-        self._transform = (images.crop_size["height"], tuple(images.image_mean),
-                           tuple(images.image_std))  # fmt: skip
 
     def _pixels(self, images: list) -> np.ndarray:
         from converters.open_clip import eval_pixels
 
-        return eval_pixels(images, *self._transform)
+        p = self.processor.image_processor
+        return eval_pixels(images, p.crop_size["height"], tuple(p.image_mean), tuple(p.image_std))
 
 
 @gin.configurable

@@ -99,16 +99,14 @@ def conv_params(t: TorchTensors, module: str, transposed: bool) -> dict[str, np.
 
 
 def lstm_params(t: TorchTensors, module: str, num_layers: int, bidirectional: bool) -> dict:
-    """A torch nn.LSTM at `module` -> audio_layers.LSTM parameters (directions stacked)."""
+    """A torch nn.LSTM at `module` -> audio_layers.LSTM parameters (its layout, biases summed)."""
     out = {}
-    suffixes = ["", "_reverse"] if bidirectional else [""]
     for n in range(num_layers):
-        get = {name: [t.get(f"{module}.{name}_l{n}{s}") for s in suffixes]
-               for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-        out[f"w_ih_l{n}"] = np.stack([w.T for w in get["weight_ih"]])
-        out[f"w_hh_l{n}"] = np.stack([w.T for w in get["weight_hh"]])
-        out[f"bias_l{n}"] = np.stack(
-            [a + b for a, b in zip(get["bias_ih"], get["bias_hh"], strict=True)])
+        for s in ["", "_reverse"] if bidirectional else [""]:
+            out[f"w_ih_l{n}{s}"] = t.get(f"{module}.weight_ih_l{n}{s}")
+            out[f"w_hh_l{n}{s}"] = t.get(f"{module}.weight_hh_l{n}{s}")
+            out[f"bias_l{n}{s}"] = (t.get(f"{module}.bias_ih_l{n}{s}")
+                                    + t.get(f"{module}.bias_hh_l{n}{s}"))
     return out
 
 

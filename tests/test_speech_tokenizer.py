@@ -176,7 +176,7 @@ def test_converter_key_styles_and_refusals(ref, ckpt, tok, tmp_path):  # tok con
     with pytest.raises(ConversionError, match=f"missing tensor '{missing}'"):
         _convert_state(tmp_path, _state_variant(ref, lambda s: s.pop(missing)), "missing")
     wrong = "decoder.model.1.lstm.weight_hh_l0"
-    shape_error = r"decoder/layers_1/w_hh_l0: shape \(1, 8, 64\), expected \(1, 16, 64\)"
+    shape_error = r"decoder/layers_1/w_hh_l0: shape \(64, 8\), expected \(64, 16\)"
     with pytest.raises(ConversionError, match=shape_error):
         _convert_state(tmp_path, _state_variant(
             ref, lambda s: s.__setitem__(wrong, torch.zeros(64, 8))), "wrong")

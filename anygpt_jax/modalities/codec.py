@@ -22,7 +22,7 @@ from anygpt_jax.modalities.audio_layers import SEANetCodec, SEANetConfig, ceil_d
 
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.safetensors"
-FORMAT = "anygpt_jax.seanet_codec/1"
+FORMAT = "anygpt_jax.seanet_codec/2"  # 2: LSTM weights per direction, PyTorch layout
 PRECISIONS = {"highest": lax.Precision.HIGHEST, "high": lax.Precision.HIGH,
               "default": lax.Precision.DEFAULT}
 
@@ -80,7 +80,8 @@ def load_codec(directory: str, kind: str) -> tuple[SEANetConfig, dict, dict]:
             raise ValueError(f"{config_path}: not valid JSON ({e})") from e
     if meta.get("format") != FORMAT or meta.get("kind") != kind:
         raise ValueError(f"{config_path}: expected format {FORMAT!r} kind {kind!r}, got "
-                         f"{meta.get('format')!r} kind {meta.get('kind')!r}")
+                         f"{meta.get('format')!r} kind {meta.get('kind')!r} (an older format: "
+                         f"convert the checkpoint again with converters/)")
     config = SEANetConfig.from_dict(meta["seanet"])
     flat = load_file(params_path)
     check_params(config, flat, where=params_path)

@@ -26,8 +26,11 @@ import torch
 from anygpt_jax import runtime
 from anygpt_jax.modalities.image import ImageTokenizer
 from anygpt_jax.modalities.image_model import SeedConfig
+from benchmarks import reference_path
 from converters.seed import params_from_state_dicts
-from tests.seed_reference import ReferenceSeed, seed_state_dict
+
+reference_path()
+from seed_reference import ReferenceSeed, seed_state_dict  # noqa: E402
 
 
 def build(config: SeedConfig) -> tuple[ReferenceSeed, ImageTokenizer]:

@@ -28,8 +28,11 @@ import torch  # noqa: E402
 
 from anygpt_jax.modalities.soundstorm import SoundStorm  # noqa: E402
 from anygpt_jax.modalities.soundstorm_model import SoundStormConfig  # noqa: E402
+from benchmarks import reference_path  # noqa: E402
 from converters.soundstorm import convert  # noqa: E402
-from tests.soundstorm_reference import (  # noqa: E402
+
+reference_path()
+from soundstorm_reference import (  # noqa: E402
     anygpt_state_dict,
     build_reference,
     fork_generate,

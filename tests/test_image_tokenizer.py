@@ -34,6 +34,7 @@ from anygpt_jax.modalities.image_model import (
     PARAMS_FILE,
     SeedConfig,
     SeedTokenizerModel,
+    load_seed,
 )
 from anygpt_jax.modalities.image_qformer import QFormer
 from anygpt_jax.modalities.image_vit import EvaViT
@@ -108,21 +109,19 @@ def _sub(params, name):
     return {"params": params[name]}
 
 
-def test_vit_matches_timm_eva(ref, tok):
+def test_vit_matches_timm_eva(ref, converted, tok):
     pixels = preprocess(_images(3, seed=2), CONFIG.image_size)
     with torch.no_grad():
         want = ref.visual_encoder.forward_features(to_nchw(pixels)).numpy()
-    vit = EvaViT(
-        CONFIG.image_size,
-        CONFIG.patch_size,
-        CONFIG.vit_width,
-        CONFIG.vit_depth,
-        CONFIG.vit_heads,
-        CONFIG.vit_mlp,
-        CONFIG.vit_eps,
-    )
-    got = np.asarray(jax.jit(vit.apply)(_sub(tok.params, "vit"), pixels))
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+    geometry = (CONFIG.image_size, CONFIG.patch_size, CONFIG.vit_width, CONFIG.vit_depth,
+                CONFIG.vit_heads, CONFIG.vit_mlp, CONFIG.vit_eps)
+    # The stored (scanned) layout, and the tokenizer's unrolled blocks.
+    stored = load_seed(str(converted / "out"))[1]["vit"]
+    assert "blocks" in stored and "blocks_0" in tok.params["vit"]
+    for params, scan in ((stored, True), (tok.params["vit"], False)):
+        vit = EvaViT(*geometry, scan_blocks=scan)
+        got = np.asarray(jax.jit(vit.apply)({"params": params}, pixels))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5, err_msg=f"scan={scan}")
 
 
 def test_qformer_matches_hf_with_causal_mask(ref, tok):
@@ -410,7 +409,7 @@ def test_vocabulary_mapping():
 
 
 def test_model_entry_points_agree(tok):
-    module = SeedTokenizerModel(CONFIG)
+    module = SeedTokenizerModel(CONFIG, scan_blocks=False)
     pixels = preprocess(_images(2, seed=10), CONFIG.image_size)
     codes, z = module.apply({"params": tok.params}, jnp.asarray(pixels))
     np.testing.assert_array_equal(np.asarray(codes), tok.encode_pixels(pixels))

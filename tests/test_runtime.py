@@ -48,3 +48,25 @@ def test_xla_flags_keep_the_users_choice(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=x")
     runtime.configure_xla_flags()
     assert os.environ["XLA_FLAGS"].split() == ["--xla_dump_to=x", *runtime.CPU_XLA_FLAGS]
+
+
+def test_default_dot_emitter_options_only_on_cpu(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    cpu = jax.devices("cpu")[0]
+    options = runtime.default_dot_emitter_options(cpu)
+    assert options == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    # XLA accepts the option, and the result is the same as with YNNPACK's dots.
+    x = np.random.default_rng(0).standard_normal((64, 48)).astype(np.float32)
+    fn = lambda a: jnp.tanh(a @ a.T)  # noqa: E731
+    np.testing.assert_allclose(jax.jit(fn, compiler_options=options)(x), jax.jit(fn)(x),
+                               rtol=1e-5, atol=1e-5)
+
+    class Tpu:
+        platform = "tpu"
+
+    assert runtime.default_dot_emitter_options(Tpu()) is None
+    monkeypatch.setenv("ANYGPT_JAX_DEFAULT_XLA", "1")
+    assert runtime.default_dot_emitter_options(cpu) is None

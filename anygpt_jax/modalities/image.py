@@ -22,6 +22,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from anygpt_jax import runtime
 from anygpt_jax.modalities.image_model import (
     CLIP_MEAN,
     CLIP_STD,
@@ -29,6 +30,7 @@ from anygpt_jax.modalities.image_model import (
     SeedTokenizerModel,
     load_seed,
 )
+from anygpt_jax.model.params import unstack_layers
 
 MODALITY = "image"
 PRECISIONS = {
@@ -151,11 +153,18 @@ class ImageTokenizer:
         self._devices = list(devices) if devices else [jax.local_devices()[0]]
         mesh = Mesh(np.array(self._devices), ("batch",))
         self._batch_sharding = NamedSharding(mesh, PartitionSpec("batch"))
+        # Unrolled ViT blocks (`vit/blocks_{i}`): see EvaViT.
+        params = {**params, "vit": unstack_layers(params["vit"], "blocks")}
         self.params = jax.device_put(
             jax.tree_util.tree_map(np.asarray, params), NamedSharding(mesh, PartitionSpec())
         )
-        module = SeedTokenizerModel(config, DTYPES[dtype], PRECISIONS[precision])
-        self._encode = jax.jit(lambda p, x: module.apply({"params": p}, x))
+        module = SeedTokenizerModel(
+            config, DTYPES[dtype], PRECISIONS[precision], scan_blocks=False
+        )
+        self._encode = jax.jit(
+            lambda p, x: module.apply({"params": p}, x),
+            compiler_options=runtime.default_dot_emitter_options(self._devices[0]),
+        )
         self._embed = jax.jit(
             lambda p, ids: module.apply({"params": p}, ids, method=SeedTokenizerModel.embed)
         )

@@ -142,6 +142,7 @@ class SeedTokenizerModel(nn.Module):
     config: SeedConfig
     dtype: Any = jnp.float32
     precision: lax.Precision | None = None
+    scan_blocks: bool = True  # the stored layout; see EvaViT
 
     def setup(self):
         c = self.config
@@ -155,6 +156,7 @@ class SeedTokenizerModel(nn.Module):
             c.vit_eps,
             self.dtype,
             self.precision,
+            self.scan_blocks,
         )
         self.ln_vision = nn.LayerNorm(epsilon=c.ln_vision_eps, dtype=self.dtype)
         self.qformer = QFormer(

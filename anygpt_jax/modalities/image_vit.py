@@ -107,7 +107,10 @@ class _ScanBlock(Block):
 class EvaViT(nn.Module):
     """EVA-CLIP ViT (BLIP-2 variant): (batch, H, W, 3) normalized pixels -> (batch, 1 + N, width).
 
-    Blocks are scanned, so their parameters carry a leading `depth` axis.
+    With `scan_blocks` (the stored layout) the blocks' parameters carry a leading `depth` axis
+    under `blocks`; without, each block has its own `blocks_{i}` (model.unstack_layers(p,
+    "blocks") converts). Unrolled is faster on CPU, where a scan copies every block's weights
+    out of the stacked arrays on each call.
     """
 
     image_size: int
@@ -119,6 +122,7 @@ class EvaViT(nn.Module):
     eps: float = 1e-6
     dtype: Dtype = jnp.float32
     precision: lax.Precision | None = None
+    scan_blocks: bool = True
 
     @nn.compact
     def __call__(self, pixels: jnp.ndarray) -> jnp.ndarray:
@@ -148,17 +152,13 @@ class EvaViT(nn.Module):
         )
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, self.width)), x], 1)
         x = x + pos.astype(x.dtype)
+        block_args = (self.width, self.heads, self.mlp, self.eps, "qv", self.dtype, self.precision)
+        if not self.scan_blocks:
+            for i in range(self.depth):
+                x = Block(*block_args, name=f"blocks_{i}")(x)
+            return x
         blocks = nn.scan(
             _ScanBlock, variable_axes={"params": 0}, split_rngs={"params": True}, length=self.depth
         )
-        x, _ = blocks(
-            self.width,
-            self.heads,
-            self.mlp,
-            self.eps,
-            "qv",
-            self.dtype,
-            self.precision,
-            name="blocks",
-        )(x, None)
+        x, _ = blocks(*block_args, name="blocks")(x, None)
         return x

@@ -64,15 +64,15 @@ def stack_layers(params: Params, num_layers: int) -> Params:
     return {**rest, "layers": stacked}
 
 
-def unstack_layers(params: Params) -> Params:
-    """The scanned layout (`layers`, axis 0) -> per-layer params (`layers_0`, ...)."""
-    if "layers" not in params:
-        raise KeyError("scanned params lack 'layers'")
-    stacked = params["layers"]
+def unstack_layers(params: Params, name: str = "layers") -> Params:
+    """The scanned layout (`name`, axis 0) -> per-layer params (`{name}_0`, `{name}_1`, ...)."""
+    if name not in params:
+        raise KeyError(f"scanned params lack {name!r}")
+    stacked = params[name]
     num_layers = jax.tree_util.tree_leaves(stacked)[0].shape[0]
-    rest = {k: v for k, v in params.items() if k != "layers"}
+    rest = {k: v for k, v in params.items() if k != name}
     for i in range(num_layers):
-        rest[f"layers_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+        rest[f"{name}_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
     return rest
 
 

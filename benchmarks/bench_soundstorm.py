@@ -41,14 +41,14 @@ from soundstorm_reference import (  # noqa: E402
 FRAME_RATE = 50  # SpeechTokenizer frames per second
 
 
-def build(depth: int, unroll: int) -> tuple[torch.nn.Module, SoundStorm]:
+def build(depth: int, scan_layers: bool) -> tuple[torch.nn.Module, SoundStorm]:
     """The torch reference and our model with the same weights (through the converter)."""
     config = SoundStormConfig(depth=depth)
     ref = build_reference(config, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(anygpt_state_dict(ref), os.path.join(tmp, "soundstorm.pt"))
         out = convert(os.path.join(tmp, "soundstorm.pt"), os.path.join(tmp, "out"))
-        ours = SoundStorm.load(out, unroll=unroll, bucket_frames=1)
+        ours = SoundStorm.load(out, scan_layers=scan_layers, bucket_frames=1)
     return ref, ours
 
 
@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="decoding steps (AnyGPT: 3-4)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--unroll", type=int, default=0,
-                        help="layers unrolled in the compiled scan (0: all)")
+    parser.add_argument("--scan_layers", action="store_true",
+                        help="scanned conformer layers (default: unrolled, faster on CPU)")
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
-    ref, ours = build(args.depth, args.unroll or args.depth)
+    ref, ours = build(args.depth, args.scan_layers)
     rng = np.random.default_rng(0)
     frames = round(args.seconds * FRAME_RATE)
     prompt_frames = round(args.prompt_seconds * FRAME_RATE)

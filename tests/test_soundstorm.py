@@ -149,6 +149,10 @@ def test_network_matches_reference_through_converter(reference, converted):
     padded = np.asarray(model._logits(model.params, codes, semantic, valid))
     want = reference_logits(reference, codes, semantic, valid)
     np.testing.assert_allclose(padded[valid], want[valid], atol=ATOL, rtol=0)
+    # Unrolled conformer layers (per-layer parameters) compute the same.
+    unrolled = SoundStorm.load(str(converted / "out"), scan_layers=False)
+    assert "layers_0" in unrolled.params["conformer"] and "layers" in model.params["conformer"]
+    np.testing.assert_allclose(unrolled.logits(codes, semantic), got, atol=1e-5, rtol=0)
 
 
 def _rename(state: dict, old: str, new: str) -> dict:

@@ -30,7 +30,7 @@ from anygpt_jax.modalities.image_model import (
     SeedTokenizerModel,
     load_seed,
 )
-from anygpt_jax.model.params import unstack_layers
+from anygpt_jax.model.params import match_layers
 
 MODALITY = "image"
 PRECISIONS = {
@@ -154,7 +154,7 @@ class ImageTokenizer:
         mesh = Mesh(np.array(self._devices), ("batch",))
         self._batch_sharding = NamedSharding(mesh, PartitionSpec("batch"))
         # Unrolled ViT blocks (`vit/blocks_{i}`): see EvaViT.
-        params = {**params, "vit": unstack_layers(params["vit"], "blocks")}
+        params = {**params, "vit": match_layers(params["vit"], False, config.vit_depth, "blocks")}
         self.params = jax.device_put(
             jax.tree_util.tree_map(np.asarray, params), NamedSharding(mesh, PartitionSpec())
         )

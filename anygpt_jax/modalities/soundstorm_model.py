@@ -187,22 +187,28 @@ class ConformerBlock(nn.Module):
 
 
 class Conformer(nn.Module):
-    """`depth` ConformerBlocks under nn.scan (parameters stacked on a leading axis).
+    """`depth` ConformerBlocks: scanned (the stored layout: parameters stacked on a leading
+    axis under `layers`) or unrolled (`layers_{i}`; model.unstack_layers converts).
 
-    `unroll` unrolls the scan in the compiled program (same parameters), which is faster on
-    CPU; the default keeps one compiled block, so compile time does not grow with depth.
+    Unrolled is faster on CPU, where a scan copies every layer's weights out of the stacked
+    arrays on each network pass; scanned keeps one compiled block, so compile time does not
+    grow with depth.
     """
 
     config: SoundStormConfig
     precision: lax.Precision | None = None
-    unroll: int = 1
+    scan_layers: bool = True
 
     @nn.compact
     def __call__(self, x: Array, positions: Array, valid: Array | None) -> Array:
+        if not self.scan_layers:
+            for i in range(self.config.depth):
+                x, _ = ConformerBlock(self.config, self.precision, name=f"layers_{i}")(
+                    x, (positions, valid))
+            return x
         blocks = nn.scan(
             ConformerBlock, variable_axes={"params": 0}, split_rngs={"params": True},
             variable_broadcast=False, in_axes=nn.broadcast, length=self.config.depth,
-            unroll=self.unroll,
         )
         x, _ = blocks(self.config, self.precision, name="layers")(x, (positions, valid))
         return x
@@ -216,7 +222,7 @@ class SoundStormNet(nn.Module):
 
     config: SoundStormConfig
     precision: lax.Precision | None = None
-    unroll: int = 1
+    scan_layers: bool = True  # see Conformer
 
     @nn.compact
     def __call__(self, codes: Array, semantic: Array, valid: Array | None = None) -> Array:
@@ -230,7 +236,7 @@ class SoundStormNet(nn.Module):
         x = jnp.sum(code_embed(codes.astype(jnp.int32) + offsets), axis=2)
         x = x + nn.Embed(cfg.num_semantic, cfg.dim, name="semantic_embed")(semantic)
         positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-        x = Conformer(cfg, self.precision, self.unroll, name="conformer")(x, positions, valid)
+        x = Conformer(cfg, self.precision, self.scan_layers, name="conformer")(x, positions, valid)
         h = nn.Dense(num_q * cfg.dim, precision=self.precision, name="heads")(x)
         h = _layer_norm("logits_norm")(h.reshape(batch, length, num_q, cfg.dim))
         kernel = self.param("logits_kernel", nn.initializers.lecun_normal(),

@@ -5,6 +5,7 @@ from anygpt_jax.model.config import ModelConfig
 from anygpt_jax.model.llama import Transformer, mask_padded_vocab
 from anygpt_jax.model.params import (
     init_params,
+    match_layers,
     match_layout,
     param_logical_axes,
     param_shapes,
@@ -19,6 +20,7 @@ __all__ = [
     "Transformer",
     "init_params",
     "mask_padded_vocab",
+    "match_layers",
     "match_layout",
     "param_logical_axes",
     "param_shapes",

@@ -53,15 +53,15 @@ def init_params(
     return jax.jit(init, out_shardings=param_shardings(config, mesh, rules))()
 
 
-def stack_layers(params: Params, num_layers: int) -> Params:
-    """Per-layer params (`layers_0`, `layers_1`, ...) -> the scanned layout (`layers`, axis 0)."""
-    names = [f"layers_{i}" for i in range(num_layers)]
+def stack_layers(params: Params, num_layers: int, name: str = "layers") -> Params:
+    """Per-layer params (`{name}_0`, `{name}_1`, ...) -> the scanned layout (`name`, axis 0)."""
+    names = [f"{name}_{i}" for i in range(num_layers)]
     missing = [n for n in names if n not in params]
     if missing:
         raise KeyError(f"per-layer params lack {missing}")
     rest = {k: v for k, v in params.items() if k not in names}
     stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *[params[n] for n in names])
-    return {**rest, "layers": stacked}
+    return {**rest, name: stacked}
 
 
 def unstack_layers(params: Params, name: str = "layers") -> Params:
@@ -78,7 +78,12 @@ def unstack_layers(params: Params, name: str = "layers") -> Params:
 
 def match_layout(params: Params, config: ModelConfig) -> Params:
     """Returns `params` in the scanned or per-layer layout that `config.scan_layers` asks for."""
-    scanned = "layers" in params
-    if scanned == config.scan_layers:
+    return match_layers(params, config.scan_layers, config.num_layers)
+
+
+def match_layers(params: Params, scanned: bool, num_layers: int, name: str = "layers") -> Params:
+    """Returns `params` with its `name` layers in the layout asked for (scanned: stacked under
+    `name`; else `{name}_{i}`), converting only when they are in the other one."""
+    if (name in params) == scanned:
         return params
-    return stack_layers(params, config.num_layers) if config.scan_layers else unstack_layers(params)
+    return stack_layers(params, num_layers, name) if scanned else unstack_layers(params, name)

@@ -7,7 +7,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -54,3 +55,14 @@ def write_json(path: str, value: dict) -> None:
     with open(path, "w") as f:
         json.dump(value, f, indent=2, sort_keys=True)
         f.write("\n")
+
+
+def check_param_shapes(expected: Mapping[str, tuple[int, ...]], params: Mapping[str, Any],
+                       where: str) -> None:
+    """Raises ValueError naming every missing, unexpected or wrongly shaped flat parameter."""
+    problems = [f"missing {k} {s}" for k, s in expected.items() if k not in params]
+    problems += [f"unexpected {k}" for k in params if k not in expected]
+    problems += [f"{k}: shape {tuple(params[k].shape)}, expected {s}"
+                 for k, s in expected.items() if k in params and tuple(params[k].shape) != s]
+    if problems:
+        raise ValueError(f"{where}: parameters do not match the config: " + "; ".join(problems))

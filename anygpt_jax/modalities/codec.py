@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from anygpt_jax.io_utils import check_param_shapes
 from anygpt_jax.modalities import audio_io
 from anygpt_jax.modalities.audio_layers import SEANetCodec, SEANetConfig, ceil_div
 
@@ -55,13 +56,7 @@ def save_codec(directory: str, kind: str, config: SEANetConfig, params: dict[str
 
 def check_params(config: SEANetConfig, params: dict[str, np.ndarray], where: str) -> None:
     """Raises ValueError naming every missing, unexpected or wrongly shaped parameter."""
-    expected = expected_param_shapes(config)
-    problems = [f"missing {k} {s}" for k, s in expected.items() if k not in params]
-    problems += [f"unexpected {k}" for k in params if k not in expected]
-    problems += [f"{k}: shape {tuple(params[k].shape)}, expected {s}"
-                 for k, s in expected.items() if k in params and tuple(params[k].shape) != s]
-    if problems:
-        raise ValueError(f"{where}: parameters do not match the config: " + "; ".join(problems))
+    check_param_shapes(expected_param_shapes(config), params, where)
 
 
 def load_codec(directory: str, kind: str) -> tuple[SEANetConfig, dict, dict]:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from anygpt_jax.io_utils import check_param_shapes
 from anygpt_jax.modalities.image_qformer import QFormer
 from anygpt_jax.modalities.image_vit import Block, EvaViT
 
@@ -238,16 +239,7 @@ def expected_param_shapes(config: SeedConfig) -> dict[str, tuple[int, ...]]:
 
 def check_params(config: SeedConfig, params: dict[str, Any], where: str) -> None:
     """Raises ValueError naming every missing, unexpected or wrongly shaped parameter."""
-    expected = expected_param_shapes(config)
-    problems = [f"missing {k} {s}" for k, s in expected.items() if k not in params]
-    problems += [f"unexpected {k}" for k in params if k not in expected]
-    problems += [
-        f"{k}: shape {tuple(params[k].shape)}, expected {s}"
-        for k, s in expected.items()
-        if k in params and tuple(params[k].shape) != s
-    ]
-    if problems:
-        raise ValueError(f"{where}: parameters do not match the config: " + "; ".join(problems))
+    check_param_shapes(expected_param_shapes(config), params, where)
 
 
 def save_seed(

@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from anygpt_jax import partitioning
-from anygpt_jax.io_utils import read_json, write_json
+from anygpt_jax.io_utils import check_param_shapes, read_json, write_json
 from anygpt_jax.modalities import audio_io
 from anygpt_jax.modalities.audio_layers import ceil_div
 from anygpt_jax.modalities.codec import PRECISIONS
@@ -52,13 +52,7 @@ def expected_param_shapes(config: SoundStormConfig) -> dict[str, tuple[int, ...]
 
 def check_params(config: SoundStormConfig, params: dict[str, np.ndarray], where: str) -> None:
     """Raises ValueError naming every missing, unexpected or wrongly shaped parameter."""
-    expected = expected_param_shapes(config)
-    problems = [f"missing {k} {s}" for k, s in expected.items() if k not in params]
-    problems += [f"unexpected {k}" for k in params if k not in expected]
-    problems += [f"{k}: shape {tuple(params[k].shape)}, expected {s}"
-                 for k, s in expected.items() if k in params and tuple(params[k].shape) != s]
-    if problems:
-        raise ValueError(f"{where}: parameters do not match the config: " + "; ".join(problems))
+    check_param_shapes(expected_param_shapes(config), params, where)
 
 
 def save_soundstorm(directory: str, config: SoundStormConfig, params: dict[str, np.ndarray],

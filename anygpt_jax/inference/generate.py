@@ -209,7 +209,8 @@ def _program(model: AnyGPT, plan: decoding.Plan):
         )
         # Decode's [batch x width] matmuls run ~25% faster at batch 8 on XLA:CPU's default
         # dot emitter than through YNNPACK (equal at batch 1).
-        device = next(iter(jax.tree_util.tree_leaves(model.params)[0].devices()))
+        leaf = jax.tree_util.tree_leaves(model.params)[0]
+        device = next(iter(leaf.devices())) if isinstance(leaf, jax.Array) else jax.devices()[0]
         programs[plan] = jax.jit(
             fn,
             static_argnames=("num_slots",),

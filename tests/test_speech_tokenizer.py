@@ -209,3 +209,19 @@ def test_converter_cli(ckpt, tok, tmp_path):  # tok converts ckpt/out
     bad = run("--config", str(ckpt / "config.json"), "--ckpt", str(tmp_path / "nope.dev"),
               "--out", str(tmp_path / "x"))
     assert bad.returncode != 0 and "nope.dev" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_load_refuses_an_older_format_or_another_kind(ckpt, tok, tmp_path):  # tok converts
+    import shutil
+
+    from anygpt_jax.modalities import MusicTokenizer
+    from anygpt_jax.modalities.codec import CONFIG_FILE
+
+    old = tmp_path / "old"
+    shutil.copytree(ckpt / "out", old)
+    meta = json.loads((old / CONFIG_FILE).read_text())
+    (old / CONFIG_FILE).write_text(json.dumps({**meta, "format": "anygpt_jax.seanet_codec/1"}))
+    with pytest.raises(ValueError, match=r"seanet_codec/1.*convert the checkpoint again"):
+        SpeechTokenizer.load(str(old))
+    with pytest.raises(ValueError, match=r"kind 'encodec', got .* kind 'speechtokenizer'$"):
+        MusicTokenizer.load(str(ckpt / "out"))

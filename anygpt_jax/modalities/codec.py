@@ -74,9 +74,9 @@ def load_codec(directory: str, kind: str) -> tuple[SEANetConfig, dict, dict]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{config_path}: not valid JSON ({e})") from e
     if meta.get("format") != FORMAT or meta.get("kind") != kind:
+        hint = "" if meta.get("format") == FORMAT else " (convert the checkpoint again)"
         raise ValueError(f"{config_path}: expected format {FORMAT!r} kind {kind!r}, got "
-                         f"{meta.get('format')!r} kind {meta.get('kind')!r} (an older format: "
-                         f"convert the checkpoint again with converters/)")
+                         f"{meta.get('format')!r} kind {meta.get('kind')!r}{hint}")
     config = SEANetConfig.from_dict(meta["seanet"])
     flat = load_file(params_path)
     check_params(config, flat, where=params_path)

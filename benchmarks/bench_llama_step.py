@@ -38,10 +38,14 @@ CONFIG = dict(
 )
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
-    """This machine's fp32 matmul FLOP/s through XLA, the best of a few timed runs."""
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
+def matmul_peak_flops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+    """This machine's matmul FLOP/s through XLA, the best of a few timed runs; operands in
+    `dtype`, products summed in fp32, compiled as the train step compiles that dtype."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(
+        lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32),
+        compiler_options=runtime.training_compiler_options(jax.devices()[0], dtype),
+    )
     f(a, a).block_until_ready()
     best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(repeats))
     return 2 * n**3 / best

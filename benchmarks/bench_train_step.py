@@ -3,8 +3,10 @@
 Same ~100M config and batch as bench_llama_step.py, one run each. Ours is the trainer's real
 step (loss, grads, clipping, AdamW update, metrics), jitted with the state donated; the
 reference is LlamaForCausalLM with torch.optim.AdamW. Prints the ratio ours/torch.
+`--dtype bfloat16` compares mixed precision on both sides: our bf16 compute config (fp32
+params, bf16 matmuls accumulating in fp32) against torch.autocast(bfloat16) on the same model.
 
-    python benchmarks/bench_train_step.py [--steps 5] [--batch 4] [--seq 256]
+    python benchmarks/bench_train_step.py [--steps 5] [--batch 4] [--seq 256] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_llama_step import CONFIG, _timed, hf_model, matmul_peak_flops  # noqa: E402
 
-from anygpt_jax import partitioning  # noqa: E402
+from anygpt_jax import partitioning, runtime  # noqa: E402
 from anygpt_jax.model import ModelConfig, init_params  # noqa: E402
 from anygpt_jax.training.metrics import model_flops_per_token  # noqa: E402
 from anygpt_jax.training.optimizer import learning_rate_schedule, make_optimizer  # noqa: E402
@@ -58,6 +60,7 @@ def bench_ours(cfg: ModelConfig, ids: np.ndarray, steps: int) -> float:
     step = jax.jit(
         make_train_step(cfg, tx, schedule, np.zeros(cfg.vocab_size, np.int32), rules=rules),
         donate_argnums=(0,),
+        compiler_options=runtime.training_compiler_options(jax.devices()[0], cfg.dtype),
     )
     batch = {k: jnp.asarray(v) for k, v in make_batch(ids).items()}
     with jax.set_mesh(mesh):
@@ -72,22 +75,27 @@ def bench_ours(cfg: ModelConfig, ids: np.ndarray, steps: int) -> float:
         return statistics.median(_timed(one_step) for _ in range(steps))
 
 
-def bench_torch(cfg: ModelConfig, ids: np.ndarray, steps: int) -> float:
-    """Median seconds per train step of LlamaForCausalLM + torch.optim.AdamW (clip 1.0)."""
+def bench_torch(cfg: ModelConfig, ids: np.ndarray, steps: int, device: str = "cpu") -> float:
+    """Median seconds per train step of LlamaForCausalLM + torch.optim.AdamW (clip 1.0) on a
+    torch `device`; under torch.autocast(bfloat16) when the config computes in bf16."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    model = hf_model(cfg).train()
+    model = hf_model(cfg).train().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.0)
-    x = torch.as_tensor(ids)
+    x = torch.as_tensor(ids).to(device)
+    autocast = cfg.dtype != "float32"
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        logits = model(x[:, :-1]).logits
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
+            logits = model(x[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sync()
 
     train_step()
     return statistics.median(_timed(train_step) for _ in range(steps))
@@ -98,20 +106,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype of both sides (parameters stay fp32)")
+    parser.add_argument("--torch_device", default=None,
+                        help="torch device of the reference (default: cuda when JAX runs on a "
+                        "GPU, else cpu)")
     args = parser.parse_args()
-    cfg = ModelConfig(**CONFIG, vocab_pad_multiple=128, scan_layers=True)
+    on_gpu = jax.default_backend() == "gpu"
+    torch_device = args.torch_device or ("cuda" if on_gpu else "cpu")
+    cfg = ModelConfig(**CONFIG, vocab_pad_multiple=128, scan_layers=True, dtype=args.dtype)
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (args.batch, args.seq + 1))
     tokens = args.batch * args.seq
-    peak = matmul_peak_flops()
+    peak = matmul_peak_flops(n=8192 if on_gpu else 2048, dtype=args.dtype)
     flops = model_flops_per_token(cfg, args.seq) * tokens
     ours = bench_ours(cfg, ids, args.steps)
-    ref = bench_torch(cfg, ids, args.steps)
+    ref = bench_torch(cfg, ids, args.steps, torch_device)
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(
-        f"batch {args.batch} x {args.seq} tokens, {os.cpu_count()} CPU cores, "
-        f"jax {jax.__version__}; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s"
+        f"batch {args.batch} x {args.seq} tokens on {jax.devices()[0].device_kind} "
+        f"({os.cpu_count()} CPU cores), torch on {torch_device}, jax {jax.__version__}; "
+        f"compute {args.dtype}; {args.dtype} matmul peak {peak / 1e9:.1f} GFLOP/s"
     )
-    for name, sec in (("anygpt-jax train step", ours), ("transformers + AdamW", ref)):
+    torch_name = "transformers + AdamW" + (" (autocast)" if args.dtype != "float32" else "")
+    for name, sec in (("anygpt-jax train step", ours), (torch_name, ref)):
         print(
             f"{name:22s} {tokens / sec:8.0f} tokens/s  step {sec * 1e3:7.1f} ms  "
             f"MFU {flops / sec / peak:6.1%}"

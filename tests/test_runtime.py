@@ -70,3 +70,29 @@ def test_default_dot_emitter_options_only_on_cpu(monkeypatch):
     assert runtime.default_dot_emitter_options(Tpu()) is None
     monkeypatch.setenv("ANYGPT_JAX_DEFAULT_XLA", "1")
     assert runtime.default_dot_emitter_options(cpu) is None
+
+
+def test_training_compiler_options_only_for_narrow_compute_on_cpu(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from anygpt_jax.model.mixed_dot import mixed_dot
+
+    monkeypatch.delenv("ANYGPT_JAX_DEFAULT_XLA", raising=False)
+    cpu = jax.devices("cpu")[0]
+    assert runtime.training_compiler_options(cpu, "float32") is None
+    options = runtime.training_compiler_options(cpu, "bfloat16")
+    assert options is not None
+    # XLA accepts the option's value, and the bf16 matmul gives what it gives without it.
+    x = np.random.default_rng(0).standard_normal((64, 48)).astype(np.float32)
+    fn = lambda a: mixed_dot(a, a, ((1,), (1,)), jnp.bfloat16, jnp.float32)  # noqa: E731
+    np.testing.assert_allclose(jax.jit(fn, compiler_options=options)(x), jax.jit(fn)(x),
+                               rtol=1e-5, atol=1e-5)
+
+    class Tpu:
+        platform = "tpu"
+
+    assert runtime.training_compiler_options(Tpu(), "bfloat16") is None
+    monkeypatch.setenv("ANYGPT_JAX_DEFAULT_XLA", "1")
+    assert runtime.training_compiler_options(cpu, "bfloat16") is None

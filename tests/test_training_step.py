@@ -117,6 +117,31 @@ def test_tiled_loss_step_equals_full_step():
         np.testing.assert_allclose(m1["correct_per_modality"], m2["correct_per_modality"])
 
 
+@pytest.mark.parametrize("vocab_tile", [None, 128])
+def test_bf16_compute_gradients_are_fp32_and_follow_the_fp32_ones(vocab_tile):
+    # Plain SGD with rate 1: the update is minus the gradient, so it shows the gradient itself.
+    tx = optax.sgd(1.0)
+    schedule = optax.constant_schedule(1.0)
+    params = init_params(CFG, jax.random.PRNGKey(0))
+    batch = _batch(np.random.default_rng(0))
+    deltas, norms = [], []
+    for dtype in ("float32", "bfloat16"):
+        cfg = CFG.replace(dtype=dtype)
+        step = make_train_step(cfg, tx, schedule, np.zeros(cfg.vocab_size, np.int32),
+                               LossConfig(vocab_tile=vocab_tile))
+        state, metrics = jax.jit(step)(init_train_state(params, tx), batch)
+        deltas.append(jax.tree_util.tree_map(jnp.subtract, state.params, params))
+        norms.append(float(metrics["grad_norm"]))
+    np.testing.assert_allclose(norms[1], norms[0], rtol=0.03)
+    for name, fp32, bf16 in zip(
+        jax.tree_util.tree_leaves_with_path(deltas[0]), *map(jax.tree_util.tree_leaves, deltas),
+        strict=True,
+    ):
+        assert bf16.dtype == jnp.float32, name[0]
+        cosine = float(jnp.vdot(fp32, bf16) / (jnp.linalg.norm(fp32) * jnp.linalg.norm(bf16)))
+        assert cosine > 0.99, (jax.tree_util.keystr(name[0]), cosine)
+
+
 def test_metrics_split_by_modality_and_respect_loss_weights():
     _, history = _run(LossConfig(), steps=1)
     m = history[0]

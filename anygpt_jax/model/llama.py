@@ -17,6 +17,7 @@ from jax.ad_checkpoint import checkpoint_name
 from anygpt_jax.model.attention import apply_rotary, attention_mask, dot_product_attention
 from anygpt_jax.model.cache import KVCache
 from anygpt_jax.model.config import ModelConfig
+from anygpt_jax.model.mixed_dot import mixed_dot
 from anygpt_jax.model.tpu_attention import splash_attention
 
 constrain = nn.with_logical_constraint
@@ -69,6 +70,7 @@ class Projection(nn.Module):
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     kernel_axes: tuple[str, ...]
+    out_dtype: str | None = None  # default: the compute dtype
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -81,8 +83,7 @@ class Projection(nn.Module):
         )
         n_in = len(self.in_shape)
         contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        dtype = jnp.dtype(cfg.dtype)
-        return jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
+        return mixed_dot(x, kernel, contract, cfg.dtype, self.out_dtype)
 
 
 class Attention(nn.Module):
@@ -243,6 +244,7 @@ class Transformer(nn.Module):
                 (cfg.hidden_size,),
                 (cfg.padded_vocab_size,),
                 ("embed", "vocab"),
+                out_dtype="float32",
                 name="lm_head",
             )
 
@@ -307,7 +309,8 @@ class Transformer(nn.Module):
         """Final hidden states -> fp32 logits over the padded vocabulary, padding masked."""
         cfg = self.config
         if cfg.tie_word_embeddings:
-            logits = self.embed_tokens.attend(hidden)
+            table = self.embed_tokens.embedding
+            logits = mixed_dot(hidden, table, ((-1,), (1,)), cfg.dtype, jnp.float32)
         else:
             logits = self.lm_head(hidden)
         logits = constrain(

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from anygpt_jax.model.llama import mask_padded_vocab
+from anygpt_jax.model.mixed_dot import mixed_dot
 
 
 def cross_entropy(
@@ -54,8 +55,8 @@ def tiled_cross_entropy(
 
     @jax.checkpoint
     def tile_logits(tile, index):
-        logits = jnp.einsum("bte,ev->btv", hidden, tile.astype(compute_dtype))
-        return mask_padded_vocab(logits.astype(jnp.float32), vocab_size, index * vocab_tile)
+        logits = mixed_dot(hidden, tile, ((2,), (0,)), compute_dtype, jnp.float32)
+        return mask_padded_vocab(logits, vocab_size, index * vocab_tile)
 
     def body(carry, xs):
         running_max, running_sum, target_logit, best, best_id = carry

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from anygpt_jax import partitioning
+from anygpt_jax import partitioning, runtime
 from anygpt_jax.model import ModelConfig, Transformer
 from anygpt_jax.training.loss import cross_entropy, tiled_cross_entropy
 
@@ -234,5 +234,6 @@ def sharded_train_step(
         in_shardings=(state_shardings, {k: batch_sharding for k in BATCH_KEYS}),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
+        compiler_options=runtime.training_compiler_options(mesh.devices.flat[0], cfg.dtype),
     )
     return ShardedTrainStep(fn, abstract_state, state_shardings, batch_sharding)

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from anygpt_jax.model import ModelConfig, Transformer, init_params  # noqa: E402
-from anygpt_jax.training.metrics import model_flops_per_token  # noqa: E402
+from anygpt_jax.training.metrics import device_peak_flops, model_flops_per_token  # noqa: E402
 from converters.llama import model_to_hf_config  # noqa: E402
 
 # ~100M parameters: 10 layers of width 768 plus untied 16k-row embedding and head.
@@ -36,19 +36,6 @@ CONFIG = dict(
     num_heads=12,
     num_kv_heads=12,
 )
-
-
-def matmul_peak_flops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
-    """This machine's matmul FLOP/s through XLA, the best of a few timed runs; operands in
-    `dtype`, products summed in fp32, compiled as the train step compiles that dtype."""
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(
-        lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32),
-        compiler_options=runtime.training_compiler_options(jax.devices()[0], dtype),
-    )
-    f(a, a).block_until_ready()
-    best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(repeats))
-    return 2 * n**3 / best
 
 
 def _timed(fn) -> float:
@@ -139,7 +126,7 @@ def main() -> None:
         "transformers (torch)": torch_step(cfg, ids),
     }
     best = interleaved_best(steps, args.steps)
-    peak = matmul_peak_flops()
+    peak = device_peak_flops(n=2048)
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(
         f"config: {n_params / 1e6:.1f}M params, batch {args.batch} x {args.seq} tokens, "

@@ -28,11 +28,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_llama_step import CONFIG, _timed, hf_model, matmul_peak_flops  # noqa: E402
+from bench_llama_step import CONFIG, _timed, hf_model  # noqa: E402
 
 from anygpt_jax import partitioning, runtime  # noqa: E402
 from anygpt_jax.model import ModelConfig, init_params  # noqa: E402
-from anygpt_jax.training.metrics import model_flops_per_token  # noqa: E402
+from anygpt_jax.training.metrics import device_peak_flops, model_flops_per_token  # noqa: E402
 from anygpt_jax.training.optimizer import learning_rate_schedule, make_optimizer  # noqa: E402
 from anygpt_jax.training.step import init_train_state, make_train_step  # noqa: E402
 
@@ -117,7 +117,7 @@ def main() -> None:
     cfg = ModelConfig(**CONFIG, vocab_pad_multiple=128, scan_layers=True, dtype=args.dtype)
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (args.batch, args.seq + 1))
     tokens = args.batch * args.seq
-    peak = matmul_peak_flops(n=8192 if on_gpu else 2048, dtype=args.dtype)
+    peak = device_peak_flops(n=8192 if on_gpu else 2048, compute_dtype=args.dtype)
     flops = model_flops_per_token(cfg, args.seq) * tokens
     ours = bench_ours(cfg, ids, args.steps)
     ref = bench_torch(cfg, ids, args.steps, torch_device)

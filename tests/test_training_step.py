@@ -167,3 +167,17 @@ def test_loss_falls_on_a_repeated_batch():
         state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_device_peak_flops_measures_the_compute_dtype_and_knows_tpus():
+    from anygpt_jax.training.metrics import TPU_PEAK_FLOPS, device_peak_flops
+
+    cpu = jax.devices("cpu")[0]
+    for dtype in ("float32", "bfloat16"):
+        assert 1e8 < device_peak_flops(cpu, dtype, n=256) < 1e14
+
+    class V5e:
+        device_kind = "TPU v5 lite"
+        platform = "tpu"
+
+    assert device_peak_flops(V5e(), "bfloat16") == TPU_PEAK_FLOPS["TPU v5 lite"]

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from anygpt_jax import runtime
 from anygpt_jax.model import ModelConfig
 
 # Peak dense bf16 FLOP/s per chip, for MFU on TPU (public spec sheets).
@@ -32,15 +33,20 @@ def model_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 6 * matmul_params + attention
 
 
-def device_peak_flops(device: jax.Device | None = None) -> float:
-    """Peak FLOP/s of one device: the spec for TPUs, a measured fp32 matmul elsewhere."""
+def device_peak_flops(
+    device: jax.Device | None = None, compute_dtype: str = "float32", n: int = 1024
+) -> float:
+    """Peak FLOP/s of one device: the spec for TPUs, elsewhere a measured n x n matmul with
+    operands in `compute_dtype` and fp32 sums, compiled as the train step compiles it."""
     device = device or jax.devices()[0]
     for kind, flops in TPU_PEAK_FLOPS.items():
         if device.device_kind.startswith(kind):
             return flops
-    n = 1024
-    a = jax.device_put(jnp.ones((n, n), jnp.float32), device)
-    f = jax.jit(lambda x: x @ x)
+    a = jax.device_put(jnp.ones((n, n), compute_dtype), device)
+    f = jax.jit(
+        lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32),
+        compiler_options=runtime.training_compiler_options(device, compute_dtype),
+    )
     f(a).block_until_ready()
     best = float("inf")
     for _ in range(3):

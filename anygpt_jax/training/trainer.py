@@ -210,7 +210,10 @@ def train(
     start = int(latest or 0)
     write_operative_config(model_dir)
 
-    peak = (peak_flops_per_device or metrics_lib.device_peak_flops()) * jax.device_count()
+    peak_per_device = peak_flops_per_device or metrics_lib.device_peak_flops(
+        compute_dtype=cfg.dtype
+    )
+    peak = peak_per_device * jax.device_count()
     flops_per_step = metrics_lib.model_flops_per_token(cfg, seq_len) * batch_size * seq_len
     writer = _summary_writer(model_dir)
     preemption = _Preemption()

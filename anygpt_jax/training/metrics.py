@@ -34,14 +34,20 @@ def model_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 
 
 def device_peak_flops(
-    device: jax.Device | None = None, compute_dtype: str = "float32", n: int = 1024
+    device: jax.Device | None = None, compute_dtype: str = "float32", n: int | None = None
 ) -> float:
     """Peak FLOP/s of one device: the spec for TPUs, elsewhere a measured n x n matmul with
-    operands in `compute_dtype` and fp32 sums, compiled as the train step compiles it."""
+    operands in `compute_dtype` and fp32 sums, compiled as the train step compiles it.
+
+    `n` defaults to 1024 on CPU and 8192 on a GPU, where a smaller product measures its
+    launch overhead instead of its arithmetic and so inflates every MFU computed from it.
+    """
     device = device or jax.devices()[0]
     for kind, flops in TPU_PEAK_FLOPS.items():
         if device.device_kind.startswith(kind):
             return flops
+    if n is None:
+        n = 1024 if device.platform == "cpu" else 8192
     a = jax.device_put(jnp.ones((n, n), compute_dtype), device)
     f = jax.jit(
         lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32),

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 
-# XLA:CPU lowers dots through YNNPACK with this flag: the same fp32 results, faster training
-# steps and codec convolutions on AVX2 hosts (not every shape: see default_dot_emitter_options).
-# TPU and GPU compiles ignore it.
+# Which of XLA:CPU's dots and fusions go to YNNPACK. Its default (individual dots and more) is
+# what every program here now runs with. The `dot` fusion type, once set for every process
+# from this module, fused broadcasts into YNNPACK subgraphs wrongly: a batched dot with a
+# broadcast operand came out off by up to 1e16 (tests/test_runtime.py keeps that pattern), and
+# on the AVX-512 host it was no faster than the default for training steps or the codecs.
 YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-CPU_XLA_FLAGS = (f"--{YNN_FUSION_OPTION}=dot",)
+# Process-wide XLA flags the CLIs add before JAX starts; none are needed at present.
+CPU_XLA_FLAGS: tuple[str, ...] = ()
 
 
 def configure_xla_flags() -> None:
@@ -27,26 +30,14 @@ def configure_xla_flags() -> None:
     os.environ["XLA_FLAGS"] = " ".join(flags)
 
 
-def default_dot_emitter_options(device) -> dict[str, str] | None:
-    """Per-jit `compiler_options` that turn YNNPACK dot fusion off on a CPU `device`; None on
-    other platforms, which know no such option.
-
-    For computations whose matmuls XLA:CPU's default emitter runs faster: SEED's ViT (257
-    tokens, per-head attention dots) encodes 1.3-1.6x faster without YNNPACK, LLaMA decode at
-    batch 8 ~1.25x; the codecs' convolutions (2x at batch 8) and training steps gain from it.
-    """
-    if device.platform != "cpu" or os.environ.get("ANYGPT_JAX_DEFAULT_XLA") == "1":
-        return None
-    return {YNN_FUSION_OPTION: ""}
-
-
 def training_compiler_options(device, compute_dtype: str) -> dict[str, str] | None:
     """Per-jit `compiler_options` for a train step computing in `compute_dtype` on `device`.
 
     On CPU, bf16 x bf16 -> fp32 matmuls (see model/mixed_dot.py) reach the avx512_bf16 rate
-    only as individual YNNPACK dots: fused into YNNPACK subgraphs (CPU_XLA_FLAGS) they ran at
-    half that, and a bf16 train step of the ~100M benchmark model took 4.5 s instead of 3.5 s.
-    fp32 steps keep the process flags. None where there is nothing to change.
+    only as individual YNNPACK dots: fused into YNNPACK subgraphs they ran at half that, and a
+    bf16 train step of the ~100M benchmark model took 4.5 s instead of 3.0 s. Asked for here so
+    that no process-wide flag can turn that fusion back on for them. fp32 steps keep the
+    process's settings. None where there is nothing to change.
     """
     import jax.numpy as jnp  # not at module import: configure_xla_flags runs before JAX
 

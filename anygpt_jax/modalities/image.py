@@ -22,7 +22,6 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from anygpt_jax import runtime
 from anygpt_jax.modalities.image_model import (
     CLIP_MEAN,
     CLIP_STD,
@@ -161,10 +160,7 @@ class ImageTokenizer:
         module = SeedTokenizerModel(
             config, DTYPES[dtype], PRECISIONS[precision], scan_blocks=False
         )
-        self._encode = jax.jit(
-            lambda p, x: module.apply({"params": p}, x),
-            compiler_options=runtime.default_dot_emitter_options(self._devices[0]),
-        )
+        self._encode = jax.jit(lambda p, x: module.apply({"params": p}, x))
         self._embed = jax.jit(
             lambda p, ids: module.apply({"params": p}, ids, method=SeedTokenizerModel.embed)
         )

@@ -54,7 +54,6 @@ def parse_gin(gin_files: list[str], bindings: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the evaluation; returns the exit status (1 with a one-line message on bad input)."""
-    runtime.configure_xla_flags()
     gin_files, bindings = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         parse_gin(gin_files, bindings)

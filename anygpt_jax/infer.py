@@ -41,7 +41,6 @@ import os
 import sys
 from typing import IO
 
-from anygpt_jax import runtime
 from anygpt_jax.train import CONFIG_DIR, ConfigError, gin_bindings, parse_gin_files  # noqa: F401 (CONFIG_DIR re-exported)
 
 DEFAULT_INTERACTIVE_OUT = "infer_output"
@@ -101,7 +100,6 @@ def main(argv: list[str] | None = None, stdin: IO[str] | None = None,
          stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
     """Runs inference; returns the exit status (1 on a bad setup or any failed request)."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
-    runtime.configure_xla_flags()
     args, bindings = parse_args(sys.argv[1:] if argv is None else argv)
     for path in args.gin_search_path:
         if not os.path.isdir(path):

@@ -1,33 +1,15 @@
-"""Process-level runtime settings that must be in place before JAX starts its backends."""
+"""Per-jit XLA compile options, and joining a multi-host job before JAX starts its backends."""
 
 from __future__ import annotations
 
 import os
 
-# Which of XLA:CPU's dots and fusions go to YNNPACK. Its default (individual dots and more) is
-# what every program here now runs with. The `dot` fusion type, once set for every process
-# from this module, fused broadcasts into YNNPACK subgraphs wrongly: a batched dot with a
-# broadcast operand came out off by up to 1e16 (tests/test_runtime.py keeps that pattern), and
-# on the AVX-512 host it was no faster than the default for training steps or the codecs.
+# Which of XLA:CPU's dots and fusions go to YNNPACK. Every program here runs with XLA's
+# default; only bf16 train steps ask for something else (training_compiler_options). The `dot`
+# fusion type, once set process-wide from this module, fused broadcasts into YNNPACK subgraphs
+# wrongly: a batched dot with a broadcast operand came out off by up to 1e16
+# (tests/test_runtime.py keeps that pattern), and it was no faster than the default.
 YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-# Process-wide XLA flags the CLIs add before JAX starts; none are needed at present.
-CPU_XLA_FLAGS: tuple[str, ...] = ()
-
-
-def configure_xla_flags() -> None:
-    """Adds the CPU-tuned XLA flags to XLA_FLAGS, keeping any the user set for the same option.
-
-    Call before the first JAX computation (CLIs do it first thing); a later call has no effect.
-    Set ANYGPT_JAX_DEFAULT_XLA=1 to leave XLA_FLAGS untouched.
-    """
-    if os.environ.get("ANYGPT_JAX_DEFAULT_XLA") == "1":
-        return
-    flags = os.environ.get("XLA_FLAGS", "").split()
-    for flag in CPU_XLA_FLAGS:
-        option = flag.split("=", 1)[0]
-        if not any(f.split("=", 1)[0] == option for f in flags):
-            flags.append(flag)
-    os.environ["XLA_FLAGS"] = " ".join(flags)
 
 
 def training_compiler_options(device, compute_dtype: str) -> dict[str, str] | None:
@@ -39,7 +21,7 @@ def training_compiler_options(device, compute_dtype: str) -> dict[str, str] | No
     that no process-wide flag can turn that fusion back on for them. fp32 steps keep the
     process's settings. None where there is nothing to change.
     """
-    import jax.numpy as jnp  # not at module import: configure_xla_flags runs before JAX
+    import jax.numpy as jnp  # importing this module stays free of JAX
 
     if (
         device.platform != "cpu"

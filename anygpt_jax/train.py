@@ -117,7 +117,6 @@ def parse_gin_files(
 
 def main(argv: list[str] | None = None) -> int:
     """Runs training; returns the exit status (1 with a one-line message on bad config)."""
-    runtime.configure_xla_flags()
     gin_files, bindings, search_paths = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         parse_gin(gin_files, bindings, search_paths)

@@ -17,7 +17,6 @@ import flax
 import numpy as np
 import torch
 
-from anygpt_jax import runtime
 from anygpt_jax.modalities import MusicTokenizer, SpeechTokenizer
 from converters.encodec import (
     ENCODEC_NAMES,
@@ -129,7 +128,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--codecs", nargs="+", default=["speech", "music"],
                         choices=["speech", "music"])
     args = parser.parse_args(argv)
-    runtime.configure_xla_flags()  # as the project's CLIs do, before JAX starts
     import jax
 
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "

@@ -23,7 +23,6 @@ import flax
 import numpy as np
 import torch
 
-from anygpt_jax import runtime
 from anygpt_jax.modalities.image import ImageTokenizer
 from anygpt_jax.modalities.image_model import SeedConfig
 from benchmarks import reference_path
@@ -82,7 +81,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs; the best counts")
     parser.add_argument("--vit_depth", type=int, default=39, help="ViT blocks (SEED: 39)")
     args = parser.parse_args(argv)
-    runtime.configure_xla_flags()  # as the project's CLIs do, before JAX starts
     import jax
 
     config = dataclasses.replace(SeedConfig(), vit_depth=args.vit_depth)

@@ -14,10 +14,6 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from anygpt_jax import runtime  # noqa: E402
-
-runtime.configure_xla_flags()  # as the project's CLIs do
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

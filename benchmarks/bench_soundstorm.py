@@ -19,10 +19,6 @@ import os
 import tempfile
 import time
 
-from anygpt_jax import runtime
-
-runtime.configure_xla_flags()  # as the project's CLIs do, before JAX starts
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Train-step tokens/s and MFU on CPU: our jitted make_train_step (AdamW) vs transformers+torch.
 
 Same ~100M config and batch as bench_llama_step.py, one run each. Ours is the trainer's real
-step (loss, grads, clipping, AdamW update, metrics), jitted with the state donated; the
+step (loss, grads, clipping, AdamW update, metrics), built by sharded_train_step; the
 reference is LlamaForCausalLM with torch.optim.AdamW. Prints the ratio ours/torch.
 `--dtype bfloat16` compares mixed precision on both sides: our bf16 compute config (fp32
 params, bf16 matmuls accumulating in fp32) against torch.autocast(bfloat16) on the same model.
@@ -16,10 +16,6 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from anygpt_jax import runtime  # noqa: E402
-
-runtime.configure_xla_flags()  # as the project's CLIs do
-
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 
@@ -30,11 +26,15 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_llama_step import CONFIG, _timed, hf_model  # noqa: E402
 
-from anygpt_jax import partitioning, runtime  # noqa: E402
+from anygpt_jax import partitioning  # noqa: E402
 from anygpt_jax.model import ModelConfig, init_params  # noqa: E402
 from anygpt_jax.training.metrics import device_peak_flops, model_flops_per_token  # noqa: E402
 from anygpt_jax.training.optimizer import learning_rate_schedule, make_optimizer  # noqa: E402
-from anygpt_jax.training.step import init_train_state, make_train_step  # noqa: E402
+from anygpt_jax.training.step import (  # noqa: E402
+    LossConfig,
+    init_train_state,
+    sharded_train_step,
+)
 
 LR, STEPS_IN_SCHEDULE = 3e-4, 1000
 
@@ -52,16 +52,15 @@ def make_batch(ids: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def bench_ours(cfg: ModelConfig, ids: np.ndarray, steps: int) -> float:
-    """Median seconds per full train step (jitted, state donated) on a 1-device mesh."""
+    """Median seconds per train step as the trainer builds it (sharded_train_step: jitted,
+    state donated, compile options for the compute dtype) on a 1-device mesh."""
     schedule = learning_rate_schedule(STEPS_IN_SCHEDULE, peak_learning_rate=LR, warmup_steps=0)
     tx = make_optimizer(schedule, weight_decay=0.0)
     rules = partitioning.logical_axis_rules()
     mesh = partitioning.make_mesh(num_devices=1)
-    step = jax.jit(
-        make_train_step(cfg, tx, schedule, np.zeros(cfg.vocab_size, np.int32), rules=rules),
-        donate_argnums=(0,),
-        compiler_options=runtime.training_compiler_options(jax.devices()[0], cfg.dtype),
-    )
+    step = sharded_train_step(
+        cfg, tx, schedule, np.zeros(cfg.vocab_size, np.int32), LossConfig(), mesh, rules
+    ).fn
     batch = {k: jnp.asarray(v) for k, v in make_batch(ids).items()}
     with jax.set_mesh(mesh):
         state = init_train_state(init_params(cfg, jax.random.PRNGKey(0)), tx)

@@ -24,7 +24,6 @@ import sys
 
 import numpy as np
 
-from anygpt_jax import runtime
 from anygpt_jax.data import shards as shards_lib
 from anygpt_jax.vocab import MergedVocabulary, ModalitySpan
 from data import media as media_lib
@@ -239,7 +238,6 @@ def _tokenizer_args(values: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    runtime.configure_xla_flags()  # before JAX starts; worker processes inherit it
     p = argparse.ArgumentParser(
         prog="python -m data.build",
         description=__doc__,

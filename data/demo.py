@@ -37,7 +37,6 @@ import sys
 
 import numpy as np
 
-from anygpt_jax import runtime
 from data import build
 from data.demo_vocab import build_demo_vocab
 
@@ -295,7 +294,6 @@ def build_demo(
 
 
 def main(argv: list[str] | None = None) -> int:
-    runtime.configure_xla_flags()  # before JAX starts; worker processes inherit it
     p = argparse.ArgumentParser(
         prog="python -m data.demo",
         description=__doc__,

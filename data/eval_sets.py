@@ -36,7 +36,6 @@ import os
 import sys
 from collections.abc import Callable
 
-from anygpt_jax import runtime
 from data import build, readers
 
 ITEMS_FILE = "items.jsonl"
@@ -221,7 +220,6 @@ def prepare(name: str, args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    runtime.configure_xla_flags()  # before JAX starts; worker processes inherit it
     p = argparse.ArgumentParser(
         prog="python -m data.eval_sets",
         description=__doc__,

@@ -9,10 +9,6 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-from anygpt_jax import runtime  # noqa: E402
-
-runtime.configure_xla_flags()  # tests run the XLA configuration the CLIs use
-
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""mixed_dot: values and gradients equal the plain dot_general's; bf16 operands, fp32 sums."""
+"""mixed_dot: values and gradients equal the plain dot_general's; bf16 operands, fp32 sums;
+weight gradients without a transpose."""
 
 import jax
 import jax.numpy as jnp
@@ -55,9 +56,24 @@ def test_bf16_dot_accumulates_in_fp32_and_keeps_parameter_grads_fp32():
     np.testing.assert_allclose(gx, 2 * (1.0 / 4096 + 1e-6), rtol=1e-2)
 
 
-def test_fp32_dtype_is_the_plain_dot():
-    x = jnp.arange(6.0).reshape(2, 3)
-    y = jnp.arange(12.0).reshape(3, 4)
-    jaxpr = jax.make_jaxpr(lambda x, y: mixed_dot(x, y, ((1,), (0,)), jnp.float32))(x, y)
-    assert "custom_vjp" not in str(jaxpr)
-    np.testing.assert_array_equal(mixed_dot(x, y, ((-1,), (0,)), jnp.float32), x @ y)
+def test_fp32_values_are_the_plain_dot():
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 5, 8))
+    y = jax.random.normal(jax.random.PRNGKey(2), (8, 4))
+    got = mixed_dot(x, y, ((-1,), (0,)), jnp.float32)
+    assert got.dtype == jnp.float32
+    np.testing.assert_array_equal(got, lax.dot_general(x, y, (((2,), (0,)), ((), ()))))
+
+
+def _transposes_in_weight_gradient(dot) -> int:
+    x, y = jnp.ones((2, 3, 4)), jnp.ones((4, 5))
+    jaxpr = jax.make_jaxpr(jax.grad(lambda y: jnp.sum(jnp.sin(dot(x, y)))))(y)
+    return sum(eqn.primitive.name == "transpose" for eqn in jaxpr.jaxpr.eqns)
+
+
+def test_weight_gradient_comes_out_in_the_weight_layout():
+    # JAX's rule builds dW as dot(g, x) [out, in] plus a transpose, which XLA:CPU turns into a
+    # strided copy of g; ours contracts x against g straight into [in, out].
+    plain = _transposes_in_weight_gradient(
+        lambda x, y: lax.dot_general(x, y, (((2,), (0,)), ((), ()))))
+    ours = _transposes_in_weight_gradient(lambda x, y: mixed_dot(x, y, ((2,), (0,)), jnp.float32))
+    assert plain == 1 and ours == 0

@@ -30,6 +30,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec
 
 from anygpt_jax import partitioning
+from anygpt_jax.array_ops import argmax
 from anygpt_jax.model import KVCache, ModelConfig, Transformer, param_logical_axes
 from anygpt_jax.model.cache import CACHE_AXES, CACHE_SEGMENT_AXES
 from anygpt_jax.model.tpu_attention import SplashConfig, kernel_calls, kernel_flops_from_hlo
@@ -274,7 +275,7 @@ def decode_step(cfg: ModelConfig, rules: Any) -> Callable:
             logits, cache = model.apply(
                 {"params": params}, ids, positions, jnp.ones_like(ids), cache=cache
             )
-        return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
+        return argmax(logits[:, -1]), cache
 
     return step
 

@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from anygpt_jax import partitioning
+from anygpt_jax.array_ops import argmax
 from anygpt_jax.inference import beam, constraints, decoding
 from anygpt_jax.inference.settings import GenerationSettings
 from anygpt_jax.model import Transformer
@@ -162,7 +163,7 @@ def sample_loop(
             step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, t)
             token = decoding.processors.sample_rows(step_keys, scores)
         else:
-            token = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+            token = argmax(scores)
         token = jnp.where(done, 0, token)
         out = dict(c)
         out["tokens"] = jax.lax.dynamic_update_slice(c["tokens"], token[:, None], (0, t))

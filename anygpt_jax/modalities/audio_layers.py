@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from anygpt_jax.array_ops import argmax
+
 Array = jax.Array
 PAD_MODES = ("reflect", "constant")
 
@@ -252,7 +254,7 @@ def rvq_encode(x: Array, codebooks: Array, precision: lax.Precision) -> Array:
             - 2 * jnp.einsum("btd,kd->btk", residual, embed, precision=precision)
             + jnp.sum(embed**2, axis=-1)
         )
-        idx = jnp.argmax(dist, axis=-1).astype(jnp.int32)
+        idx = argmax(dist)
         residual = residual - embed[idx]
         codes.append(idx)
     return jnp.stack(codes)

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from anygpt_jax.array_ops import argmax
+
 Array = jax.Array
 LogitsFn = Callable[[Array, Array, Array], Array]  # (codes, semantic, valid) -> logits
 
@@ -185,14 +187,14 @@ def maskgit_decode(
         # Softmax over the kept logits; ties at the threshold count as often as top-k keeps them.
         total = jnp.sum(jnp.where(above, exp, 0.0), axis=-1) + (
             top_k - jnp.sum(above, axis=-1)) * jnp.exp(threshold - top)[..., 0]
-        picked = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # temperature 0 is argmax
+        picked = argmax(logits)  # temperature 0 is argmax
         if sample:
             temperature = jnp.maximum(i.astype(jnp.float32) / steps.astype(jnp.float32), 1e-10)
             noise = frame_gumbel(jax.random.fold_in(key, p), logits.shape)
             kept = jnp.where(logits >= threshold, logits / temperature + noise, -jnp.inf)
             use_argmax = (i == 0) | (greedy & (count == 0))
             picked = jnp.where(use_argmax[:, None, None], picked,
-                               jnp.argmax(kept, axis=-1).astype(jnp.int32))
+                               argmax(kept))
         prob = jnp.take_along_axis(exp, picked[..., None], axis=-1)[..., 0] / total
         codes = jnp.where(mask, picked, codes)
         score = jnp.where(valid3, 1.0 - prob, -jnp.inf).reshape(batch, length * num_q)
@@ -204,7 +206,7 @@ def maskgit_decode(
         return jnp.where(again & remask, mask_id, codes), jnp.where(again, remask, mask)
 
     def single_pass(q, logits, codes, mask):
-        picked = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        picked = argmax(logits)
         codes = jnp.where((layer >= q) & writable, picked, codes)
         return codes, mask & (layer != q)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from anygpt_jax.array_ops import argmax
 from anygpt_jax.model.llama import mask_padded_vocab
 from anygpt_jax.model.mixed_dot import mixed_dot
 
@@ -71,7 +72,7 @@ def tiled_cross_entropy(
         in_tile = (local >= 0) & (local < vocab_tile)
         picked = jnp.take_along_axis(logits, jnp.clip(local, 0, vocab_tile - 1)[..., None], -1)
         target_logit = jnp.where(in_tile, picked[..., 0], target_logit)
-        tile_best = logits.argmax(-1) + index * vocab_tile
+        tile_best = argmax(logits) + index * vocab_tile
         best_id = jnp.where(tile_max > best, tile_best, best_id)
         best = jnp.maximum(best, tile_max)
         return (new_max, running_sum, target_logit, best, best_id), None

@@ -21,6 +21,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from anygpt_jax import partitioning, runtime
+from anygpt_jax.array_ops import argmax
 from anygpt_jax.model import ModelConfig, Transformer
 from anygpt_jax.training.loss import cross_entropy, tiled_cross_entropy
 
@@ -80,7 +81,7 @@ def _per_token_loss(model, cfg: ModelConfig, loss_cfg: LossConfig, params, batch
     if loss_cfg.vocab_tile is None:
         logits = model.apply({"params": params}, *args, rngs=rngs)
         loss, _ = cross_entropy(logits, targets, loss_cfg.z_loss)
-        return loss, logits.argmax(-1)
+        return loss, argmax(logits)
     hidden = model.apply({"params": params}, *args, return_hidden=True, rngs=rngs)
     if cfg.tie_word_embeddings:
         kernel = params["embed_tokens"]["embedding"].T

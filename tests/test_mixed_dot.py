@@ -1,13 +1,17 @@
 """mixed_dot: values and gradients equal the plain dot_general's; bf16 operands, fp32 sums;
-weight gradients without a transpose."""
+weight gradients without a transpose; the remat policy saves mixed dots in the compute dtype."""
+
+import contextlib
+import io
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from jax.ad_checkpoint import print_saved_residuals
 
-from anygpt_jax.model.mixed_dot import _mixed_dot, mixed_dot
+from anygpt_jax.model.mixed_dot import _mixed_dot, dots_saveable, mixed_dot
 
 CASES = [
     ((4, 5, 6), (6, 7), ((2,), (0,))),  # projection [b, t, e] @ [e, f]
@@ -77,3 +81,31 @@ def test_weight_gradient_comes_out_in_the_weight_layout():
         lambda x, y: lax.dot_general(x, y, (((2,), (0,)), ((), ()))))
     ours = _transposes_in_weight_gradient(lambda x, y: mixed_dot(x, y, ((2,), (0,)), jnp.float32))
     assert plain == 1 and ours == 0
+
+
+def _saved(fn, *args) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_saved_residuals(fn, *args)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_dots_saveable_keeps_matmul_outputs_in_the_compute_dtype(dtype):
+    x = jax.random.normal(jax.random.PRNGKey(3), (4, 8))
+    w = jax.random.normal(jax.random.PRNGKey(4), (8, 16))
+
+    def f(x, w):
+        h = mixed_dot(x, w, ((1,), (0,)), dtype)
+        return jnp.sum(jnp.sin(h.astype(jnp.float32)))
+
+    ours = jax.checkpoint(f, policy=dots_saveable)
+    jax_policy = jax.checkpoint(f, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    if dtype == jnp.bfloat16:
+        assert "bf16[4,16] named" in _saved(ours, x, w)
+        assert "f32[4,16] output of dot_general" not in _saved(ours, x, w)
+        assert "f32[4,16] output of dot_general" in _saved(jax_policy, x, w)  # twice the bytes
+    else:
+        assert "f32[4,16] output of dot_general" in _saved(ours, x, w)
+    for a, b in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(jax_policy, (0, 1))(x, w), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -17,7 +17,7 @@ from jax.ad_checkpoint import checkpoint_name
 from anygpt_jax.model.attention import apply_rotary, attention_mask, dot_product_attention
 from anygpt_jax.model.cache import KVCache
 from anygpt_jax.model.config import ModelConfig
-from anygpt_jax.model.mixed_dot import mixed_dot
+from anygpt_jax.model.mixed_dot import dots_saveable, mixed_dot
 from anygpt_jax.model.tpu_attention import splash_attention
 
 constrain = nn.with_logical_constraint
@@ -25,7 +25,7 @@ constrain = nn.with_logical_constraint
 # Remat policies by name; the names tag activations with `checkpoint_name` below.
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
-    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "minimal": dots_saveable,  # matmul outputs (a mixed dot's in the compute dtype)
     "save_qkv_proj": jax.checkpoint_policies.save_only_these_names(
         "query_proj", "key_proj", "value_proj"
     ),

@@ -11,3 +11,17 @@ def reference_path() -> None:
     tests_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
     if tests_dir not in sys.path:
         sys.path.insert(0, tests_dir)
+
+
+MALLOC_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def allocator_description() -> str:
+    """The host allocator setting, printed with figures it sways: under glibc's defaults every
+    buffer over 32 MiB is mmap'd per allocation and page-faulted in again on each use, which
+    eager PyTorch pays op by op (README, codec row)."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    if "jemalloc" in preload or "tcmalloc" in preload:
+        return f"allocator LD_PRELOAD={preload}"
+    tuned = [f"{k}={os.environ[k]}" for k in MALLOC_VARIABLES if k in os.environ]
+    return "malloc " + (" ".join(tuned) if tuned else "glibc defaults (>32 MiB buffers mmap'd)")

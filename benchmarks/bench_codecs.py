@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from anygpt_jax.modalities import MusicTokenizer, SpeechTokenizer
+from benchmarks import allocator_description
 from converters.encodec import (
     ENCODEC_NAMES,
     TorchTensors,
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     import jax
 
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
-          f"with {torch.get_num_threads()} threads; {args.seconds:g} s clips")
+          f"with {torch.get_num_threads()} threads; {args.seconds:g} s clips; "
+          f"{allocator_description()}")
     print(f"{'codec':7} {'batch':>5} {'op':7} {'ours audio-s/s':>15} {'torch audio-s/s':>16} "
           f"{'ratio':>6} {'compile s':>10}")
     for codec in args.codecs:

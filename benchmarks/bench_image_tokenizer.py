@@ -25,7 +25,7 @@ import torch
 
 from anygpt_jax.modalities.image import ImageTokenizer
 from anygpt_jax.modalities.image_model import SeedConfig
-from benchmarks import reference_path
+from benchmarks import allocator_description, reference_path
 from converters.seed import params_from_state_dicts
 
 reference_path()
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
         f"with {torch.get_num_threads()} threads; SEED v2 widths, ViT depth {config.vit_depth}"
-        f"{'' if config.vit_depth == 39 else ' (real: 39)'}, fp32"
+        f"{'' if config.vit_depth == 39 else ' (real: 39)'}, fp32; {allocator_description()}"
     )
     print(
         f"{'batch':>5} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'compile s':>10} "

@@ -57,6 +57,14 @@ def test_training_compiler_options_only_for_narrow_compute_on_cpu(monkeypatch):
     np.testing.assert_allclose(jax.jit(fn, compiler_options=options)(x), jax.jit(fn)(x),
                                rtol=1e-5, atol=1e-5)
 
+    # Reductions stay where XLA's default puts them (YNNPACK, where it takes them).
+    def reduction_on_ynn(compiler_options) -> bool:
+        tokens = jnp.ones((1024, 768))  # a norm scale's gradient sums over tokens
+        compiled = jax.jit(lambda a: (a * a).sum(0)).lower(tokens).compile(compiler_options)
+        return "__ynn_fusion" in compiled.as_text()
+
+    assert reduction_on_ynn(options) == reduction_on_ynn(None)
+
     class Tpu:
         platform = "tpu"
 

@@ -7,6 +7,7 @@ reference is LlamaForCausalLM with torch.optim.AdamW. Prints the ratio ours/torc
 params, bf16 matmuls accumulating in fp32) against torch.autocast(bfloat16) on the same model.
 
     python benchmarks/bench_train_step.py [--steps 5] [--batch 4] [--seq 256] [--dtype bfloat16]
+        [--layers unrolled]
 """
 
 from __future__ import annotations
@@ -107,13 +108,17 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="compute dtype of both sides (parameters stay fp32)")
+    parser.add_argument("--layers", choices=("scan", "unrolled"), default="scan",
+                        help="our layers under nn.scan (the default, the pod layout) or unrolled")
     parser.add_argument("--torch_device", default=None,
                         help="torch device of the reference (default: cuda when JAX runs on a "
                         "GPU, else cpu)")
     args = parser.parse_args()
     on_gpu = jax.default_backend() == "gpu"
     torch_device = args.torch_device or ("cuda" if on_gpu else "cpu")
-    cfg = ModelConfig(**CONFIG, vocab_pad_multiple=128, scan_layers=True, dtype=args.dtype)
+    cfg = ModelConfig(
+        **CONFIG, vocab_pad_multiple=128, scan_layers=args.layers == "scan", dtype=args.dtype
+    )
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (args.batch, args.seq + 1))
     tokens = args.batch * args.seq
     peak = device_peak_flops(n=None if on_gpu else 2048, compute_dtype=args.dtype)
@@ -124,7 +129,8 @@ def main() -> None:
     print(
         f"batch {args.batch} x {args.seq} tokens on {jax.devices()[0].device_kind} "
         f"({os.cpu_count()} CPU cores), torch on {torch_device}, jax {jax.__version__}; "
-        f"compute {args.dtype}; {args.dtype} matmul peak {peak / 1e9:.1f} GFLOP/s"
+        f"compute {args.dtype}, {args.layers} layers; "
+        f"{args.dtype} matmul peak {peak / 1e9:.1f} GFLOP/s"
     )
     torch_name = "transformers + AdamW" + (" (autocast)" if args.dtype != "float32" else "")
     for name, sec in (("anygpt-jax train step", ours), (torch_name, ref)):

@@ -7,7 +7,7 @@ reference is LlamaForCausalLM with torch.optim.AdamW. Prints the ratio ours/torc
 params, bf16 matmuls accumulating in fp32) against torch.autocast(bfloat16) on the same model.
 
     python benchmarks/bench_train_step.py [--steps 5] [--batch 4] [--seq 256] [--dtype bfloat16]
-        [--layers unrolled]
+        [--layers scan_unrolled|unrolled]
 """
 
 from __future__ import annotations
@@ -108,8 +108,11 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="compute dtype of both sides (parameters stay fp32)")
-    parser.add_argument("--layers", choices=("scan", "unrolled"), default="scan",
-                        help="our layers under nn.scan (the default, the pod layout) or unrolled")
+    parser.add_argument("--layers", choices=("scan", "scan_unrolled", "unrolled"),
+                        default="scan",
+                        help="our layers: stacked under nn.scan (the default, the pod layout), "
+                        "stacked with the scan fully unrolled (scan_unroll=num_layers), or "
+                        "separate modules")
     parser.add_argument("--torch_device", default=None,
                         help="torch device of the reference (default: cuda when JAX runs on a "
                         "GPU, else cpu)")
@@ -117,7 +120,11 @@ def main() -> None:
     on_gpu = jax.default_backend() == "gpu"
     torch_device = args.torch_device or ("cuda" if on_gpu else "cpu")
     cfg = ModelConfig(
-        **CONFIG, vocab_pad_multiple=128, scan_layers=args.layers == "scan", dtype=args.dtype
+        **CONFIG,
+        vocab_pad_multiple=128,
+        scan_layers=args.layers != "unrolled",
+        scan_unroll=CONFIG["num_layers"] if args.layers == "scan_unrolled" else 1,
+        dtype=args.dtype,
     )
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (args.batch, args.seq + 1))
     tokens = args.batch * args.seq

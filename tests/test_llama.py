@@ -162,6 +162,55 @@ def test_remat_policies_keep_gradients(policy):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("scan_unroll", [2, 3])  # 2 leaves a remainder of the 3 layers
+def test_unrolled_layer_scan_keeps_logits_gradients_and_decode(scan_unroll):
+    from anygpt_jax.model import ModelConfig
+
+    base = ModelConfig(
+        vocab_size=200,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=3,
+        num_heads=4,
+        num_kv_heads=2,
+    )
+    unrolled = base.replace(scan_unroll=scan_unroll)
+    params = init_params(base, jax.random.PRNGKey(0))  # one parameter layout for both
+    ids = jax.random.randint(jax.random.PRNGKey(1), (2, 8), 0, 200)
+
+    def loss(cfg, p):
+        return Transformer(cfg).apply({"params": p}, ids)[..., :200].mean()
+
+    def has_loop(cfg) -> bool:
+        return "stablehlo.while" in jax.jit(lambda p: loss(cfg, p)).lower(params).as_text()
+
+    assert has_loop(base) and has_loop(unrolled) == (scan_unroll < base.num_layers)
+    np.testing.assert_allclose(loss(unrolled, params), loss(base, params), rtol=1e-6)
+    want = jax.grad(lambda p: loss(base, p))(params)
+    got = jax.grad(lambda p: loss(unrolled, p))(params)
+    for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-5)
+
+    def decode(cfg):
+        cache = KVCache.init(cfg, batch_size=2, max_length=8)
+        logits, cache = Transformer(cfg).apply({"params": params}, ids[:, :5], cache=cache)
+        positions = jnp.full((2, 1), 5)
+        step, _ = Transformer(cfg).apply({"params": params}, ids[:, 5:6], positions, cache=cache)
+        return np.asarray(logits), np.asarray(step)
+
+    for want, got in zip(decode(base), decode(unrolled), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("scan_unroll", [0, 4])
+def test_scan_unroll_outside_the_layer_count_is_refused(scan_unroll):
+    from anygpt_jax.model import ModelConfig
+
+    with pytest.raises(ValueError, match=f"scan_unroll={scan_unroll} must be between 1 and "
+                       "num_layers=3"):
+        ModelConfig(num_layers=3, scan_unroll=scan_unroll)
+
+
 def test_parameters_carry_logical_axes():
     from anygpt_jax.model import ModelConfig, param_logical_axes
 

@@ -40,6 +40,11 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     scan_layers: bool = True
+    # Layers per iteration of the layer scan (stacked parameters either way); num_layers runs
+    # them as straight-line code. On XLA:CPU that skips the loop's stores into stacked
+    # residual buffers (a ~100M train step: ~9% faster in fp32, ~25% with bf16 compute); on
+    # TPU it mostly costs compile time.
+    scan_unroll: int = 1
     remat_policy: str = "none"
     attention_kernel: str = "xla"
 
@@ -55,6 +60,10 @@ class ModelConfig:
         if self.attention_kernel not in ATTENTION_KERNELS:
             raise ValueError(
                 f"attention_kernel={self.attention_kernel!r}; expected one of {ATTENTION_KERNELS}"
+            )
+        if not 1 <= self.scan_unroll <= self.num_layers:
+            raise ValueError(
+                f"scan_unroll={self.scan_unroll} must be between 1 and num_layers={self.num_layers}"
             )
         if self.vocab_pad_multiple < 1:
             raise ValueError(f"vocab_pad_multiple={self.vocab_pad_multiple} must be >= 1")

@@ -233,6 +233,7 @@ class Transformer(nn.Module):
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
                 length=cfg.num_layers,
+                unroll=cfg.scan_unroll,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg)
         else:

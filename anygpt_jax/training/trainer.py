@@ -113,6 +113,7 @@ def _layout(cfg: ModelConfig) -> dict:
         "param_dtype",
         "dtype",
         "scan_layers",
+        "scan_unroll",
         "remat_policy",
         "attention_kernel",
     )

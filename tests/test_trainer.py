@@ -134,6 +134,18 @@ def test_non_finite_loss_stops_with_the_step_and_no_bad_checkpoint(vocab, tmp_pa
         assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(params))
 
 
+def test_profile_steps_write_a_trace_for_tensorboard(vocab, tmp_path):
+    run(tmp_path / "p", vocab, 3, profile_steps=(2, 3))
+    traces = list((tmp_path / "p" / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert traces and all(t.stat().st_size > 0 for t in traces)
+
+
+def test_bad_profile_steps_are_refused_before_any_work(vocab, tmp_path):
+    with pytest.raises(ValueError, match=r"train\.profile_steps=\(2, 9\).*train_steps=3"):
+        run(tmp_path / "bad", vocab, 3, profile_steps=(2, 9))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_vocab_mismatch_is_refused(vocab, tmp_path):
     with pytest.raises(ValueError, match="vocab_size"):
         train(

@@ -28,6 +28,7 @@ from anygpt_jax.model import ModelConfig, Transformer
 from anygpt_jax.training import metrics as metrics_lib
 from anygpt_jax.training.checkpoints import TrainCheckpointer
 from anygpt_jax.training.optimizer import learning_rate_schedule, make_optimizer
+from anygpt_jax.training.profiling import StepProfiler, check_profile_steps
 from anygpt_jax.training.step import BATCH_KEYS, LossConfig, init_train_state, sharded_train_step
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ def train(
     stop_after_steps: int | None = None,
     log_batch_digests: bool = False,
     eval_every: int | None = None,
+    profile_steps: tuple[int, int] | None = None,
 ) -> dict[str, float]:
     """Trains to `train_steps`, resuming from MODEL_DIR's latest checkpoint; returns last metrics.
 
@@ -159,7 +161,10 @@ def train(
     `eval_every` runs anygpt_jax.evaluation on the current parameters every that many steps
     and at the end (eval tasks and options from gin: register_eval, EvalOptions), writing to
     MODEL_DIR/eval; its tasks are registered before training, so a bad eval config fails first.
+    `profile_steps=(first, last)` traces those steps with jax.profiler into
+    MODEL_DIR/tensorboard (TensorBoard's profile tab).
     """
+    check_profile_steps(profile_steps, train_steps)
     cfg = model_config or ModelConfig()
     loss_config = loss_config or LossConfig()
     mesh = partitioning.make_mesh()
@@ -219,6 +224,7 @@ def train(
     writer = _summary_writer(model_dir)
     preemption = _Preemption()
     digests = _digest_file(model_dir) if log_batch_digests else None
+    profiler = StepProfiler(os.path.join(model_dir, "tensorboard"), profile_steps)
     last: dict[str, float] = {}
     run_start, steps_timed, window_start = time.perf_counter(), 0, time.perf_counter()
     try:
@@ -231,9 +237,11 @@ def train(
                 )
                 for k in BATCH_KEYS
             }
+            profiler.before_step(step + 1)
             with jax.set_mesh(mesh):
                 new_state, step_metrics = step_fn(state, batch)
             step_metrics = jax.device_get(step_metrics)
+            profiler.after_step(step + 1)
             if not math.isfinite(float(step_metrics["loss"])):
                 raise TrainingError(
                     f"non-finite loss {float(step_metrics['loss'])} at step {step + 1}; "
@@ -273,6 +281,7 @@ def train(
                 print(f"{reason}: saved step {step}, exiting", flush=True)
                 break
     finally:
+        profiler.stop()
         checkpointer.wait()
         checkpointer.close()
         preemption.restore()

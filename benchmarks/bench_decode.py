@@ -2,8 +2,8 @@
 
 Same random ~58M-parameter LLaMA (fp32, CPU) on both sides, imported into ours with the
 converter, KV cache on both; batch 1 and 8, a 32-token prompt, 128 new tokens, no stop id.
-Ours runs unrolled layers, the CPU inference layout (`AnyGPT.load(d, scan_layers=False)`):
-a layer scan slices every layer's weights out of the stacked arrays at each token.
+Ours runs unrolled layers, the CPU inference layout (`AnyGPT.load(d, scan_layers=False)`;
+`--scanned` for the layer scan, even at batch 1 and ~10% slower at batch 8).
 Rounds alternate the sides and keep each side's best; transformers runs with 1 thread and
 with all cores and the ratio takes its faster one; compile time is reported apart.
 Prints ours/transformers new-tokens/s ratios (goal >= 2x). Also checks both produce the same

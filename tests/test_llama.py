@@ -211,6 +211,27 @@ def test_scan_unroll_outside_the_layer_count_is_refused(scan_unroll):
         ModelConfig(num_layers=3, scan_unroll=scan_unroll)
 
 
+def test_scanned_decode_step_updates_the_cache_in_place():
+    # The layer scan carries the stacked cache and writes only the new slots; taking it as scanned
+    # inputs and outputs instead built a second whole cache as temporaries at every step.
+    from anygpt_jax.model import ModelConfig
+
+    cfg = ModelConfig(
+        vocab_size=200, hidden_size=64, intermediate_size=128, num_layers=4, num_heads=4,
+        num_kv_heads=2,
+    )
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    cache = KVCache.init(cfg, batch_size=2, max_length=4096)
+    ids, positions = jnp.ones((2, 1), jnp.int32), jnp.zeros((2, 1), jnp.int32)
+    step = jax.jit(
+        lambda p, c: Transformer(cfg).apply({"params": p}, ids, positions, cache=c),
+        donate_argnums=1,
+    )
+    memory = step.lower(params, cache).compile().memory_analysis()
+    cache_bytes = cache.keys.nbytes + cache.values.nbytes
+    assert memory.temp_size_in_bytes < cache_bytes / 2  # a layer's slice, not a whole cache
+
+
 def test_parameters_carry_logical_axes():
     from anygpt_jax.model import ModelConfig, param_logical_axes
 

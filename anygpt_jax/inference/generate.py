@@ -61,8 +61,9 @@ def generate(
     Sampling is deterministic for a seed, and a row's draws do not depend on the padding.
     seed: one int for the request (prompt i draws from stream i), or one per prompt: then each
     prompt draws what it would draw alone with its seed, so batching changes no sample.
-    On a CPU host decode is fastest with unrolled layers (`AnyGPT.load(d, scan_layers=False)`):
-    a layer scan copies each layer's weights out of the stacked arrays at every token.
+    On a CPU host unrolled layers (`AnyGPT.load(d, scan_layers=False)`) decode batches ~10%
+    faster than the layer scan, which copies each layer's slice of the stacked cache to attend
+    over it; at batch 1 the two are even.
     """
     settings = GenerationSettings() if settings is None else settings
     if not isinstance(settings, GenerationSettings):

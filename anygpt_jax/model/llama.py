@@ -134,14 +134,7 @@ class Attention(nn.Module):
                 slots = jnp.arange(q_len)
                 mask = attention_mask(slots, slots, segment_ids, segment_ids)
             else:
-                # The cache is [batch, kv_heads, slots, head_dim]: only the new slots move.
-                cached_k, cached_v = layer_cache
-                start = (0, 0, cache_index, 0)
-                new_k = k.swapaxes(1, 2).astype(cached_k.dtype)
-                new_v = v.swapaxes(1, 2).astype(cached_v.dtype)
-                k = jax.lax.dynamic_update_slice(cached_k, new_k, start)
-                v = jax.lax.dynamic_update_slice(cached_v, new_v, start)
-                new_cache = (k, v)
+                new_cache, k, v = _write_cache(layer_cache, k, v, cache_index)
                 query_slots = cache_index + jnp.arange(q_len)
                 key_slots = jnp.arange(k.shape[2])
                 mask = attention_mask(query_slots, key_slots, segment_ids, cache_segment_ids)
@@ -151,6 +144,31 @@ class Attention(nn.Module):
             cfg, (cfg.num_heads, head_dim), embed, ("heads", "head_dim", "embed"), name="o_proj"
         )(out)
         return out, new_cache
+
+
+def _write_cache(layer_cache, k: jax.Array, v: jax.Array, cache_index: jax.Array):
+    """Writes the new keys/values [b, q, kv_heads, d] at slot `cache_index`; returns (the
+    updated cache, this layer's keys and values [b, kv_heads, slots, d] to attend over).
+
+    `layer_cache` is one layer's (keys, values) [b, kv_heads, slots, d] (unrolled layers), or
+    every layer's stacked [layers, ...] plus this layer's index, as the layer scan carries
+    them: either way only the new slots are written, in place.
+    """
+    keys, values, *layer = layer_cache
+    new_k = k.swapaxes(1, 2).astype(keys.dtype)
+    new_v = v.swapaxes(1, 2).astype(values.dtype)
+    if not layer:
+        start = (0, 0, cache_index, 0)
+        k = jax.lax.dynamic_update_slice(keys, new_k, start)
+        v = jax.lax.dynamic_update_slice(values, new_v, start)
+        return (k, v), k, v
+    (layer,) = layer
+    start = (layer, 0, 0, cache_index, 0)
+    keys = jax.lax.dynamic_update_slice(keys, new_k[None], start)
+    values = jax.lax.dynamic_update_slice(values, new_v[None], start)
+    k = jax.lax.dynamic_index_in_dim(keys, layer, keepdims=False)
+    v = jax.lax.dynamic_index_in_dim(values, layer, keepdims=False)
+    return (keys, values), k, v
 
 
 class MLP(nn.Module):
@@ -171,7 +189,7 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm transformer block. Signature fits `nn.scan`: (carry, *broadcast, cache)."""
+    """Pre-norm transformer block: (x, ..., cache) -> (x, updated cache or None)."""
 
     config: ModelConfig
 
@@ -227,15 +245,7 @@ class Transformer(nn.Module):
         )
         layer_cls = _layer_class(cfg)
         if cfg.scan_layers:
-            self.layers = nn.scan(
-                layer_cls,
-                variable_axes={"params": 0},
-                split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
-                length=cfg.num_layers,
-                unroll=cfg.scan_unroll,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )(cfg)
+            self.layers = layer_cls(cfg)  # its parameters get a leading layers axis: see _scan
         else:
             self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
         self.norm = RMSNorm(cfg)
@@ -275,8 +285,14 @@ class Transformer(nn.Module):
             cache_segment_ids = cache_index = layer_caches = None
 
         if cfg.scan_layers:
-            x, new_layer_caches = self.layers(
-                x, positions, segment_ids, cache_segment_ids, cache_index, layer_caches
+            (x, new_layer_caches), _ = self._scan()(
+                self.layers,
+                (x, layer_caches),
+                positions,
+                segment_ids,
+                cache_segment_ids,
+                cache_index,
+                jnp.arange(cfg.num_layers),
             )
         else:
             outputs = []
@@ -305,6 +321,32 @@ class Transformer(nn.Module):
             index=cache.index + input_ids.shape[1],
         )
         return result, new_cache
+
+    def _scan(self):
+        """The layer loop: one layer module whose parameters are stacked over a `layers` axis.
+
+        The carry holds the hidden states and, when decoding, every layer's stacked KV cache,
+        so each layer writes its new slots into the carried cache in place; passing the cache
+        as scanned inputs and outputs instead rebuilt all of it at every step.
+        """
+
+        def body(layer, carry, positions, segment_ids, cache_segment_ids, cache_index, index):
+            x, caches = carry
+            layer_cache = None if caches is None else (*caches, index)
+            x, caches = layer(
+                x, positions, segment_ids, cache_segment_ids, cache_index, layer_cache
+            )
+            return (x, caches), None
+
+        return nn.scan(
+            body,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+            length=self.config.num_layers,
+            unroll=self.config.scan_unroll,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
 
     def project(self, hidden: jax.Array) -> jax.Array:
         """Final hidden states -> fp32 logits over the padded vocabulary, padding masked."""

@@ -213,7 +213,7 @@ def test_scan_unroll_outside_the_layer_count_is_refused(scan_unroll):
 
 def test_scanned_decode_step_updates_the_cache_in_place():
     # The layer scan carries the stacked cache and writes only the new slots; taking it as scanned
-    # inputs and outputs instead built a second whole cache as temporaries at every step.
+    # inputs and outputs instead had XLA:CPU build a second whole cache at every step.
     from anygpt_jax.model import ModelConfig
 
     cfg = ModelConfig(

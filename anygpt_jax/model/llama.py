@@ -327,7 +327,7 @@ class Transformer(nn.Module):
 
         The carry holds the hidden states and, when decoding, every layer's stacked KV cache,
         so each layer writes its new slots into the carried cache in place; passing the cache
-        as scanned inputs and outputs instead rebuilt all of it at every step.
+        as scanned inputs and outputs instead had XLA:CPU rebuild all of it at every step.
         """
 
         def body(layer, carry, positions, segment_ids, cache_segment_ids, cache_index, index):

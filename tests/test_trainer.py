@@ -116,6 +116,14 @@ def test_loss_falls_and_checkpoint_loads_for_inference(vocab, tmp_path):
     assert logits.shape == (1, 3, vocab.vocab_size) and np.isfinite(logits).all()
 
 
+def test_scan_unroll_is_a_training_layout_that_inference_leaves_behind(vocab, tmp_path):
+    run(tmp_path / "u", vocab, 2, model_config=tiny_config(vocab, scan_unroll=2))
+    assert AnyGPT.load(str(tmp_path / "u")).config.scan_unroll == 1
+    assert AnyGPT.load(str(tmp_path / "u"), scan_unroll=2).config.scan_unroll == 2
+    out = run(tmp_path / "u", vocab, 3, model_config=tiny_config(vocab))  # resumes looped
+    assert np.isfinite(out["loss"])
+
+
 def test_restore_onto_another_mesh(vocab, tmp_path):
     run(tmp_path / "m", vocab, 2)
     gin.bind_parameter("make_mesh.num_devices", 4)

@@ -196,7 +196,7 @@ def _fit(probe: Callable[[int, int], float], layers: int, rows: tuple[int, int],
 
 
 def _probe_config(cfg: ModelConfig, depth: int) -> ModelConfig:
-    return cfg.replace(num_layers=depth, scan_layers=False)
+    return cfg.replace(num_layers=depth, scan_layers=False, scan_unroll=1)
 
 
 def compile_train(

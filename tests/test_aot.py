@@ -139,6 +139,14 @@ def test_v4_8_train_step_flops_match_a_loop_free_compile():
     assert 1.2 < report.flops_ratio < 1.6
 
 
+def test_flops_probes_of_an_unrolled_scan_are_valid_configs():
+    # The probes compile 1 and 2 loop-free layers, whatever the run's scan_unroll.
+    cfg = TINY.replace(scan_unroll=TINY.num_layers)
+    for depth in (1, 2):
+        probe = aot_compile._probe_config(cfg, depth)
+        assert (probe.num_layers, probe.scan_layers, probe.scan_unroll) == (depth, False, 1)
+
+
 def test_v5e_16_splash_train_and_decode_lower_for_tpu():
     gin.bind_parameter("SplashConfig.block_q", 128)  # gin reaches the kernel at trace time
     topology, mesh = tpu_mesh("v5e-16", {"fsdp": 8, "tensor": 2})

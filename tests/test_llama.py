@@ -28,6 +28,17 @@ def import_hf(model, tmp_path, scan_layers=True, **layout):
     return cfg, jax.tree_util.tree_map(jnp.asarray, params)
 
 
+def tiny_config(**overrides):
+    """A small random-weight LLaMA for the model's own invariants (no transformers twin)."""
+    from anygpt_jax.model import ModelConfig
+
+    fields = dict(
+        vocab_size=200, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+        num_kv_heads=2,
+    )
+    return ModelConfig(**(fields | overrides))
+
+
 def hf_logits(model, ids):
     with torch.no_grad():
         return model(torch.as_tensor(np.asarray(ids))).logits.float().numpy()
@@ -138,16 +149,7 @@ def test_kv_cache_left_padded_batch_equals_unpadded(tmp_path):
 
 @pytest.mark.parametrize("policy", ["full", "minimal", "save_qkv_proj", "save_dot_except_mlp"])
 def test_remat_policies_keep_gradients(policy):
-    from anygpt_jax.model import ModelConfig
-
-    base = ModelConfig(
-        vocab_size=200,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-    )
+    base = tiny_config()
     params = init_params(base, jax.random.PRNGKey(0))
     ids = jax.random.randint(jax.random.PRNGKey(1), (2, 8), 0, 200)
 
@@ -164,16 +166,7 @@ def test_remat_policies_keep_gradients(policy):
 
 @pytest.mark.parametrize("scan_unroll", [2, 3])  # 2 leaves a remainder of the 3 layers
 def test_unrolled_layer_scan_keeps_logits_gradients_and_decode(scan_unroll):
-    from anygpt_jax.model import ModelConfig
-
-    base = ModelConfig(
-        vocab_size=200,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=3,
-        num_heads=4,
-        num_kv_heads=2,
-    )
+    base = tiny_config(num_layers=3)
     unrolled = base.replace(scan_unroll=scan_unroll)
     params = init_params(base, jax.random.PRNGKey(0))  # one parameter layout for both
     ids = jax.random.randint(jax.random.PRNGKey(1), (2, 8), 0, 200)
@@ -214,12 +207,8 @@ def test_scan_unroll_outside_the_layer_count_is_refused(scan_unroll):
 def test_scanned_decode_step_updates_the_cache_in_place():
     # The layer scan carries the stacked cache and writes only the new slots; taking it as scanned
     # inputs and outputs instead had XLA:CPU build a second whole cache at every step.
-    from anygpt_jax.model import ModelConfig
 
-    cfg = ModelConfig(
-        vocab_size=200, hidden_size=64, intermediate_size=128, num_layers=4, num_heads=4,
-        num_kv_heads=2,
-    )
+    cfg = tiny_config(hidden_size=64, intermediate_size=128, num_layers=4)
     params = init_params(cfg, jax.random.PRNGKey(0))
     cache = KVCache.init(cfg, batch_size=2, max_length=4096)
     ids, positions = jnp.ones((2, 1), jnp.int32), jnp.zeros((2, 1), jnp.int32)
@@ -233,16 +222,9 @@ def test_scanned_decode_step_updates_the_cache_in_place():
 
 
 def test_parameters_carry_logical_axes():
-    from anygpt_jax.model import ModelConfig, param_logical_axes
+    from anygpt_jax.model import param_logical_axes
 
-    cfg = ModelConfig(
-        vocab_size=200,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-    )
+    cfg = tiny_config()
     axes = param_logical_axes(cfg)
     assert tuple(axes["embed_tokens"]["embedding"]) == ("vocab", "embed")
     assert tuple(axes["lm_head"]["kernel"]) == ("embed", "vocab")

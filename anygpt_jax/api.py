@@ -38,12 +38,9 @@ class AnyGPT:
         """Loads a model directory (imported or trained); overrides change layout/numerics only.
 
         E.g. `AnyGPT.load(d, dtype="bfloat16", scan_layers=False)`; with a mesh the
-        parameters restore straight into their shardings. A training run's `scan_unroll` is
-        not kept unless asked for: fully unrolled, a decode step slices every layer's weights
-        out at once (~3x slower on a CPU host).
+        parameters restore straight into their shardings. See `inference_config`.
         """
-        config = checkpointing.load_config(ckpt_dir)
-        config = config.replace(**({"scan_unroll": 1} | config_overrides))
+        config = cls.inference_config(checkpointing.load_config(ckpt_dir), **config_overrides)
         params, config = checkpointing.load_params(ckpt_dir, config, mesh=mesh)
         if mesh is None:
             params = jax.tree_util.tree_map(jnp.asarray, params)
@@ -52,6 +49,13 @@ class AnyGPT:
         except FileNotFoundError:
             vocab = None
         return cls(params, config, vocab, mesh)
+
+    @staticmethod
+    def inference_config(config: ModelConfig, **overrides: Any) -> ModelConfig:
+        """`config` with `overrides`, and a training run's `scan_unroll` not kept unless asked
+        for: fully unrolled, a decode step slices every layer's weights out at once (~3x
+        slower on a CPU host)."""
+        return config.replace(**({"scan_unroll": 1} | overrides))
 
     @functools.cached_property
     def _forward(self):

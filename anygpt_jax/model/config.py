@@ -45,7 +45,7 @@ class ModelConfig:
     # residual buffers (a ~100M train step: ~9% faster in fp32, ~25% with bf16 compute); on
     # TPU it mostly costs compile time. For training: KV-cache decoding ran slower this way
     # on CPU (~58M, batch 1: 78 vs 130 tok/s looped; every layer's weights sliced out at
-    # once), so AnyGPT.load and the trainer's evals run the loop.
+    # once), so inference (AnyGPT.inference_config) runs the loop.
     scan_unroll: int = 1
     remat_policy: str = "none"
     attention_kernel: str = "xla"

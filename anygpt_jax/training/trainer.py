@@ -306,7 +306,7 @@ def _eval_hook(model_dir: str, cfg: ModelConfig, vocab, mesh) -> Callable[[Any, 
         )
 
     def evaluate(params: Any, step: int) -> None:
-        model = AnyGPT(params, cfg.replace(scan_unroll=1), vocab, mesh)  # as AnyGPT.load does
+        model = AnyGPT(params, AnyGPT.inference_config(cfg), vocab, mesh)
         summary = loop.evaluate(model, os.path.join(model_dir, "eval"), step)
         if jax.process_index() == 0:
             scores = ", ".join(f"{k} {v:.4g}" for k, v in sorted(summary["metrics"].items()))

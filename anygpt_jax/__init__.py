@@ -2,6 +2,9 @@
 
 from typing import TYPE_CHECKING
 
+# Sets up the gs:// clients before any library resolves a path (see storage.py).
+from anygpt_jax import storage  # noqa: F401
+
 __all__ = ["AnyGPT"]
 __version__ = "0.1.0"
 

@@ -181,3 +181,36 @@ def shard_corpus(tmp_path_factory, merged_vocab) -> dict:
         exs = random_examples(kind, n, seed=k)
         out[kind] = (make_shard_dir(str(root / kind), kind, exs, merged_vocab), exs)
     return out
+
+
+# ----- gs:// on a real GCS API emulator ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A GCS emulator on 127.0.0.1 that every gs:// access of this process (and of the CLIs it
+    starts, which inherit the environment) goes to; yields the GcsEmulator."""
+    from gcs_emulator import GcsEmulator
+
+    emulator = GcsEmulator()
+    saved = {k: os.environ.get(k) for k in emulator.env}
+    os.environ.update(emulator.env)
+    try:
+        yield emulator
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        emulator.stop()
+
+
+@pytest.fixture
+def gs_dir(gcs, request):
+    """A fresh gs:// prefix for one test."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:40]
+    return gcs.uri(f"{name}-{uuid.uuid4().hex[:8]}")

@@ -14,6 +14,10 @@ INSTALL_REQUIRES = [
     "librosa>=0.11,<0.12",
     "soundfile>=0.13,<1",
     "gin-config>=0.5,<0.6",
+    # gs:// for every path (anygpt_jax/storage.py): etils.epath over gcsfs, which honours
+    # STORAGE_EMULATOR_HOST where TensorFlow's gs:// client does not.
+    "etils[epath]>=1.7",
+    "gcsfs>=2024.2",
     "safetensors>=0.5,<1",
     "tensorboard>=2.19,<3",
     # The shard builder and the demo corpus.
@@ -58,6 +62,7 @@ EXTRAS_REQUIRE = {
         "torchlibrosa>=0.1,<0.2",  # laion_clap's HTSAT computes its mel spectrogram with it
         "pytest>=8",
         "pytest-xdist>=3",
+        "gcp-storage-emulator>=2024.8",  # a real GCS JSON API on 127.0.0.1 for gs:// tests
         "ruff>=0.6",
         *EVAL_REQUIRE,
         *TPU_REQUIRE,  # the AOT tests compile for v4-8 and v5e-16

@@ -5,6 +5,11 @@ A model directory holds:
   vocab/              the merged vocabulary's files (MergedVocabulary.save)
   params/             the parameters, an orbax checkpoint, in the dtype they were saved in
 
+A training MODEL_DIR holds model_config.json and vocab/ too, with its parameters in the
+newest committed step of checkpoints/. Every directory may be local or gs://; a converted
+directory is read only once committed (storage.output_dir's marker), a training MODEL_DIR
+only through its committed files.
+
 Parameters restore straight into the shardings of a mesh. A config asking for another vocab
 padding or scan layout than the one saved is honoured on load.
 """
@@ -19,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from anygpt_jax.io_utils import atomic_output_dir
+from anygpt_jax import storage
 from anygpt_jax.model import ModelConfig, match_layout, param_shapes, param_shardings
 
 CONFIG_FILE = "model_config.json"
@@ -31,33 +36,49 @@ VOCAB_PARAMS = ((("embed_tokens", "embedding"), 0), (("lm_head", "kernel"), 1))
 
 
 def save_model(directory: str, params: Any, config: ModelConfig, vocab=None) -> None:
-    """Writes a new model directory atomically; an existing non-empty one is refused."""
-    with atomic_output_dir(directory) as tmp:
-        config.save(os.path.join(tmp, CONFIG_FILE))
+    """Writes a new model directory (local or gs://), committed only when whole; an existing
+    non-empty one is refused."""
+    with storage.output_dir(directory) as out:
+        config.save(out / CONFIG_FILE)
         if vocab is not None:
-            vocab.save(os.path.join(tmp, VOCAB_DIR))
+            vocab.save(os.fspath(out / VOCAB_DIR))
         # Uncompressed: weights barely compress, and zstd buffers would cost another copy of
         # them in memory, which a 7B import on a 24 GiB host cannot afford.
         handler = ocp.PyTreeCheckpointHandler(use_compression=False)
         with ocp.Checkpointer(handler) as checkpointer:
-            checkpointer.save(os.path.join(tmp, PARAMS_DIR), args=ocp.args.PyTreeSave(params))
+            checkpointer.save(out / PARAMS_DIR, args=ocp.args.PyTreeSave(params))
+
+
+def _model_dir(directory: str) -> storage.Path:
+    """`directory` as a Path once it is readable: a committed converted model directory, or a
+    training MODEL_DIR (no marker at its top) holding model_config.json."""
+    q = storage.path(directory)
+    state = storage.dir_state(q)
+    if state == "missing":
+        raise FileNotFoundError(f"model directory not found: {q}")
+    if state == "incomplete" or (q / PARAMS_DIR).is_dir():
+        storage.require_committed(q, "model directory")
+    if not (q / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{q} is not a model directory ({CONFIG_FILE} is missing)")
+    return q
 
 
 def load_config(directory: str) -> ModelConfig:
-    """The ModelConfig a model directory was saved with."""
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"model directory not found: {directory}")
-    return ModelConfig.load(os.path.join(directory, CONFIG_FILE))
+    """The ModelConfig a model directory (local or gs://) was saved with."""
+    return ModelConfig.load(os.fspath(_model_dir(directory) / CONFIG_FILE))
 
 
 def load_vocab(directory: str):
-    """The MergedVocabulary saved in a model directory."""
+    """The MergedVocabulary saved in a model directory (local or gs://)."""
     from anygpt_jax.vocab import MergedVocabulary
 
-    vocab_dir = os.path.join(directory, VOCAB_DIR)
-    if not os.path.isdir(vocab_dir):
-        raise FileNotFoundError(f"{directory} has no vocabulary ({VOCAB_DIR}/ is missing)")
-    return MergedVocabulary.load(vocab_dir)
+    q = _model_dir(directory)
+    vocab_dir = q / VOCAB_DIR
+    if not vocab_dir.is_dir():
+        raise FileNotFoundError(f"{q} has no vocabulary ({VOCAB_DIR}/ is missing)")
+    if storage.dir_state(q) != "committed":  # a training MODEL_DIR: vocab/ is its own commit
+        storage.require_committed(vocab_dir, "vocabulary directory")
+    return MergedVocabulary.load(os.fspath(vocab_dir))
 
 
 def params_location(directory: str) -> tuple[str, tuple[str, ...]]:
@@ -66,21 +87,20 @@ def params_location(directory: str) -> tuple[str, tuple[str, ...]]:
     A converted model keeps them in params/; a training MODEL_DIR in the train state of its
     newest committed checkpoint.
     """
-    directory = os.path.abspath(directory)
-    path = os.path.join(directory, PARAMS_DIR)
-    if os.path.isdir(path):
-        return path, ()
+    q = _model_dir(directory)
+    if (q / PARAMS_DIR).is_dir():
+        return os.fspath(q / PARAMS_DIR), ()
     from anygpt_jax.training.checkpoints import CHECKPOINTS_DIR, STATE_ITEM
 
-    checkpoints = os.path.join(directory, CHECKPOINTS_DIR)
-    if os.path.isdir(checkpoints):
+    checkpoints = q / CHECKPOINTS_DIR
+    if checkpoints.is_dir():
         options = ocp.CheckpointManagerOptions(read_only=True)
         with ocp.CheckpointManager(checkpoints, options=options) as manager:
             step = manager.latest_step()
         if step is not None:
-            return os.path.join(checkpoints, str(step), STATE_ITEM), ("params",)
+            return os.fspath(checkpoints / str(step) / STATE_ITEM), ("params",)
     raise FileNotFoundError(
-        f"{directory} has no parameters ({PARAMS_DIR}/ or a committed {CHECKPOINTS_DIR}/ step)"
+        f"{q} has no parameters ({PARAMS_DIR}/ or a committed {CHECKPOINTS_DIR}/ step)"
     )
 
 

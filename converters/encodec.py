@@ -24,13 +24,16 @@ from collections.abc import Callable
 
 import numpy as np
 
+from anygpt_jax import storage
 from anygpt_jax.modalities.audio_layers import SEANetConfig, seanet_layout
 from anygpt_jax.modalities.codec import check_params, save_codec
 from converters.common import (
     ConversionError,
+    SafetensorsFile,
     TensorReader,
-    atomic_output_dir,
+    check_paths,
     fold_weight_norm,
+    output_dir,
     read_json,
     run_conversion,
     torch_to_numpy,
@@ -195,39 +198,21 @@ _ENCODEC_DEFAULTS = dict(
 )
 
 
-class _SafetensorsFile:
-    """One safetensors file, read tensor by tensor (TensorReader scans whole directories)."""
-
-    def __init__(self, path: str):
-        from safetensors import safe_open
-
-        try:
-            self._handle = safe_open(path, framework="pt")
-        except Exception as e:  # noqa: BLE001 - the library raises several types
-            raise ConversionError(f"{path}: cannot read safetensors ({e})") from e
-
-    def keys(self) -> list[str]:
-        return list(self._handle.keys())
-
-    def get(self, key: str) -> np.ndarray:
-        return torch_to_numpy(self._handle.get_tensor(key))
-
-
 def convert(out: str, hf_dir: str | None = None, safetensors: str | None = None,
             config: str | None = None, key_prefix: str = "") -> str:
     """Converts an Encodec checkpoint (HF directory or one safetensors file) into `out`."""
     if (hf_dir is None) == (safetensors is None):
         raise ConversionError("give exactly one of hf_dir or safetensors")
+    check_paths(inputs=(hf_dir, safetensors, config), outputs=(out,))
     if hf_dir is not None:
-        config = config or os.path.join(hf_dir, "config.json")
+        config = config or storage.join(hf_dir, "config.json")
         reader = TensorReader(hf_dir)
         source = hf_dir
     else:
-        if not os.path.isfile(safetensors):
+        if not storage.isfile(safetensors):
             raise ConversionError(f"missing file: {safetensors}")
-        config = config or os.path.join(os.path.dirname(os.path.abspath(safetensors)),
-                                        "config.json")
-        reader = _SafetensorsFile(safetensors)
+        config = config or os.fspath(storage.path(safetensors).parent / "config.json")
+        reader = SafetensorsFile(safetensors)
         source = safetensors
     hf_config = read_json(config)
     seanet = seanet_config_from_encodec(hf_config, config)
@@ -236,7 +221,7 @@ def convert(out: str, hf_dir: str | None = None, safetensors: str | None = None,
         raise ConversionError(f"{source}: no tensors named {key_prefix!r}...")
     tensors = TorchTensors(keys, lambda k: reader.get(key_prefix + k), source)
     params = seanet_params_from_torch(tensors, seanet, ENCODEC_NAMES)
-    with atomic_output_dir(out) as tmp:
+    with output_dir(out) as tmp:
         save_codec(tmp, KIND, seanet, params, hf_config)
     return out
 

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import sys
 from typing import Any
 
+from anygpt_jax import storage
 from converters.common import (
     ConversionError,
-    atomic_output_dir,
+    check_paths,
     load_torch_state_dict,
+    local_dir,
+    output_dir,
     run_conversion,
     strip_key_prefix,
 )
@@ -186,10 +188,10 @@ def feature_extractor():
 
 
 def _check_tokenizer_dir(roberta_dir: str | None) -> None:
-    if not roberta_dir or not os.path.isdir(roberta_dir):
+    if not roberta_dir or not storage.isdir(roberta_dir):
         raise FileNotFoundError(f"--roberta_dir {roberta_dir}: not a directory (the text tower's "
                                 "tokenizer, e.g. a local copy of roberta-base)")  # fmt: skip
-    files = set(os.listdir(roberta_dir))
+    files = set(storage.listdir(roberta_dir))
     # transformers builds a tokenizer of special tokens alone from a directory without files.
     if "tokenizer.json" not in files and not {"vocab.json", "merges.txt"} <= files:
         raise ConversionError(f"{roberta_dir}: no RoBERTa tokenizer files (tokenizer.json, or "
@@ -203,9 +205,8 @@ def processor(roberta_dir: str, vocab_size: int | None = None):
 
     _check_tokenizer_dir(roberta_dir)
     try:
-        tokenizer = transformers.RobertaTokenizer.from_pretrained(
-            roberta_dir, local_files_only=True
-        )
+        with storage.local_copy(roberta_dir) as local:  # transformers reads local files only
+            tokenizer = transformers.RobertaTokenizer.from_pretrained(local, local_files_only=True)
     except (OSError, ValueError, TypeError) as e:
         raise ConversionError(f"{roberta_dir}: unreadable RoBERTa tokenizer ({e})") from e
     if vocab_size is not None and len(tokenizer) > vocab_size:
@@ -217,13 +218,14 @@ def processor(roberta_dir: str, vocab_size: int | None = None):
 def convert(ckpt: str, out_dir: str | None = None, roberta_dir: str | None = None) -> Any:
     """ClapModel from a laion_clap checkpoint; with `out_dir`, also saved there with its
     ClapProcessor (needs `roberta_dir`; an existing non-empty `out_dir` is refused)."""
+    check_paths(inputs=(ckpt, roberta_dir), outputs=(out_dir,))
     if out_dir is not None:
         _check_tokenizer_dir(roberta_dir)  # fail before the conversion, not after
     state = strip_key_prefix(load_torch_state_dict(ckpt), "module.")
     model = clap_model(state, ckpt)
     if out_dir is not None:
         clap_processor = processor(roberta_dir, model.config.text_config.vocab_size)
-        with atomic_output_dir(out_dir) as tmp:
+        with output_dir(out_dir) as out, local_dir(out) as tmp:
             model.save_pretrained(tmp)
             clap_processor.save_pretrained(tmp)
     return model

@@ -3,6 +3,8 @@
     python -m converters.llama import HF_DIR OUT_DIR   # safetensors or .bin shards, any dtype
     python -m converters.llama export CKPT_DIR OUT_DIR
 
+Any directory may be local or gs://.
+
 The mapping is one table (`LAYER_KEYS`, `GLOBAL_KEYS`) plus four transforms. Tensors stream
 one at a time, are kept in their stored dtype unless --dtype says otherwise, and land in one
 preallocated tree, so a 7B checkpoint converts with a single copy of the weights in memory.
@@ -21,16 +23,17 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from anygpt_jax import checkpointing
+from anygpt_jax import checkpointing, storage
 from anygpt_jax.io_utils import write_json
 from anygpt_jax.model import ModelConfig, param_shapes
 from converters.common import (
     USER_ERRORS,
     ConversionError,
     TensorReader,
-    atomic_output_dir,
+    check_paths,
     numpy_to_torch,
     read_json,
+    save_local_file,
 )
 
 # HF key inside `model.layers.{i}.` -> (our path inside a layer, transform name).
@@ -306,22 +309,27 @@ def import_checkpoint(
     scan_layers: bool = True,
     vocab_pad_multiple: int = 128,
 ) -> ModelConfig:
-    """Converts a transformers LLaMA directory (with its tokenizer) to a model directory."""
-    if not os.path.isdir(hf_dir):
+    """Converts a transformers LLaMA directory (with its tokenizer) to a model directory; either
+    may be gs:// (safetensors are then read by ranges, not downloaded whole)."""
+    check_paths(inputs=(hf_dir,), outputs=(out_dir,))
+    if not storage.isdir(hf_dir):
         raise ConversionError(f"input directory not found: {hf_dir}")
-    hf_config = read_json(os.path.join(hf_dir, "config.json"))
+    config_path = storage.join(hf_dir, "config.json")
+    hf_config = read_json(config_path)
     cfg = hf_to_model_config(
-        hf_config,
-        os.path.join(hf_dir, "config.json"),
-        scan_layers=scan_layers,
-        vocab_pad_multiple=vocab_pad_multiple,
+        hf_config, config_path, scan_layers=scan_layers, vocab_pad_multiple=vocab_pad_multiple
     )
     vocab = _load_vocab(hf_dir, cfg.vocab_size)
     reader = TensorReader(hf_dir)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
+    # The memmapped leaves go beside a local output (same disk), else to local temp space.
+    parent = None
+    if not storage.is_remote(out_dir):
+        parent = os.fspath(storage.path(out_dir).parent)
+        storage.makedirs(parent)
     try:
-        with tempfile.TemporaryDirectory(prefix=".import-scratch-", dir=parent) as scratch:
+        with tempfile.TemporaryDirectory(  # local: memmap scratch space
+            prefix=".import-scratch-", dir=parent
+        ) as scratch:
             params = convert_hf_state(reader, cfg, dtype, memmap_allocator(scratch))
             stored = str(jax.tree_util.tree_leaves(params)[0].dtype)
             cfg = cfg.replace(param_dtype=stored)
@@ -365,24 +373,28 @@ def _hf_entries(cfg: ModelConfig) -> dict[tuple[str, ...], list[tuple[str, str, 
 def export_checkpoint(
     ckpt_dir: str, out_dir: str, max_shard_bytes: int = 2 * 1024**3, dtype: str | None = None
 ) -> None:
-    """Writes a model directory as a transformers LLaMA directory (config, weights, tokenizer)."""
+    """Writes a model directory as a transformers LLaMA directory (config, weights, tokenizer);
+    either may be gs://. Shards are written one at a time through local temp space."""
     from safetensors.torch import save_file
 
+    check_paths(inputs=(ckpt_dir,), outputs=(out_dir,))
     cfg = checkpointing.load_config(ckpt_dir)
     vocab = checkpointing.load_vocab(ckpt_dir)
     entries = _hf_entries(cfg)
     out_dtype = dtype or cfg.param_dtype
-    with atomic_output_dir(out_dir) as tmp:
+    with storage.output_dir(out_dir) as tmp:
         shard: dict = {}
         shard_bytes = 0
-        shards: list[dict] = []
+        shards: list[dict[str, int]] = []  # per shard: key -> bytes
 
         def flush():
             nonlocal shard, shard_bytes
             if shard:
-                shards.append(shard)
+                # Only sizes are kept: the tensors go once their shard is written.
+                shards.append({k: t.numel() * t.element_size() for k, t in shard.items()})
                 name = f"model-{len(shards):05d}.safetensors.tmp"
-                save_file(shard, os.path.join(tmp, name), metadata={"format": "pt"})
+                meta = {"format": "pt"}
+                save_local_file(tmp / name, lambda p: save_file(shard, p, metadata=meta))
                 shard, shard_bytes = {}, 0
 
         seen = set()
@@ -406,32 +418,35 @@ def export_checkpoint(
         if missing:
             raise ConversionError(f"{ckpt_dir}: parameters missing from the checkpoint: {missing}")
         _name_shards(tmp, shards)
-        write_json(os.path.join(tmp, "config.json"), model_to_hf_config(cfg, out_dtype, vocab))
-        vocab.save_hf_tokenizer(tmp)
+        write_json(tmp / "config.json", model_to_hf_config(cfg, out_dtype, vocab))
+        vocab.save_hf_tokenizer(os.fspath(tmp))
 
 
-def _name_shards(directory: str, shards: list[dict]) -> None:
+def _move(src: storage.Path, dst: storage.Path) -> None:
+    """Renames a file: a rename on a local disk, a copy within the bucket then a delete on gs://."""
+    if storage.is_remote(src):
+        storage.copy_file(src, dst)
+        storage.remove(src)
+    else:
+        os.replace(src, dst)  # local: a rename inside the local output's temp directory
+
+
+def _name_shards(directory: storage.Path, shards: list[dict[str, int]]) -> None:
     """Renames shard files to transformers' names and writes the index for several shards."""
     n = len(shards)
     if n == 1:
-        os.rename(
-            os.path.join(directory, "model-00001.safetensors.tmp"),
-            os.path.join(directory, "model.safetensors"),
-        )
+        _move(directory / "model-00001.safetensors.tmp", directory / "model.safetensors")
         return
     weight_map = {}
     total = 0
     for i, shard in enumerate(shards, start=1):
         final = f"model-{i:05d}-of-{n:05d}.safetensors"
-        os.rename(
-            os.path.join(directory, f"model-{i:05d}.safetensors.tmp"),
-            os.path.join(directory, final),
-        )
-        for key, tensor in shard.items():
+        _move(directory / f"model-{i:05d}.safetensors.tmp", directory / final)
+        for key, nbytes in shard.items():
             weight_map[key] = final
-            total += tensor.numel() * tensor.element_size()
+            total += nbytes
     write_json(
-        os.path.join(directory, "model.safetensors.index.json"),
+        directory / "model.safetensors.index.json",
         {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
     )
 
@@ -488,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.ckpt_dir, args.out_dir, int(args.max_shard_gb * 1024**3), args.dtype
             )
             print(f"exported {args.ckpt_dir} -> {args.out_dir}")
-    except USER_ERRORS as e:
+    except USER_ERRORS + (OSError,) as e:  # OSError: storage (no bucket, no access) included
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -32,10 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from anygpt_jax import storage
 from converters.common import (
     ConversionError,
-    atomic_output_dir,
+    check_paths,
     load_torch_state_dict,
+    local_dir,
+    output_dir,
     read_json,
     run_conversion,
     strip_key_prefix,
@@ -75,31 +78,36 @@ UNSUPPORTED_SETTINGS = {
 
 
 def read_weights(path: str) -> tuple[dict, dict]:
-    """(state dict, open_clip config or {}) from a weights file or an open_clip hub directory."""
+    """(state dict, open_clip config or {}) from a weights file or an open_clip hub directory
+    (local or gs://; remote weights are downloaded)."""
     config: dict = {}
-    if os.path.isdir(path):
-        config_path = os.path.join(path, HUB_CONFIG)
-        if not os.path.isfile(config_path):
+    if storage.isdir(path):
+        config_path = storage.join(path, HUB_CONFIG)
+        if not storage.isfile(config_path):
             raise ConversionError(f"{path}: not an open_clip directory (no {HUB_CONFIG})")
         config = read_json(config_path)
-        files = [os.path.join(path, n) for n in HUB_WEIGHTS]
-        files = [f for f in files if os.path.isfile(f)]
+        files = [storage.join(path, n) for n in HUB_WEIGHTS]
+        files = [f for f in files if storage.isfile(f)]
         if not files:
             raise ConversionError(f"{path}: no weights (expected one of {', '.join(HUB_WEIGHTS)})")
         path = files[0]
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    if not storage.isfile(path):
+        raise ConversionError(f"missing file: {path}")
+    with storage.local_copy(path) as local:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        if not os.path.isfile(path):
-            raise ConversionError(f"missing file: {path}")
-        state = load_file(path)
-    elif _is_torchscript(path):
-        # OpenAI's released CLIPs are traced TorchScript archives, not torch.save files.
-        import torch
+            state = load_file(local)
+        elif _is_torchscript(local):
+            # OpenAI's released CLIPs are traced TorchScript archives, not torch.save files.
+            import torch
 
-        state = dict(torch.jit.load(path, map_location="cpu").state_dict())
-    else:
-        state = load_torch_state_dict(path)
+            state = dict(torch.jit.load(local, map_location="cpu").state_dict())
+        else:
+            try:
+                state = load_torch_state_dict(local)
+            except ConversionError as e:  # named by the path given, not the download's
+                raise ConversionError(str(e).replace(local, path)) from e
     return strip_key_prefix(strip_key_prefix(state, "module."), "_orig_mod."), config
 
 
@@ -267,7 +275,7 @@ def find_bpe_vocab() -> str | None:
         spec = importlib.util.find_spec(package)  # locates without importing (torchvision)
         for root in (spec.submodule_search_locations or []) if spec else []:
             path = os.path.join(root, sub, BPE_FILE)
-            if os.path.isfile(path):
+            if os.path.isfile(path):  # local: an installed package's data file
                 return path
     return None
 
@@ -277,8 +285,8 @@ def write_tokenizer_files(bpe_vocab: str, out_dir: str) -> None:
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     try:
-        with gzip.open(bpe_vocab, "rt", encoding="utf-8") as f:
-            lines = f.read().split("\n")[1 : NUM_MERGES + 1]
+        text = gzip.decompress(storage.read_bytes(bpe_vocab)).decode("utf-8")
+        lines = text.split("\n")[1 : NUM_MERGES + 1]
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise ConversionError(f"{bpe_vocab}: not CLIP's gzipped BPE merges file ({e})") from e
     merges = [tuple(line.split()) for line in lines]
@@ -286,10 +294,14 @@ def write_tokenizer_files(bpe_vocab: str, out_dir: str) -> None:
         raise ConversionError(f"{bpe_vocab}: expected {NUM_MERGES} merges of two symbols each")
     symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [START, END]
-    with open(os.path.join(out_dir, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump({token: i for i, token in enumerate(vocab)}, f, ensure_ascii=False)
-    with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    storage.write_text(
+        storage.join(out_dir, "vocab.json"),
+        json.dumps({token: i for i, token in enumerate(vocab)}, ensure_ascii=False),
+    )
+    storage.write_text(
+        storage.join(out_dir, "merges.txt"),
+        "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
+    )
 
 
 def eval_pixels(images: list, size: int, mean: tuple, std: tuple) -> np.ndarray:
@@ -343,6 +355,7 @@ def convert(weights: str, out_dir: str | None = None, *, quick_gelu: bool | None
     when `out_dir` is given (refused if it exists and is not empty)."""
     import tempfile
 
+    check_paths(inputs=(weights, bpe_vocab), outputs=(out_dir,))
     state, hub = read_weights(weights)
     model_cfg = hub.get("model_cfg", {})
     config = clip_config(state, model_cfg, quick_gelu, weights)
@@ -353,11 +366,11 @@ def convert(weights: str, out_dir: str | None = None, *, quick_gelu: bool | None
             f"CLIP's tokenizer needs {BPE_FILE}: pass bpe_vocab (it ships with open_clip_torch "
             "and laion_clap: pip install --no-deps open_clip_torch)"
         )
-    with tempfile.TemporaryDirectory() as tokenizer_dir:
+    with tempfile.TemporaryDirectory() as tokenizer_dir:  # local: transformers reads it
         write_tokenizer_files(bpe_vocab, tokenizer_dir)
         clip_processor = processor(tokenizer_dir, config, hub.get("preprocess_cfg"))
         if out_dir is not None:
-            with atomic_output_dir(out_dir) as tmp:
+            with output_dir(out_dir) as out, local_dir(out) as tmp:
                 model.save_pretrained(tmp)
                 clip_processor.save_pretrained(tmp)
     return model, clip_processor

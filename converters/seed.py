@@ -26,8 +26,9 @@ import numpy as np
 from anygpt_jax.modalities.image_model import SeedConfig, expected_param_shapes, save_seed
 from converters.common import (
     ConversionError,
-    atomic_output_dir,
+    check_paths,
     load_torch_state_dict,
+    output_dir,
     run_conversion,
     torch_to_numpy,
 )
@@ -326,12 +327,13 @@ def _check_shapes(config: SeedConfig, params: dict, sources: dict) -> None:
 
 def convert(ckpt: str, out: str, vit: str | None = None, **kwargs) -> str:
     """Converts seed_quantizer.pt (and optionally eva_vit_g.pth) into the directory `out`."""
+    check_paths(inputs=(ckpt, vit), outputs=(out,))
     ckpt_state = load_torch_state_dict(ckpt)
     vit_state = load_torch_state_dict(vit) if vit is not None else None
     config, params, notes = params_from_state_dicts(
         ckpt_state, vit_state, ckpt_name=ckpt, vit_name=vit or ckpt, **kwargs
     )
-    with atomic_output_dir(out) as tmp:
+    with output_dir(out) as tmp:
         save_seed(tmp, config, params, source=notes)
     return out
 

@@ -19,20 +19,21 @@ uses; its conformer is the fork's, which the parity tests check against.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import types
 
 import numpy as np
 
+from anygpt_jax import storage
 from anygpt_jax.modalities.soundstorm import expected_param_shapes, save_soundstorm
 from anygpt_jax.modalities.soundstorm_model import SoundStormConfig
 from converters.common import (
     ConversionError,
     TensorReader,
-    atomic_output_dir,
+    check_paths,
     load_torch_state_dict,
+    output_dir,
     run_conversion,
 )
 from converters.encodec import TorchTensors
@@ -212,7 +213,7 @@ def params_from_torch(t: TorchTensors, config: SoundStormConfig, layout: str
 
 def read_tensors(ckpt: str) -> TorchTensors:
     """The tensors of a .pt state dict file, or of a directory of safetensors / .bin shards."""
-    if os.path.isdir(ckpt):
+    if storage.isdir(ckpt):
         reader = TensorReader(ckpt)
         return TorchTensors(reader.keys(), reader.get, ckpt)
     return TorchTensors.from_state_dict(load_torch_state_dict(ckpt), ckpt)
@@ -220,14 +221,15 @@ def read_tensors(ckpt: str) -> TorchTensors:
 
 def convert(ckpt: str, out: str, heads: int = 8) -> str:
     """Converts a SoundStorm checkpoint (file or shard directory) into the directory `out`."""
+    check_paths(inputs=(ckpt,), outputs=(out,))
     tensors = read_tensors(ckpt)
     layout = detect_layout(tensors.keys, ckpt)
     config = config_from_tensors(tensors, layout, heads)
     tensors.used.clear()  # reading shapes is not using a tensor
     params = params_from_torch(tensors, config, layout)
-    with atomic_output_dir(out) as tmp:
+    with output_dir(out) as tmp:
         save_soundstorm(tmp, config, params,
-                        {"checkpoint": os.path.basename(os.path.normpath(ckpt)), "layout": layout})
+                        {"checkpoint": storage.path(ckpt).name, "layout": layout})
     return out
 
 

@@ -22,8 +22,9 @@ from anygpt_jax.modalities.audio_layers import SEANetConfig
 from anygpt_jax.modalities.codec import save_codec
 from converters.common import (
     ConversionError,
-    atomic_output_dir,
+    check_paths,
     load_torch_state_dict,
+    output_dir,
     read_json,
     run_conversion,
 )
@@ -68,13 +69,14 @@ def seanet_config_from_speechtokenizer(cfg: dict, where: str) -> SEANetConfig:
 
 def convert(config: str, ckpt: str, out: str) -> str:
     """Converts a SpeechTokenizer checkpoint (a torch state dict file) into `out`."""
+    check_paths(inputs=(config, ckpt), outputs=(out,))
 
     st_config = read_json(config)
     seanet = seanet_config_from_speechtokenizer(st_config, config)
     state = load_torch_state_dict(ckpt)
     tensors = TorchTensors.from_state_dict(state, ckpt)
     params = seanet_params_from_torch(tensors, seanet, SPEECHTOKENIZER_NAMES)
-    with atomic_output_dir(out) as tmp:
+    with output_dir(out) as tmp:
         save_codec(tmp, KIND, seanet, params, st_config)
     return out
 

@@ -7,9 +7,12 @@ audio and unreadable files raise `AudioError` naming the file or the offending v
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
+
+from anygpt_jax import storage
 
 MAX_CHANNELS = 2
 
@@ -66,10 +69,11 @@ def load_audio(path: str | os.PathLike, target_rate: int) -> np.ndarray:
     import soundfile as sf
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise AudioError(f"{path}: no such audio file")
     try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        data, rate = sf.read(io.BytesIO(storage.read_bytes(path)), dtype="float32",
+                             always_2d=True)
     except Exception as e:  # noqa: BLE001 - libsndfile raises several types; re-raised named
         raise AudioError(f"{path}: cannot read audio ({e})") from e
     return prepare(data.T, rate, target_rate, name=path)

@@ -7,8 +7,6 @@ under flat names like `encoder/layers_0/kernel` (shapes as in audio_layers' docs
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 
 import flax
@@ -20,6 +18,7 @@ from jax import lax
 from anygpt_jax.io_utils import check_param_shapes
 from anygpt_jax.modalities import audio_io
 from anygpt_jax.modalities.audio_layers import SEANetCodec, SEANetConfig, ceil_div
+from anygpt_jax.modalities.weights import load_params_file, read_weights_config, save_weights_dir
 
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.safetensors"
@@ -43,15 +42,9 @@ def save_codec(directory: str, kind: str, config: SEANetConfig, params: dict[str
 
     `params` must fit `config` (see check_params; the converters check before writing).
     """
-    from safetensors.numpy import save_file
-
     meta = {"format": FORMAT, "kind": kind, "seanet": config.to_dict(),
             "source_config": source_config}
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
-        f.write("\n")
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in params.items()},
-              os.path.join(directory, PARAMS_FILE))
+    save_weights_dir(directory, meta, params)
 
 
 def check_params(config: SEANetConfig, params: dict[str, np.ndarray], where: str) -> None:
@@ -61,24 +54,14 @@ def check_params(config: SEANetConfig, params: dict[str, np.ndarray], where: str
 
 def load_codec(directory: str, kind: str) -> tuple[SEANetConfig, dict, dict]:
     """Reads a converted directory -> (config, nested params, the original model's config)."""
-    from safetensors.numpy import load_file
-
-    config_path = os.path.join(directory, CONFIG_FILE)
-    params_path = os.path.join(directory, PARAMS_FILE)
-    for path in (config_path, params_path):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: missing; convert a checkpoint with converters/ first")
-    with open(config_path) as f:
-        try:
-            meta = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{config_path}: not valid JSON ({e})") from e
+    meta, config_path, params_path = read_weights_config(
+        directory, "codec directory", "convert a checkpoint with converters/ first")
     if meta.get("format") != FORMAT or meta.get("kind") != kind:
         hint = "" if meta.get("format") == FORMAT else " (convert the checkpoint again)"
         raise ValueError(f"{config_path}: expected format {FORMAT!r} kind {kind!r}, got "
                          f"{meta.get('format')!r} kind {meta.get('kind')!r}{hint}")
     config = SEANetConfig.from_dict(meta["seanet"])
-    flat = load_file(params_path)
+    flat = load_params_file(params_path)
     check_params(config, flat, where=params_path)
     params = flax.traverse_util.unflatten_dict(flat, sep="/")
     return config, params, meta.get("source_config", {})

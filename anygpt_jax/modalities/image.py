@@ -12,6 +12,7 @@ and `image_codes_from_ids` map codes to and from the merged vocabulary (anygpt_j
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from anygpt_jax import storage
 from anygpt_jax.modalities.image_model import (
     CLIP_MEAN,
     CLIP_STD,
@@ -55,10 +57,10 @@ def load_image(source: Any, name: str = "image"):
 
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             raise FileNotFoundError(f"{name}: no such image file: {path}")
         try:
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(storage.read_bytes(path))) as img:
                 img.load()
                 return to_rgb(img, path)
         except (UnidentifiedImageError, OSError, SyntaxError) as e:

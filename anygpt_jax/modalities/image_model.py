@@ -14,8 +14,6 @@ like `vit/blocks/attn/qkv/kernel` (scanned ViT blocks carry a leading depth axis
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 import flax
@@ -28,6 +26,7 @@ from jax import lax
 from anygpt_jax.io_utils import check_param_shapes
 from anygpt_jax.modalities.image_qformer import QFormer
 from anygpt_jax.modalities.image_vit import Block, EvaViT
+from anygpt_jax.modalities.weights import load_params_file, read_weights_config, save_weights_dir
 
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.safetensors"
@@ -246,39 +245,20 @@ def save_seed(
     directory: str, config: SeedConfig, params: dict[str, np.ndarray], source: dict | None = None
 ) -> None:
     """Writes config.json and params.safetensors (flat 'a/b/c' names) into `directory`."""
-    from safetensors.numpy import save_file
-
     check_params(config, params, where=directory)
     meta = {"format": FORMAT, "seed": config.to_dict(), "source": source or {}}
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
-        f.write("\n")
-    save_file(
-        {k: np.ascontiguousarray(v, np.float32) for k, v in params.items()},
-        os.path.join(directory, PARAMS_FILE),
-    )
+    save_weights_dir(directory, meta, params)
 
 
 def load_seed(directory: str) -> tuple[SeedConfig, dict]:
     """Reads a converted directory -> (config, nested numpy params)."""
-    from safetensors.numpy import load_file
-
-    config_path = os.path.join(directory, CONFIG_FILE)
-    params_path = os.path.join(directory, PARAMS_FILE)
-    for path in (config_path, params_path):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{path}: missing; convert a checkpoint with `python -m converters.seed` first"
-            )
-    with open(config_path) as f:
-        try:
-            meta = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{config_path}: not valid JSON ({e})") from e
+    meta, config_path, params_path = read_weights_config(
+        directory, "SEED directory", "convert a checkpoint with `python -m converters.seed` first"
+    )
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else meta
         raise ValueError(f"{config_path}: expected format {FORMAT!r}, got {got!r}")
     config = SeedConfig.from_dict(meta.get("seed", {}))
-    flat = load_file(params_path)
+    flat = load_params_file(params_path)
     check_params(config, flat, where=params_path)
     return config, flax.traverse_util.unflatten_dict(flat, sep="/")

@@ -25,12 +25,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from anygpt_jax import partitioning
-from anygpt_jax.io_utils import check_param_shapes, read_json, write_json
+from anygpt_jax.io_utils import check_param_shapes
 from anygpt_jax.modalities import audio_io
 from anygpt_jax.modalities.audio_layers import ceil_div
 from anygpt_jax.modalities.codec import PRECISIONS
 from anygpt_jax.modalities.soundstorm_generate import decode_plan, maskgit_decode, top_k_size
 from anygpt_jax.modalities.soundstorm_model import SoundStormConfig, SoundStormNet
+from anygpt_jax.modalities.weights import load_params_file, read_weights_config, save_weights_dir
 from anygpt_jax.model.params import match_layers
 
 CONFIG_FILE = "config.json"
@@ -58,31 +59,21 @@ def check_params(config: SoundStormConfig, params: dict[str, np.ndarray], where:
 def save_soundstorm(directory: str, config: SoundStormConfig, params: dict[str, np.ndarray],
                     source: dict[str, Any]) -> None:
     """Writes config.json and params.safetensors (flat names, checked against `config`)."""
-    from safetensors.numpy import save_file
-
     check_params(config, params, where=directory)
-    write_json(os.path.join(directory, CONFIG_FILE),
-               {"format": FORMAT, "soundstorm": config.to_dict(), "source": source})
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in params.items()},
-              os.path.join(directory, PARAMS_FILE))
+    meta = {"format": FORMAT, "soundstorm": config.to_dict(), "source": source}
+    save_weights_dir(directory, meta, params)
 
 
 def load_soundstorm(directory: str) -> tuple[SoundStormConfig, dict, dict]:
     """Reads a converted directory -> (config, nested params, source description)."""
-    from safetensors.numpy import load_file
-
-    config_path = os.path.join(directory, CONFIG_FILE)
-    params_path = os.path.join(directory, PARAMS_FILE)
-    for path in (config_path, params_path):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{path}: missing; convert a checkpoint with `python -m converters.soundstorm`")
-    meta = read_json(config_path)
+    meta, config_path, params_path = read_weights_config(
+        directory, "SoundStorm directory",
+        "convert a checkpoint with `python -m converters.soundstorm`")
     if meta.get("format") != FORMAT or not isinstance(meta.get("soundstorm"), dict):
         raise ValueError(f"{config_path}: expected format {FORMAT!r} with a 'soundstorm' "
                          f"object, got format {meta.get('format')!r}")
     config = SoundStormConfig.from_dict(meta["soundstorm"], where=config_path)
-    flat = load_file(params_path)
+    flat = load_params_file(params_path)
     check_params(config, flat, where=params_path)
     return config, flax.traverse_util.unflatten_dict(flat, sep="/"), meta.get("source", {})
 

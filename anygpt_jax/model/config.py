@@ -99,10 +99,10 @@ class ModelConfig:
         return cls(**values)
 
     def save(self, path: str) -> None:
-        """Writes the config as JSON."""
+        """Writes the config as JSON, whole, to a local or gs:// path."""
         write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str) -> ModelConfig:
-        """Reads a saved config, naming the file in any error."""
+        """Reads a saved config (local or gs://), naming the file in any error."""
         return cls.from_dict(read_json(path), source=path)

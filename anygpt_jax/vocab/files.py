@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 from sentencepiece import sentencepiece_model_pb2
+
+from anygpt_jax import storage
 
 SPM_FILE = "tokenizer.model"
 TOKENIZER_JSON = "tokenizer.json"
@@ -69,24 +70,28 @@ def spm_proto(spm_bytes: bytes, source: str = "<memory>") -> sentencepiece_model
 
 
 def read_spm(path: str) -> bytes:
-    """Reads a SentencePiece model file with a clear error when it is missing."""
-    if not os.path.isfile(path):
+    """Reads a SentencePiece model file (local or gs://) with a clear error when it is missing."""
+    if not storage.isfile(path):
         raise FileNotFoundError(
             f"SentencePiece model {path} not found: a tokenizer directory must hold the "
             f"LLaMA {SPM_FILE} that its added tokens extend"
         )
-    with open(path, "rb") as f:
-        data = f.read()
+    data = storage.read_bytes(path)
     spm_proto(data, path)
     return data
 
 
-def _load_json(path: str) -> Any:
+def load_json(path: str) -> Any:
+    """A JSON value from file `path` (local or gs://), naming the file when it is not JSON."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(storage.read_text(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def dump_json(obj: Any) -> str:
+    """`obj` as the indented JSON text the tokenizer files are written in (key order kept)."""
+    return json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
 
 
 def _flag(entry: dict[str, Any], key: str, default: bool, where: str) -> bool:
@@ -150,9 +155,9 @@ def _adds_bos(tok_json: dict[str, Any] | None, config: dict[str, Any]) -> bool:
 
 def read_tokenizer_dir(path: str) -> TokenizerFiles:
     """Reads tokenizer.model and every added token (with its flags) of a transformers directory."""
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise FileNotFoundError(f"tokenizer directory {path} does not exist")
-    spm_bytes = read_spm(os.path.join(path, SPM_FILE))
+    spm_bytes = read_spm(storage.join(path, SPM_FILE))
     by_id: dict[int, tuple[AddedToken, str]] = {}
 
     def add(tok: AddedToken, where: str, flags_known: bool = True) -> None:
@@ -170,9 +175,9 @@ def read_tokenizer_dir(path: str) -> TokenizerFiles:
             raise ValueError(f"{old[1]} and {where} disagree on the flags of {tok.content!r}")
 
     tok_json = None
-    tj = os.path.join(path, TOKENIZER_JSON)
-    if os.path.isfile(tj):
-        tok_json = _load_json(tj)
+    tj = storage.join(path, TOKENIZER_JSON)
+    if storage.isfile(tj):
+        tok_json = load_json(tj)
         for i, e in enumerate(tok_json.get("added_tokens") or []):
             add(
                 _token_from_entry(
@@ -181,17 +186,17 @@ def read_tokenizer_dir(path: str) -> TokenizerFiles:
                 tj,
             )
     config: dict[str, Any] = {}
-    tc = os.path.join(path, TOKENIZER_CONFIG)
-    if os.path.isfile(tc):
-        config = _load_json(tc)
+    tc = storage.join(path, TOKENIZER_CONFIG)
+    if storage.isfile(tc):
+        config = load_json(tc)
         decoder = config.get("added_tokens_decoder") or {}
         if not isinstance(decoder, dict):
             raise ValueError(f"{tc}: added_tokens_decoder must be an object of id -> token")
         for tid, e in decoder.items():
             add(_token_from_entry(e, tid, f"{tc} added_tokens_decoder[{tid!r}]"), tc)
-    at = os.path.join(path, ADDED_TOKENS_JSON)
-    if os.path.isfile(at):
-        table = _load_json(at)
+    at = storage.join(path, ADDED_TOKENS_JSON)
+    if storage.isfile(at):
+        table = load_json(at)
         if not isinstance(table, dict):
             raise ValueError(f"{at}: expected an object of token -> id")
         for content, tid in table.items():
@@ -222,9 +227,8 @@ def write_tokenizer_dir(files: TokenizerFiles, path: str) -> None:
         for name, i in (("bos", spec.bos_id), ("eos", spec.eos_id), ("unk", spec.unk_id))
         if 0 <= i < spm_size
     }
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, SPM_FILE), "wb") as f:
-        f.write(files.spm_bytes)
+    storage.makedirs(path)
+    storage.write_bytes(storage.join(path, SPM_FILE), files.spm_bytes)
     added = {t.content: t.id for t in files.added if t.id >= spm_size}
     config = {
         "tokenizer_class": "LlamaTokenizer",
@@ -242,6 +246,4 @@ def write_tokenizer_dir(files: TokenizerFiles, path: str) -> None:
         (TOKENIZER_CONFIG, config),
         (SPECIAL_TOKENS_MAP, special),
     ):
-        with open(os.path.join(path, name), "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=2)
-            f.write("\n")
+        storage.write_text(storage.join(path, name), dump_json(obj))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -13,6 +12,7 @@ import gin
 import numpy as np
 import seqio
 
+from anygpt_jax import storage
 from anygpt_jax.vocab import files as files_lib
 from anygpt_jax.vocab.files import AddedToken, TokenizerFiles
 from anygpt_jax.vocab.layout import (
@@ -99,11 +99,10 @@ class MergedVocabulary(seqio.Vocabulary):
     @classmethod
     def load(cls, path: str) -> MergedVocabulary:
         """Loads what save() wrote (or any tokenizer directory), checking the fingerprint."""
-        meta_path = os.path.join(path, VOCAB_JSON)
-        if not os.path.isfile(meta_path):
+        meta_path = storage.join(path, VOCAB_JSON)
+        if not storage.isfile(meta_path):
             return cls.from_tokenizer_dir(path)
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = files_lib.load_json(meta_path)
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(
                 f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT_VERSION}"
@@ -135,9 +134,7 @@ class MergedVocabulary(seqio.Vocabulary):
                 for m in self.modalities.values()
             ],
         }
-        with open(os.path.join(path, VOCAB_JSON), "w", encoding="utf-8") as f:
-            json.dump(meta, f, ensure_ascii=False, indent=2)
-            f.write("\n")
+        storage.write_text(storage.join(path, VOCAB_JSON), files_lib.dump_json(meta))
 
     def save_hf_tokenizer(self, path: str) -> None:
         """Writes only the transformers tokenizer files (e.g. beside an exported checkpoint)."""

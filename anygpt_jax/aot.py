@@ -20,6 +20,7 @@ import os
 import sys
 from typing import Any
 
+from anygpt_jax import storage
 from anygpt_jax import train as train_cli
 
 GIB = 1024**3
@@ -73,10 +74,10 @@ def _parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str], list[st
     # when the working directory has a runs/ folder (e.g. training outputs).
     for i, path in enumerate(gin_files):
         under_configs = os.path.join(train_cli.CONFIG_DIR, path)
-        if not os.path.isfile(path) and os.path.isfile(under_configs):
+        if not storage.isfile(path) and storage.isfile(under_configs):
             gin_files[i] = under_configs
-        elif os.path.isfile(path):
-            gin_files[i] = os.path.abspath(path)
+        elif storage.isfile(path):
+            gin_files[i] = os.fspath(storage.path(path))  # absolute; a gs:// URL stays one
     return args, gin_files, bindings, search_paths
 
 

@@ -6,6 +6,7 @@ perplexity per modality, and generation scored by the paper's metrics. Gin files
 in order, then `--gin.KEY=VALUE` bindings; the MODEL_DIR macro is required. Results go to
 run_eval.output_dir (default MODEL_DIR/eval): metrics-STEP.json, predictions-STEP.jsonl,
 media-STEP/ and tensorboard/. See tpu_configs/eval/ for the paper's set-up and a CPU demo.
+Every path (MODEL_DIR, output_dir, eval sets, scoring models) may be local or gs://.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from anygpt_jax import runtime
+from anygpt_jax import runtime, storage
 from anygpt_jax.train import ConfigError, gin_bindings, parse_gin_files
 
 REQUIRED_MACROS = ("MODEL_DIR",)
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime.initialize_distributed()
     try:
         summary = run_eval()
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, FileNotFoundError, ImportError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2, sort_keys=True))

@@ -11,6 +11,8 @@ share an output modality in one batched call.
   chat: multi-turn dialogue with the history kept; [image: PATH], [speech: PATH] and
         [music: PATH] put media in a message; /to MODALITY, /clear, /quit.
 
+Every path (--ckpt, --requests, --out, media, tokenizer directories) may be local or gs://.
+
 JSONL lines (relative paths resolve against the file's directory):
   base: {"id": "a", "request": "text|image|a red bus"}  or
         {"id": "b", "from": "text", "to": "speech", "input": "Hi", "voice": "v.wav"}
@@ -41,6 +43,7 @@ import os
 import sys
 from typing import IO
 
+from anygpt_jax import storage
 from anygpt_jax.train import CONFIG_DIR, ConfigError, gin_bindings, parse_gin_files  # noqa: F401 (CONFIG_DIR re-exported)
 
 DEFAULT_INTERACTIVE_OUT = "infer_output"
@@ -96,23 +99,37 @@ def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str]
     parse_gin_files(gin_files, bindings, search_paths)
 
 
+def _check_paths(args: argparse.Namespace) -> str | None:
+    """What is wrong with the paths given (unreachable bucket, missing file, an output that
+    exists), or None; each path may be local or gs://."""
+    for path in args.gin_search_path:
+        if not storage.isdir(path):
+            return f"--gin_search_path {path!r} is not a directory"
+    try:
+        if args.requests:
+            storage.check_access(args.requests)
+            if not storage.isfile(args.requests):
+                return f"--requests {args.requests}: no such file"
+        if args.out:
+            storage.check_access(args.out, write=True)
+    except storage.StorageError as e:
+        return str(e)
+    if args.requests:  # run_batch refuses it too
+        state = storage.dir_state(args.out)
+        if state in ("committed", "foreign") or (state != "missing"
+                                                 and not storage.isdir(args.out)):
+            return f"--out {args.out} already exists and is not empty; refusing to overwrite"
+    return None
+
+
 def main(argv: list[str] | None = None, stdin: IO[str] | None = None,
          stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
     """Runs inference; returns the exit status (1 on a bad setup or any failed request)."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     args, bindings = parse_args(sys.argv[1:] if argv is None else argv)
-    for path in args.gin_search_path:
-        if not os.path.isdir(path):
-            print(f"error: --gin_search_path {path!r} is not a directory", file=stderr)
-            return 1
-    if args.requests and not os.path.isfile(args.requests):
-        print(f"error: --requests {args.requests}: no such file", file=stderr)
-        return 1
-    if args.requests and os.path.exists(args.out) and (
-        not os.path.isdir(args.out) or os.listdir(args.out)
-    ):  # checked before the model loads; run_batch refuses it too
-        print(f"error: --out {args.out} already exists and is not empty; refusing to overwrite",
-              file=stderr)
+    problem = _check_paths(args)  # before the model loads
+    if problem:
+        print(f"error: {problem}", file=stderr)
         return 1
     try:
         parse_gin(args.gin_file, bindings, args.gin_search_path)
@@ -134,7 +151,7 @@ def main(argv: list[str] | None = None, stdin: IO[str] | None = None,
             failed = run_interactive(engine, args.mode, args.out or DEFAULT_INTERACTIVE_OUT,
                                      stdin, stdout, stderr)
             done = None
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, storage.StorageError) as e:
         print(f"error: {e}", file=stderr)
         return 1
     if done is not None:

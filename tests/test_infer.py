@@ -29,7 +29,7 @@ from infer_assets import (
 )
 from PIL import Image
 
-from anygpt_jax import infer, prompts
+from anygpt_jax import infer, prompts, storage
 from anygpt_jax.inference import session
 from anygpt_jax.inference.media import SPEECH_WAV_UNAVAILABLE, MediaCodecs
 from anygpt_jax.inference.requests import parse_base
@@ -136,8 +136,8 @@ def test_cli_batch_writes_results_and_media(assets, engine, unclip_dir, tmp_path
     assert f"{assets}/media/notaudio.wav: cannot read audio" in err[10]
     assert f"{assets}/media/notimage.png: cannot read image" in err[11]
     assert f"{assets}/media/silent.wav: the voice prompt is silent" in err[12]
-    assert sorted(os.listdir(out)) == ["00001-bus.png", "00003-tts.wav", "00005-jazz.wav",
-                                       "results.jsonl"]
+    assert sorted(os.listdir(out)) == [storage.COMMIT_MARKER, "00001-bus.png", "00003-tts.wav",
+                                       "00005-jazz.wav", "results.jsonl"]
     # an existing output is never overwritten; nothing is loaded before that check
     assert infer.main(argv, stdout=io.StringIO(), stderr=stderr) == 1
     assert f"--out {out} already exists and is not empty" in stderr.getvalue()

@@ -20,6 +20,7 @@ and TensorBoard scalars in `tensorboard/`. Metric names are `TASK/NAME`, e.g.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -33,11 +34,11 @@ import jax
 import numpy as np
 import seqio
 
+from anygpt_jax import storage
 from anygpt_jax.evaluation import tasks as eval_tasks
 from anygpt_jax.evaluation.metrics import MetricSkipped
 from anygpt_jax.evaluation.scoring import Audio
 from anygpt_jax.evaluation.teacher_forced import make_eval_step, teacher_forced_eval
-from anygpt_jax.io_utils import write_json
 from anygpt_jax.vocab import ModalitySpan
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def _decode(vocab, ids: list[int], output: str, stop_ids: set[int]) -> tuple[Any
 
 def _render(codecs: Any, span: ModalitySpan, meta: dict, path: str, seed: int) -> Any:
     """A generated span -> PIL image or Audio, also written to `path` (+ .png / .wav)."""
-    import soundfile as sf
+    from anygpt_jax.inference import media
 
     codes = np.asarray(span.codes)
     if span.modality == "image":
@@ -160,16 +161,16 @@ def _render(codecs: Any, span: ModalitySpan, meta: dict, path: str, seed: int) -
             return None  # a truncated image span: nothing to render
         [image] = tok.render(codes[None], seed=seed, pipeline=codecs.unclip_pipeline,
                              num_inference_steps=codecs.render_steps)  # fmt: skip
-        image.save(path + ".png")
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        storage.write_bytes(path + ".png", buf.getvalue())
         return image
     tok = codecs.tokenizer(span.modality)
     if span.modality == "speech":
-        from anygpt_jax.inference import media
-
         wav = media.speech_to_wav(codes, meta.get("prompt_audio"), tok)
     else:
         wav = tok.decode(codes)
-    sf.write(path + ".wav", np.clip(np.asarray(wav, np.float32), -1, 1), int(tok.sample_rate))
+    storage.write_bytes(path + ".wav", media.wav_bytes(wav, tok.sample_rate))
     return Audio(np.asarray(wav, np.float32), int(tok.sample_rate))
 
 
@@ -206,7 +207,7 @@ def inference_eval(
     predictions, records = [], []
     lead = jax.process_index() == 0
     if lead and spec.output != "text":
-        os.makedirs(os.path.join(media_dir, task_name), exist_ok=True)
+        storage.makedirs(os.path.join(media_dir, task_name))
     size = options.generation_batch_size
     for b in range(0, len(examples), size):
         chunk = examples[b : b + size]
@@ -223,9 +224,9 @@ def inference_eval(
             if isinstance(value, ModalitySpan):
                 path = os.path.join(media_dir, task_name, _safe(ex_id))
                 value = _render(codecs, value, meta, path, options.seed + b + k)
-                if value is not None:
+                if value is not None:  # shown relative to the output directory
                     ext = ".png" if spec.output == "image" else ".wav"
-                    shown = os.path.relpath(path + ext, os.path.dirname(media_dir))
+                    shown = f"{os.path.basename(media_dir)}/{task_name}/{_safe(ex_id)}{ext}"
             record["prediction"] = shown
             predictions.append(value)
             records.append(record)
@@ -291,21 +292,25 @@ def evaluate(
 
 
 def _write(output_dir: str, step: int, summary: dict, records: list[dict]) -> None:
-    os.makedirs(output_dir, exist_ok=True)
-    write_json(os.path.join(output_dir, f"metrics-{step:08d}.json"), summary)
-    path = os.path.join(output_dir, f"predictions-{step:08d}.jsonl")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(path + ".tmp", path)
+    """metrics-STEP.json, predictions-STEP.jsonl (each written whole) and TensorBoard scalars
+    (written to a local mirror of output_dir/tensorboard, uploaded when remote)."""
+    storage.makedirs(output_dir)
+    storage.write_json(os.path.join(output_dir, f"metrics-{step:08d}.json"), summary)
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    storage.write_text(os.path.join(output_dir, f"predictions-{step:08d}.jsonl"), lines)
     import tensorflow as tf
 
-    writer = tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard"))
-    with writer.as_default(step=step):
-        for name, value in summary["metrics"].items():
-            tf.summary.scalar(name, value)
-    writer.flush()
-    writer.close()
+    # tf.summary cannot write gs:// through the project's client: write locally, then upload.
+    mirror = storage.MirroredDir(os.path.join(output_dir, "tensorboard"))
+    try:
+        writer = tf.summary.create_file_writer(mirror.local)
+        with writer.as_default(step=step):
+            for name, value in summary["metrics"].items():
+                tf.summary.scalar(name, value)
+        writer.flush()
+        writer.close()
+    finally:
+        mirror.close()
 
 
 @gin.configurable
@@ -322,8 +327,10 @@ def run_eval(
     from anygpt_jax import checkpointing, partitioning
     from anygpt_jax.api import AnyGPT
 
-    if not os.path.isdir(model_dir):
+    if not storage.isdir(model_dir):
         raise FileNotFoundError(f"run_eval.model_dir {model_dir}: no such directory")
+    output_dir = output_dir or os.path.join(model_dir, "eval")
+    storage.check_access(output_dir, write=True)  # an unusable bucket fails before loading
     path, prefix = checkpointing.params_location(model_dir)
     if step is None:
         step = int(os.path.basename(os.path.dirname(path))) if prefix else 0
@@ -332,4 +339,4 @@ def run_eval(
     if model.vocab is None:
         raise FileNotFoundError(f"{model_dir} has no vocab/: evaluation needs the vocabulary")
     eval_tasks.register_eval(model.vocab)
-    return evaluate(model, output_dir or os.path.join(model_dir, "eval"), step, options)
+    return evaluate(model, output_dir, step, options)

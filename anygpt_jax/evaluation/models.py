@@ -1,4 +1,5 @@
-"""The scoring models behind the media metrics, loaded from local paths only (no downloads).
+"""The scoring models behind the media metrics, loaded from given paths only (no hub downloads);
+a gs:// path is copied to a local temp directory for the libraries that read only local files.
 
 Protocols (anything with these methods plugs in, e.g. through gin):
 
@@ -18,7 +19,6 @@ microsoft/wavlm-base-plus-sv).
 from __future__ import annotations
 
 import html
-import os
 import re
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import gin
 import numpy as np
 
+from anygpt_jax import storage
 from anygpt_jax.modalities import audio_io
 
 
@@ -55,7 +56,7 @@ def _existing(path: str | None, what: str) -> str:
     """`path`, or FileNotFoundError naming the setting when it is unset or absent."""
     if not path:
         raise FileNotFoundError(f"{what}: no path given")
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise FileNotFoundError(f"{what}: {path} does not exist")
     return path
 
@@ -102,11 +103,12 @@ class HFClip:
         path = _existing(path, "HFClip.path (a transformers CLIP directory)")
         import transformers
 
-        self._use(
-            transformers.CLIPModel.from_pretrained(path, local_files_only=True).eval(),
-            transformers.CLIPProcessor.from_pretrained(path, local_files_only=True),
-            batch_size,
-        )
+        with storage.local_copy(path) as local:
+            self._use(
+                transformers.CLIPModel.from_pretrained(local, local_files_only=True).eval(),
+                transformers.CLIPProcessor.from_pretrained(local, local_files_only=True),
+                batch_size,
+            )
 
     def _use(self, model: Any, processor: Any, batch_size: int) -> None:
         self._torch = _torch()
@@ -144,7 +146,8 @@ class OpenClip(HFClip):
         weights = _existing(weights, "OpenClip.weights (open_clip weights)")
         from converters.open_clip import convert
 
-        self._use(*convert(weights, quick_gelu=quick_gelu, bpe_vocab=bpe_vocab), batch_size)
+        with storage.local_copy(weights) as local:
+            self._use(*convert(local, quick_gelu=quick_gelu, bpe_vocab=bpe_vocab), batch_size)
 
     def _pixels(self, images: list) -> np.ndarray:
         from converters.open_clip import eval_pixels
@@ -161,11 +164,12 @@ class HFClap:
         path = _existing(path, "HFClap.path (a transformers CLAP directory)")
         import transformers
 
-        self._use(
-            transformers.ClapModel.from_pretrained(path, local_files_only=True).eval(),
-            transformers.ClapProcessor.from_pretrained(path, local_files_only=True),
-            batch_size,
-        )
+        with storage.local_copy(path) as local:
+            self._use(
+                transformers.ClapModel.from_pretrained(local, local_files_only=True).eval(),
+                transformers.ClapProcessor.from_pretrained(local, local_files_only=True),
+                batch_size,
+            )
 
     def _use(self, model: Any, processor: Any, batch_size: int) -> None:
         self._torch = _torch()
@@ -202,9 +206,11 @@ class LaionClap(HFClap):
         roberta_dir = _existing(roberta_dir, "LaionClap.roberta_dir (a roberta-base tokenizer)")
         from converters import laion_clap
 
-        model = laion_clap.convert(weights)
+        with storage.local_copy(weights) as local:
+            model = laion_clap.convert(local)
         vocab_size = model.config.text_config.vocab_size
-        self._use(model, laion_clap.processor(roberta_dir, vocab_size), batch_size)
+        with storage.local_copy(roberta_dir) as local:
+            self._use(model, laion_clap.processor(local, vocab_size), batch_size)
 
 
 @gin.configurable
@@ -217,10 +223,13 @@ class HFWhisperAsr:
 
         torch = _torch()
         self._torch = torch
-        self.model = transformers.WhisperForConditionalGeneration.from_pretrained(
-            path, local_files_only=True
-        ).eval()
-        self.processor = transformers.WhisperProcessor.from_pretrained(path, local_files_only=True)
+        with storage.local_copy(path) as local:
+            self.model = transformers.WhisperForConditionalGeneration.from_pretrained(
+                local, local_files_only=True
+            ).eval()
+            self.processor = transformers.WhisperProcessor.from_pretrained(
+                local, local_files_only=True
+            )
         self.sample_rate = int(self.processor.feature_extractor.sampling_rate)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
@@ -247,11 +256,12 @@ class HFSpeakerEmbedder:
 
         torch = _torch()
         self._torch = torch
-        self.model = transformers.WavLMForXVector.from_pretrained(path, local_files_only=True)
+        with storage.local_copy(path) as local:
+            self.model = transformers.WavLMForXVector.from_pretrained(local, local_files_only=True)
+            self.extractor = transformers.AutoFeatureExtractor.from_pretrained(
+                local, local_files_only=True
+            )
         self.model.eval()
-        self.extractor = transformers.AutoFeatureExtractor.from_pretrained(
-            path, local_files_only=True
-        )
         self.sample_rate = int(self.extractor.sampling_rate)
 
     def embed_speakers(self, waveforms: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:

@@ -17,13 +17,13 @@ With none bound, a metric raises MetricSkipped with the binding it needs.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import gin
 import numpy as np
 
+from anygpt_jax import storage
 from anygpt_jax.evaluation import metrics
 from anygpt_jax.evaluation.metrics import MetricSkipped
 
@@ -76,7 +76,7 @@ def _scatter(n: int, where: list[int], rows: np.ndarray) -> list[np.ndarray | No
 
 def _sources(targets: Sequence[dict], key: str) -> list[str] | None:
     paths = [t.get(key) for t in targets]
-    if not all(paths) or not all(os.path.isfile(p) for p in paths):
+    if not all(paths) or not all(storage.isfile(p) for p in paths):
         return None
     return paths
 
@@ -106,9 +106,9 @@ class ClipScore(_ModelMetric):
         out = metrics.embedding_score("clip_score", texts, images, self.weight, self.clip_negative)
         sources = _sources(targets, "source")
         if sources is not None:
-            from PIL import Image
+            from anygpt_jax.inference.media import read_image
 
-            real = list(m.embed_images([Image.open(p) for p in sources]))
+            real = list(m.embed_images([read_image(p) for p in sources]))
             out |= metrics.embedding_score("clip_image_similarity", images, real)
         return out
 
@@ -170,10 +170,10 @@ class SpeakerSimilarity(_ModelMetric):
                 f"(made by `python -m data.eval_sets vctk`)"
             )
         m = self.model()
-        from anygpt_jax.modalities import audio_io
+        from anygpt_jax.inference.media import read_audio
 
         rate = 16000
-        refs = list(m.embed_speakers([audio_io.load_audio(p, rate) for p in paths], rate))
+        refs = list(m.embed_speakers([read_audio(p, rate) for p in paths], rate))
         gen: list[np.ndarray | None] = [None] * len(predictions)
         for i in _present(predictions):
             gen[i] = m.embed_speakers([predictions[i].waveform], predictions[i].sample_rate)[0]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,7 +26,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from anygpt_jax import prompts
+from anygpt_jax import prompts, storage
 from anygpt_jax import tasks as train_tasks
 from anygpt_jax.data import shards as shards_lib
 from anygpt_jax.data.source import ShardDataSource
@@ -158,7 +157,7 @@ def register_eval(
             seqio.TaskRegistry.remove(name)
             continue
         for path in paths:
-            if not os.path.isdir(path):
+            if not storage.isdir(path):
                 raise FileNotFoundError(
                     f"register_eval.{spec.dirs_param}: {path} is not a directory (build the "
                     f"eval set with `python -m data.eval_sets`)"

@@ -10,6 +10,7 @@ cannot be rendered is written as its codes (`NAME.MODALITY.json`) with a note th
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from anygpt_jax import storage
 from anygpt_jax.inference.requests import MediaRef, RequestError
 from anygpt_jax.vocab import MergedVocabulary, ModalitySpan
 
@@ -41,6 +43,9 @@ def speech_to_wav(units: np.ndarray, voice_prompt: str | None = None,
         return None
     from anygpt_jax.modalities.soundstorm import speak
 
+    if isinstance(voice_prompt, str) and storage.is_remote(voice_prompt):
+        rate = int(speech_tokenizer.sample_rate)
+        voice_prompt = (read_audio(voice_prompt, rate), rate)
     return speak(np.asarray(units), speech_tokenizer, soundstorm, voice_prompt, seed=seed)
 
 
@@ -62,11 +67,11 @@ class MediaCodecs:
         if unknown:
             raise ValueError(f"no tokenizer for modalities {unknown}; known: {sorted(FLAGS)}")
         for m, d in self.dirs.items():
-            if d != "demo" and not os.path.isdir(d):
+            if d != "demo" and not storage.isdir(d):
                 raise ValueError(f"{FLAGS[m]} {d}: not a directory")
-        if unclip_pipeline is not None and not os.path.isdir(unclip_pipeline):
+        if unclip_pipeline is not None and not storage.isdir(unclip_pipeline):
             raise ValueError(f"--unclip_pipeline {unclip_pipeline}: not a directory")
-        if soundstorm is not None and not os.path.isdir(soundstorm):
+        if soundstorm is not None and not storage.isdir(soundstorm):
             raise ValueError(f"--soundstorm {soundstorm}: not a directory")
         self.unclip_pipeline = unclip_pipeline
         self.render_steps = render_steps
@@ -145,9 +150,7 @@ class MediaCodecs:
 
     def check_voice(self, path: str) -> None:
         """Reads a voice prompt, so a bad file fails its request before generation."""
-        from anygpt_jax.modalities import audio_io
-
-        audio_io.load_audio(path, 16000)
+        read_audio(path, 16000)
 
     # ----- out --------------------------------------------------------------------------------
 
@@ -169,7 +172,8 @@ class MediaCodecs:
             tok = self._optional("speech")
             wav = speech_to_wav(codes, voice, tok, self.soundstorm(), seed=seed)
             if wav is not None:
-                _write_wav(os.path.join(out_dir, name + ".wav"), wav, tok.sample_rate)
+                storage.write_bytes(os.path.join(out_dir, name + ".wav"),
+                                    wav_bytes(wav, tok.sample_rate))
             else:
                 note = SPEECH_WAV_UNAVAILABLE
         else:
@@ -178,9 +182,8 @@ class MediaCodecs:
             ext = "png" if m == "image" else "wav"
             return {"modality": m, "path": f"{name}.{ext}", "format": ext}
         path = f"{name}.{m}.json"
-        with open(os.path.join(out_dir, path), "w") as f:
-            json.dump({"modality": m, "codes": codes.tolist(), "note": note}, f)
-            f.write("\n")
+        record = {"modality": m, "codes": codes.tolist(), "note": note}
+        storage.write_text(os.path.join(out_dir, path), json.dumps(record) + "\n")
         return {"modality": m, "path": path, "format": "codes", "note": note}
 
     def _optional(self, modality: str) -> Any:
@@ -203,14 +206,17 @@ class MediaCodecs:
                                  num_inference_steps=self.render_steps)
         except ImportError as e:
             return f"wrote the SEED codes: {e}"
-        image.save(os.path.join(out_dir, name + ".png"))
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        storage.write_bytes(os.path.join(out_dir, name + ".png"), buf.getvalue())
         return None
 
     def _write_music(self, codes: np.ndarray, out_dir: str, name: str) -> str | None:
         tok = self._optional("music")
         if tok is None:
             return f"wrote the Encodec codes: decoding needs {FLAGS['music']} DIR"
-        _write_wav(os.path.join(out_dir, name + ".wav"), tok.decode(codes), tok.sample_rate)
+        storage.write_bytes(os.path.join(out_dir, name + ".wav"),
+                            wav_bytes(tok.decode(codes), tok.sample_rate))
         return None
 
 
@@ -232,14 +238,57 @@ def _load(modality: str, spec: str) -> Any:
         raise ValueError(f"{FLAGS[modality]} {spec}: {e}") from e
 
 
-def _read(modality: str, tok: Any, path: str) -> Any:
-    if modality == "image":
-        from anygpt_jax.modalities.image import load_image
+def read_image(path: str) -> Any:
+    """An RGB PIL image from a local or gs:// file; errors name `path`."""
+    from anygpt_jax.modalities.image import load_image
 
+    if not storage.is_remote(path):
         return load_image(path, name=path)
+    from PIL import Image, UnidentifiedImageError
+
+    from anygpt_jax.modalities.image import ImageError
+
+    data = storage.read_bytes(path)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return load_image(img, name=path)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ImageError(f"{path}: cannot read image ({e})") from e
+
+
+def read_audio(path: str, sample_rate: int) -> np.ndarray:
+    """A local or gs:// audio file as mono float32 at `sample_rate`; errors name `path`."""
     from anygpt_jax.modalities import audio_io
 
-    wav = audio_io.load_audio(path, tok.sample_rate)
+    if not storage.is_remote(path):
+        return audio_io.load_audio(path, sample_rate)
+    import soundfile as sf
+
+    if not storage.isfile(path):
+        raise audio_io.AudioError(f"{path}: no such audio file")
+    try:
+        data, rate = sf.read(io.BytesIO(storage.read_bytes(path)), dtype="float32",
+                             always_2d=True)
+    except Exception as e:  # noqa: BLE001 - libsndfile raises several types; re-raised named
+        raise audio_io.AudioError(f"{path}: cannot read audio ({e})") from e
+    return audio_io.prepare(data.T, rate, sample_rate, name=path)
+
+
+def wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
+    """A waveform (clipped to [-1, 1]) as the bytes of a 16-bit PCM WAV file."""
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(np.asarray(wav, np.float32), -1.0, 1.0), int(sample_rate),
+             format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _read(modality: str, tok: Any, path: str) -> Any:
+    if modality == "image":
+        return read_image(path)
+    wav = read_audio(path, tok.sample_rate)
     # AnyGPT tokenizes music as one segment (5 s) from the start of the clip.
     return tok.segment(wav) if modality == "music" else wav
 
@@ -250,10 +299,3 @@ def _encode(modality: str, tok: Any, items: list, num_codebooks: int) -> list[Mo
     if modality == "speech":  # the LLM sees RVQ layer 1 only
         return [ModalitySpan("speech", c[0]) for c in tok.encode_arrays(items, n_q=1)]
     return [ModalitySpan("music", c) for c in tok.encode_arrays(items, n_q=num_codebooks)]
-
-
-def _write_wav(path: str, wav: np.ndarray, sample_rate: int) -> None:
-    import soundfile as sf
-
-    sf.write(path, np.clip(np.asarray(wav, np.float32), -1.0, 1.0), int(sample_rate),
-             subtype="PCM_16")

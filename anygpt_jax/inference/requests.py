@@ -20,7 +20,8 @@ Batch files (`--requests in.jsonl`) hold one JSON object per line:
 
 `instruction` (base) fixes the instruction instead of drawing it from the pool; a chat
 message's `to` picks the generation settings of that output modality for its reply.
-Relative media paths in a batch file are resolved against the file's directory.
+Relative media paths in a batch file are resolved against the file's directory; every path
+(the batch file, media) may be local or a gs:// URL.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import json
 import os
 import re
 from collections.abc import Iterator
+
+from anygpt_jax import storage
 
 MEDIA_MODALITIES = ("image", "speech", "music")
 MODALITIES = ("text", *MEDIA_MODALITIES)
@@ -113,8 +116,9 @@ def _media_path(path: str, modality: str, base_dir: str | None, where: str) -> s
     path = path.strip()
     if not path:
         raise RequestError(f"{where}: empty {modality} file path")
-    full = os.path.join(base_dir, path) if base_dir and not os.path.isabs(path) else path
-    if not os.path.isfile(full):
+    relative = not (os.path.isabs(path) or storage.is_remote(path))
+    full = os.path.join(base_dir, path) if base_dir and relative else path
+    if not storage.isfile(full):
         raise RequestError(f"{where}: {modality} file not found: {full}")
     return full
 
@@ -240,23 +244,24 @@ def read_jsonl(path: str, mode: str) -> Iterator[tuple[int, Request | RequestErr
 
     Bad lines come back as errors instead of stopping the batch; an unreadable file raises.
     """
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise FileNotFoundError(f"requests file not found: {path}")
-    base_dir = os.path.dirname(os.path.abspath(path))
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield n, RequestError(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
-                continue
-            try:
-                yield n, parse_json_request(obj, mode, base_dir, where)
-            except RequestError as e:
-                yield n, e
+    base_dir = os.fspath(storage.path(path).parent)
+    # Universal newlines, as a file opened in text mode reads them.
+    text = storage.read_text(path).replace("\r\n", "\n").replace("\r", "\n")
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield n, RequestError(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        try:
+            yield n, parse_json_request(obj, mode, base_dir, where)
+        except RequestError as e:
+            yield n, e
 
 
 def _str(obj: dict, key: str, where: str) -> str:

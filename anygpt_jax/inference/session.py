@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import gin
 
-from anygpt_jax import partitioning
+from anygpt_jax import partitioning, storage
 from anygpt_jax.api import AnyGPT
 from anygpt_jax.inference import GenerationSettings, generate
 from anygpt_jax.inference.chat import (
@@ -42,7 +42,6 @@ from anygpt_jax.inference.requests import (
     parse_chat_message,
     read_jsonl,
 )
-from anygpt_jax.io_utils import atomic_output_dir
 from anygpt_jax.vocab import ModalitySpan, Segment
 
 RESULTS_FILE = "results.jsonl"
@@ -224,7 +223,8 @@ def media_name(line: int, request_id: str) -> str:
 
 
 def run_batch(engine: Engine, requests_path: str, mode: str, out_dir: str) -> tuple[int, int]:
-    """Runs a JSONL file into out_dir (results.jsonl + media), atomically; -> (done, failed).
+    """Runs a JSONL file into out_dir (results.jsonl + media), committed whole (local or gs://,
+    see storage.output_dir); -> (done, failed).
 
     Base requests sharing an output modality are one batched call; chat dialogues advance
     one message per round, all dialogues of a round together.
@@ -232,7 +232,8 @@ def run_batch(engine: Engine, requests_path: str, mode: str, out_dir: str) -> tu
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     entries = list(read_jsonl(requests_path, mode))
-    with atomic_output_dir(out_dir) as tmp:
+    with storage.output_dir(out_dir) as out:
+        tmp = os.fspath(out)
         records: dict[int, dict] = {}
         good = [(n, r) for n, r in entries if not isinstance(r, Exception)]
         for n, r in entries:
@@ -244,9 +245,9 @@ def run_batch(engine: Engine, requests_path: str, mode: str, out_dir: str) -> tu
             records.update({n: rec for (n, _), rec in zip(good, out, strict=True)})
         else:
             records.update(_run_dialogues(engine, good, tmp))
-        with open(os.path.join(tmp, RESULTS_FILE), "w", encoding="utf-8") as f:
-            for n in sorted(records):
-                f.write(json.dumps({"line": n, **records[n]}, ensure_ascii=False) + "\n")
+        storage.write_text(os.path.join(tmp, RESULTS_FILE), "".join(
+            json.dumps({"line": n, **records[n]}, ensure_ascii=False) + "\n"
+            for n in sorted(records)))
     failed = sum(1 for rec in records.values() if _failed(rec))
     return len(records) - failed, failed
 
@@ -288,7 +289,8 @@ def run_interactive(engine: Engine, mode: str, out_dir: str, stdin: IO[str] = sy
     and the session goes on. Returns the number of failed requests."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    os.makedirs(out_dir, exist_ok=True)
+    storage.check_access(out_dir, write=True)
+    storage.makedirs(out_dir)
     prefix = time.strftime("%Y%m%d-%H%M%S")  # media of earlier sessions are never overwritten
     tty = stdin.isatty()
     print(CHAT_HELP if mode == "chat" else BASE_HELP, file=stdout)

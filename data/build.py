@@ -3,11 +3,13 @@
     python -m data.build --kind speech_text --input LibriSpeech/train-clean-100 \\
         --vocab TOKENIZER_DIR --tokenizer speech=CONVERTED_DIR --out shards/librispeech
 
-Items are read in input order and cut into shards of --examples-per-shard; shards are encoded
-in parallel worker processes (--workers), media in batches (--batch-size). Each finished shard
-is renamed into place with a `.json` sidecar, so a restart skips finished shards (resumable).
-manifest.json is written last. Unreadable media are logged, counted and skipped; the summary
-at the end lists them. Exit status: 0 done, 1 bad input or nothing written.
+Inputs, media and --out may be local paths or gs:// URLs. Items are read in input order and cut
+into shards of --examples-per-shard; shards are encoded in parallel worker processes
+(--workers), media in batches (--batch-size). Each shard is written whole (renamed into place,
+or uploaded) with a `.json` sidecar, so a rerun after a crash skips finished shards (resumable).
+manifest.json is written last and marks the directory finished: a finished --out is refused.
+Unreadable media are logged, counted and skipped; the summary at the end lists them. Exit
+status: 0 done, 1 bad input, unusable path or nothing written.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import sys
 
 import numpy as np
 
+from anygpt_jax import storage
 from anygpt_jax.data import shards as shards_lib
 from anygpt_jax.vocab import MergedVocabulary, ModalitySpan
 from data import media as media_lib
@@ -113,20 +116,30 @@ def _build_shard(path: str, items, batch_size: int) -> dict:
     entry = shards_lib.write_shard(path, examples, vocab)
     infos = {m: dataclasses.asdict(e.info) for m, e in encoders.items()}
     side = {"entry": entry, "errors": errors, "tokenizers": infos}
-    tmp = f"{path}.json.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(side, f)
-    os.replace(tmp, path + ".json")
+    storage.write_json(path + ".json", side)  # after the shard: a sidecar means it is whole
     return side
 
 
 def _finished(path: str) -> dict | None:
     try:
-        with open(path + ".json", encoding="utf-8") as f:
-            side = json.load(f)
-        return side if os.path.getsize(path) == side["entry"]["bytes"] else None
-    except (OSError, ValueError, KeyError):
+        side = storage.read_json(path + ".json")
+        return side if storage.size(path) == side["entry"]["bytes"] else None
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def check_paths(inputs: list[str], out_dir: str) -> None:
+    """Stops before any work when --out is a finished shard directory or a gs:// input or
+    output cannot be reached (StorageError naming the path and the fix)."""
+    manifest = os.path.join(out_dir, shards_lib.MANIFEST)
+    storage.check_access(out_dir, write=True)
+    if storage.exists(manifest):
+        raise FileExistsError(
+            f"{out_dir}: a finished shard directory ({manifest} exists); refusing to overwrite "
+            f"it: choose another --out or delete it"
+        )
+    for p in inputs:
+        storage.check_access(p)
 
 
 def build(
@@ -140,7 +153,8 @@ def build(
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict:
-    """Builds (or finishes) a shard directory; returns the summary."""
+    """Builds (or finishes a crashed build of) a shard directory; returns the summary."""
+    check_paths(inputs, out_dir)
     items = readers.read_inputs(kind, inputs)
     if not items:
         raise readers.InputError(f"{', '.join(inputs)}: no {kind} items")
@@ -158,7 +172,7 @@ def build(
     tokenizers = {m: s for m, s in tokenizers.items() if m in used}
     vocab = MergedVocabulary.load(vocab_dir)
     n = math.ceil(len(items) / examples_per_shard)
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
     paths = [os.path.join(out_dir, shards_lib.shard_name(i, n)) for i in range(n)]
     done = {p: s for p in paths if (s := _finished(p)) is not None}
     todo = [p for p in paths if p not in done]
@@ -250,7 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help="corpus file or directory (repeatable); formats in data/readers.py",
     )
-    p.add_argument("--out", required=True, help="shard directory (created; resumed if present)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="shard directory, local or gs:// (created; a crashed build is resumed, a finished "
+        "one refused)",
+    )
     p.add_argument("--vocab", required=True, help="tokenizer directory of the merged vocabulary")
     p.add_argument(
         "--tokenizer",

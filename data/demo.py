@@ -2,6 +2,7 @@
 
     python -m data.demo --out demo_corpus [--vocab TOKENIZER_DIR] [--raw-only] [--no-progress]
 
+--out may be a local directory or a gs:// URL (the media are rendered locally, then uploaded).
 Without --vocab the corpus gets its own vocabulary in out/vocab (data/demo_vocab.py). A
 finished build is kept: running the command again rebuilds only what is missing.
 
@@ -37,6 +38,8 @@ import sys
 
 import numpy as np
 
+from anygpt_jax import storage
+from anygpt_jax.data import shards as shards_lib
 from data import build
 from data.demo_vocab import build_demo_vocab
 
@@ -49,6 +52,7 @@ INSTRUMENTS = {0: "piano", 24: "nylon guitar", 40: "violin", 73: "flute", 19: "c
 # The renders mostly wait on disk and process start-up, so more of them than cores pays off.
 RENDER_WORKERS = 6
 KEYS = {"C": 60, "D": 62, "E": 64, "F": 65, "G": 67, "A": 57}
+RAW_DONE = "raw_done.json"  # in out/raw, written once the raw corpus is whole: kind -> file
 
 
 def zen_sentences() -> list[str]:
@@ -136,11 +140,12 @@ def compose(k: int) -> tuple[list, int, int, str]:
 
 def check_tools() -> None:
     """Raises OSError naming the missing renderer or sound font (Debian packages to install)."""
-    missing = [t for t in ("espeak-ng", "fluidsynth") if shutil.which(t) is None]
-    if missing or not os.path.isfile(SOUND_FONT):
+    missing = [t for t in ("espeak-ng", "fluidsynth") if shutil.which(t) is None]  # local: PATH
+    font = os.path.isfile(SOUND_FONT)  # local: the system's sound font, read by fluidsynth
+    if missing or not font:
         raise OSError(
             f"the demo corpus needs espeak-ng, fluidsynth and {SOUND_FONT}; missing: "
-            f"{', '.join(missing + ([] if os.path.isfile(SOUND_FONT) else [SOUND_FONT]))} "
+            f"{', '.join(missing + ([] if font else [SOUND_FONT]))} "
             "(apt-get install espeak-ng fluidsynth fluid-soundfont-gm)"
         )
 
@@ -157,11 +162,11 @@ def render_all(commands: list[list[str]], workers: int = RENDER_WORKERS) -> None
             f.result()
 
 
-def _jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return path
+def _jsonl(raw, name, rows):
+    storage.write_text(
+        os.path.join(raw, name), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    )
+    return name
 
 
 def make_raw(
@@ -171,14 +176,27 @@ def make_raw(
     num_dialogues: int = 300,
     render: bool = True,
 ) -> dict[str, str]:
-    """Writes the raw corpus (PNGs, WAVs, JSONL); returns kind -> input file.
-
-    render False skips the audio renders (the JSONL text, e.g. for the vocabulary, is the same).
+    """Writes the raw corpus (PNGs, WAVs, JSONL) to `raw`, local or gs://; returns kind -> input
+    file. render False skips the audio renders (the JSONL text, for the vocabulary, is the same).
     """
+    mirror = storage.MirroredDir(raw)  # the renderers write local files only
+    names = _write_raw(mirror.local, num_images, num_music, num_dialogues, render)
+    mirror.close()
+    return {kind: os.path.join(raw, name) for kind, name in names.items()}
+
+
+def _write_raw(
+    raw: str,
+    num_images: int = 300,
+    num_music: int = 48,
+    num_dialogues: int = 300,
+    render: bool = True,
+) -> dict[str, str]:
+    """make_raw into local directory `raw`; returns kind -> file name in `raw`."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    os.makedirs(os.path.join(raw, "media"), exist_ok=True)
+    storage.makedirs(os.path.join(raw, "media"))
     digits = load_digits()
     images = []
     for i in range(num_images):
@@ -204,8 +222,7 @@ def make_raw(
     for k in range(num_music):
         notes, prog, bpm, caption = compose(k)
         mid, wav = os.path.join(raw, f"media/clip{k:03d}.mid"), f"media/clip{k:03d}.wav"
-        with open(mid, "wb") as f:
-            f.write(midi_bytes(notes, prog, bpm))
+        storage.write_bytes(mid, midi_bytes(notes, prog, bpm))
         # Dynamic sample loading reads only the instrument used from the 140 MB sound font
         # (same samples out, a third less time per clip).
         renders.append(
@@ -248,10 +265,10 @@ def make_raw(
                 ]
         dialogues.append({"id": f"chat{d}", "turns": turns})
     return {
-        "image_text": _jsonl(os.path.join(raw, "images.jsonl"), images),
-        "speech_text": _jsonl(os.path.join(raw, "speech.jsonl"), speech),
-        "music_text": _jsonl(os.path.join(raw, "music.jsonl"), music),
-        "dialogue": _jsonl(os.path.join(raw, "dialogues.jsonl"), dialogues),
+        "image_text": _jsonl(raw, "images.jsonl", images),
+        "speech_text": _jsonl(raw, "speech.jsonl", speech),
+        "music_text": _jsonl(raw, "music.jsonl", music),
+        "dialogue": _jsonl(raw, "dialogues.jsonl", dialogues),
     }
 
 
@@ -261,36 +278,54 @@ def build_demo(
     tokenizers: dict[str, str] | None = None,
     progress: bool = True,
 ) -> dict:
-    """Raw corpus under out/raw, shards under out/<kind>; returns the builder summaries.
-
-    vocab_dir None trains the demo's own vocabulary into out/vocab.
-    """
+    """Raw corpus under out/raw, shards under out/<kind> (`out` local or gs://); returns the
+    builder summaries. vocab_dir None trains the demo's own vocabulary into out/vocab."""
+    storage.check_access(out, write=True)
     raw = os.path.join(out, "raw")
-    done = os.path.join(raw, "raw_done.json")
-    if os.path.exists(done):  # media are made once; the builder resumes by itself
-        with open(done) as f:
-            inputs = json.load(f)
-    else:
-        inputs = make_raw(raw)
-        with open(done, "w") as f:
-            json.dump(inputs, f)
-    if vocab_dir is None:
-        vocab_dir = os.path.join(out, "vocab")
-        build_demo_vocab(vocab_dir, inputs.values())
-    toks = {"image": "demo", "speech": "demo", "music": "demo"} | dict(tokenizers or {})
-    return {
-        kind: build.build(
-            kind,
-            [path],
-            os.path.join(out, kind),
-            vocab_dir,
-            toks,
-            examples_per_shard=200,
-            workers=1,
-            progress=progress,
-        )
-        for kind, path in inputs.items()
-    }
+    done = os.path.join(raw, RAW_DONE)
+    with contextlib.ExitStack() as stack:
+        if storage.exists(done):  # media are made once; the builder resumes by itself
+            names = storage.read_json(done)
+            # (older markers held full paths: their file names are what counts)
+            inputs = {k: os.path.join(raw, os.path.basename(v)) for k, v in names.items()}
+        else:
+            mirror = storage.MirroredDir(raw)  # the renderers write local files only
+            names = _write_raw(mirror.local)
+            mirror.sync()
+            storage.write_json(done, names)
+            stack.callback(mirror.close)
+            # Built from the local files just made, not from downloads of their uploads.
+            inputs = {k: os.path.join(mirror.local, n) for k, n in names.items()}
+        if vocab_dir is None:
+            vocab_dir = os.path.join(out, "vocab")
+            build_demo_vocab(vocab_dir, inputs.values())
+        toks = {"image": "demo", "speech": "demo", "music": "demo"} | dict(tokenizers or {})
+        summaries = {}
+        for kind, path in inputs.items():
+            shard_dir = os.path.join(out, kind)
+            if storage.exists(os.path.join(shard_dir, shards_lib.MANIFEST)):
+                summaries[kind] = _finished_summary(shard_dir)  # kept, not rebuilt
+                continue
+            summaries[kind] = build.build(
+                kind,
+                [path],
+                shard_dir,
+                vocab_dir,
+                toks,
+                examples_per_shard=200,
+                workers=1,
+                progress=progress,
+            )
+        return summaries
+
+
+def _finished_summary(shard_dir: str) -> dict:
+    """The builder's summary of a finished shard directory, from its manifest."""
+    m = shards_lib.read_manifest(shard_dir)
+    n = len(m["shards"])
+    return {"out": shard_dir, "kind": m["kind"], "inputs": m.get("inputs"),
+            "examples": m["examples"], "skipped": m.get("errors", 0), "shards": n,
+            "resumed_shards": n, "tokens": m["tokens"], "skipped_examples": []}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output directory, local or gs://")
     p.add_argument(
         "--vocab", help="tokenizer directory of the merged vocabulary (default: train out/vocab)"
     )
@@ -314,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.raw_only:
+            storage.check_access(args.out, write=True)
             print(json.dumps(make_raw(os.path.join(args.out, "raw")), indent=2))
             return 0
         summary = build_demo(

@@ -12,8 +12,7 @@ import json
 import os
 from collections.abc import Iterable
 
-from anygpt_jax import prompts
-from anygpt_jax.io_utils import atomic_output_dir
+from anygpt_jax import prompts, storage
 from anygpt_jax.vocab import MergedVocabulary, anygpt_layout
 from anygpt_jax.vocab.spm_training import train_llama_like_spm
 
@@ -37,8 +36,8 @@ def corpus_text(jsonl_paths: Iterable[str]) -> list[str]:
     for pool in prompts.INSTRUCTION_POOLS.values():
         lines.extend(pool)
     for path in jsonl_paths:
-        with open(path, encoding="utf-8") as f:
-            for row in f:
+        for row in storage.read_text(path).split("\n"):
+            if row.strip():
                 lines.extend(
                     s for s in _strings(json.loads(row)) if s and not s.endswith((".wav", ".png"))
                 )
@@ -46,13 +45,16 @@ def corpus_text(jsonl_paths: Iterable[str]) -> list[str]:
 
 
 def build_demo_vocab(out_dir: str, jsonl_paths: Iterable[str]) -> MergedVocabulary:
-    """Trains the demo SentencePiece model and saves the merged vocabulary to `out_dir`."""
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
+    """Trains the demo SentencePiece model and saves the merged vocabulary to `out_dir` (local or
+    gs://); a finished `out_dir` is loaded instead."""
+    state = storage.dir_state(out_dir)
+    # A local directory without markers predates them (made by a rename, so it is whole).
+    if state == "committed" or (state == "foreign" and not storage.is_remote(out_dir)):
         return MergedVocabulary.load(out_dir)
     spm_model = train_llama_like_spm(
         corpus_text(jsonl_paths), vocab_size=TEXT_PIECES, hard_vocab_limit=False
     )
     vocab = MergedVocabulary.from_layout(spm_model, anygpt_layout())
-    with atomic_output_dir(out_dir) as tmp:
-        vocab.save(tmp)
+    with storage.output_dir(out_dir) as tmp:
+        vocab.save(os.fspath(tmp))
     return MergedVocabulary.load(out_dir)

@@ -20,7 +20,8 @@ Layouts read:
 - musiccaps: `musiccaps-public.csv` (ytid, start_s, end_s, caption, aspect_list,
   is_audioset_eval); clips at MEDIA_ROOT/--audio_pattern (default '{ytid}.wav').
 
-The items are written to OUT/items.jsonl (data/readers.py's pair format, with "meta": the
+Inputs, media roots and OUT may be local paths or gs:// URLs. The items are written to
+OUT/items.jsonl (data/readers.py's pair format, with "meta": the
 references, source paths and speakers the metrics need), then `data.build` encodes them into
 OUT. A missing annotation file or directory is an error; missing media are an error too,
 unless --allow_missing, which drops those items and says how many.
@@ -30,12 +31,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable
 
+from anygpt_jax import storage
 from data import build, readers
 
 ITEMS_FILE = "items.jsonl"
@@ -47,7 +50,7 @@ VCTK_AUDIO = (
 
 
 def _need(path: str, what: str) -> None:
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise readers.InputError(f"{path}: no such {what}")
 
 
@@ -55,11 +58,10 @@ def coco_karpathy(path: str, media_root: str, split: str = "test") -> list[dict]
     """Karpathy-split COCO captions: one item per image, all its captions as references."""
     _need(path, "file (Karpathy's dataset_coco.json)")
     _need(media_root, "directory (the COCO images root)")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise readers.InputError(f"{path}: not valid JSON ({e})") from e
+    try:
+        data = json.loads(storage.read_text(path))
+    except json.JSONDecodeError as e:
+        raise readers.InputError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise readers.InputError(f"{path}: expected an object with an 'images' list")
     items = []
@@ -93,7 +95,7 @@ def librispeech(path: str) -> list[dict]:
 def _vctk_audio(root: str, speaker: str, utt: str, mic: str) -> str | None:
     for folder, pattern in VCTK_AUDIO:
         candidate = os.path.join(root, folder, speaker, pattern.format(utt=utt, mic=mic))
-        if os.path.isfile(candidate):
+        if storage.isfile(candidate):
             return candidate
     return None
 
@@ -105,17 +107,16 @@ def vctk(
     txt_root = os.path.join(path, "txt")
     _need(txt_root, "directory (VCTK's txt/ folder)")
     items, missing = [], []
-    for speaker in sorted(os.listdir(txt_root)):
+    for speaker in storage.listdir(txt_root):
         folder = os.path.join(txt_root, speaker)
-        if not os.path.isdir(folder):
+        if not storage.isdir(folder):
             continue
         utts = []
-        for name in sorted(os.listdir(folder)):
+        for name in storage.listdir(folder):
             if not name.endswith(".txt"):
                 continue
             utt = name[: -len(".txt")]
-            with open(os.path.join(folder, name), encoding="utf-8") as f:
-                text = " ".join(f.read().split())
+            text = " ".join(storage.read_text(os.path.join(folder, name)).split())
             audio = _vctk_audio(path, speaker, utt, mic)
             if audio is None:
                 missing.append(f"{speaker}/{utt}")
@@ -149,8 +150,7 @@ def musiccaps(
     column = {"all": None, "audioset_eval": "is_audioset_eval", "balanced": "is_balanced_subset"}
     if subset not in column:
         raise ValueError(f"subset {subset!r}; expected one of {sorted(column)}")
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(storage.read_text(path), newline="")))
     need = {"ytid", "start_s", "end_s", "caption"} | ({column[subset]} if column[subset] else set())
     if not rows or need - set(rows[0]):
         raise readers.InputError(f"{path}: needs columns {sorted(need)}")
@@ -159,7 +159,7 @@ def musiccaps(
         if column[subset] and row[column[subset]].strip().lower() not in ("true", "1"):
             continue
         audio = os.path.join(media_root, audio_pattern.format(**row))
-        if not os.path.isfile(audio):
+        if not storage.isfile(audio):
             missing.append(audio)
             continue
         items.append({"id": row["ytid"], "audio": audio, "caption": row["caption"].strip(),
@@ -192,14 +192,9 @@ SETS: dict[str, tuple[str, Callable[[argparse.Namespace], list[dict]]]] = {
 
 
 def write_items(items: list[dict], out_dir: str) -> str:
-    """Writes OUT/items.jsonl (absolute media paths) and returns its path."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Writes OUT/items.jsonl (local or gs://; media paths as found) whole; returns its path."""
     path = os.path.join(out_dir, ITEMS_FILE)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for item in items:
-            f.write(json.dumps(item, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    storage.write_text(path, "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items))
     return path
 
 
@@ -210,6 +205,7 @@ def prepare(name: str, args: argparse.Namespace) -> dict:
     if name in ("coco_karpathy", "musiccaps") and not args.media_root:
         raise ValueError(f"{name} needs --media_root (where its media files are)")
     kind, read = SETS[name]
+    build.check_paths([p for p in (args.input, args.media_root) if p], args.out)
     items = read(args)
     if args.max_examples:
         items = items[: args.max_examples]
@@ -228,7 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", choices=sorted(SETS))
     p.add_argument("--input", required=True, help="annotation file or corpus directory")
     p.add_argument("--media_root", help="images (coco_karpathy) or clips (musiccaps) directory")
-    p.add_argument("--out", required=True, help="shard directory (created; resumed if present)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="shard directory, local or gs:// (created; a crashed build is resumed)",
+    )
     p.add_argument("--vocab", required=True, help="tokenizer directory of the merged vocabulary")
     p.add_argument("--tokenizer", action="append", default=[], help="MODALITY=SPEC (data.build)")
     p.add_argument("--split", default="test", help="coco_karpathy split")

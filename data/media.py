@@ -1,8 +1,11 @@
 """Media -> codes for the builder: the project's JAX tokenizers, demo stand-ins, precomputed codes.
 
+Media files may be local or gs:// (downloaded for the libraries that read only local files).
+
 A tokenizer spec per modality (`--tokenizer MODALITY=SPEC`):
-- a directory: converted weights (`python -m converters.speechtokenizer` / `converters.encodec`
-  / `converters.seed`), loaded by the JAX tokenizers of anygpt_jax.modalities;
+- a directory (local or gs://): converted weights (`python -m converters.speechtokenizer` /
+  `converters.encodec` / `converters.seed`), loaded by the JAX tokenizers of
+  anygpt_jax.modalities;
 - `demo`: speech/music: a small SEANet codec with random weights (seed 0) whose codebooks are
   filled from its own latents of calibration audio, so codes are diverse but meaningless;
   image: `digits_pixel_pairs`, a lossless code of 8x8 17-level images (two pixels per code);
@@ -11,13 +14,16 @@ A tokenizer spec per modality (`--tokenizer MODALITY=SPEC`):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from anygpt_jax import storage
 from anygpt_jax.data.shards import TokenizerInfo
 
 DEMO_CONFIGS = {
@@ -72,11 +78,11 @@ class Encoder:
 
 def _dir_identity(path: str) -> str:
     h = hashlib.sha256()
-    for name in sorted(os.listdir(path)):
-        full = os.path.join(path, name)
-        if os.path.isfile(full):
+    for name in storage.listdir(path):
+        full = storage.join(path, name)
+        if storage.isfile(full):
             h.update(name.encode())
-            with open(full, "rb") as f:
+            with storage.open_file(full, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
     return "sha256:" + h.hexdigest()
@@ -84,10 +90,29 @@ def _dir_identity(path: str) -> str:
 
 def _file_key(path: str) -> tuple | None:
     try:
-        st = os.stat(path)
+        if storage.is_remote(path):
+            st = storage.path(path).stat()  # objects are replaced whole: size and time suffice
+            return path, st.length, st.mtime
+        st = os.stat(path)  # local: remote paths are keyed above
     except OSError:
         return None  # not cached; loading it reports the error
-    return os.path.realpath(path), st.st_size, st.st_mtime_ns
+    return os.path.realpath(path), st.st_size, st.st_mtime_ns  # local: as above
+
+
+@contextlib.contextmanager
+def local_media(path: str) -> Iterator[str]:
+    """A local path of media file `path` for libraries reading only local files (soundfile):
+    `path` itself, or a download of a gs:// one whose errors name the URL."""
+    if not storage.is_remote(path):
+        yield path
+        return
+    try:
+        with storage.local_copy(path) as local:
+            yield local
+    except (OSError, ValueError) as e:
+        if path in str(e):
+            raise
+        raise OSError(f"{path}: {e}") from e
 
 
 def _audio_encoder(modality: str, codec, info: TokenizerInfo) -> Encoder:
@@ -105,7 +130,8 @@ def _audio_encoder(modality: str, codec, info: TokenizerInfo) -> Encoder:
                 if key is not None and key in cache:
                     out[i] = cache[key]
                     continue
-                w = audio_io.load_audio(p, codec.sample_rate)
+                with local_media(p) as local:
+                    w = audio_io.load_audio(local, codec.sample_rate)
                 if modality == "music":  # AnyGPT tokenizes one 5 s segment of a music clip
                     w = w[: int(MUSIC_SEGMENT_SECONDS * codec.sample_rate)]
                 waves.append(w)
@@ -178,7 +204,7 @@ def digits_pixel_pairs(paths: list[str]) -> list[np.ndarray | Exception]:
     out = []
     for p in paths:
         try:
-            with Image.open(p) as im:
+            with Image.open(io.BytesIO(storage.read_bytes(p))) as im:
                 px = np.asarray(im.convert("L").resize((8, 8)), np.int64)
             levels = np.rint(px / 255 * 16).astype(np.int64).reshape(32, 2)
             out.append(levels[:, 0] * 17 + levels[:, 1])
@@ -202,7 +228,7 @@ def make_encoder(modality: str, spec: str) -> Encoder:
         name = {"speech": "speechtokenizer_rvq1", "music": "encodec_32khz"}[modality]
         info = TokenizerInfo(name, f"demo-random-seed0/{modality}", random_init=True)
         return _audio_encoder(modality, codec, info)
-    if not os.path.isdir(spec):
+    if not storage.isdir(spec):
         raise ValueError(
             f"--tokenizer {modality}={spec}: not a directory, 'demo' or 'precomputed:NAME'"
         )
@@ -228,7 +254,8 @@ def _image_codes(tok, paths: list[str]) -> list[np.ndarray | Exception]:
     images = []
     for p in paths:
         try:
-            images.append(load_image(p, name=p))
+            with local_media(p) as local:
+                images.append(load_image(local, name=p))
             out.append(None)
         except (ImageError, OSError) as e:
             out.append(e)

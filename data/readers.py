@@ -1,6 +1,7 @@
 """Readers of raw corpora -> RawItems (text plus media references: file paths or codes).
 
-Formats (paths inside a file are relative to that file's directory):
+Corpus files, directories and media may be local paths or gs:// URLs. Formats (paths inside a
+file are relative to that file's directory, unless absolute or gs://):
 - image_text: .jsonl {"image": path | "image_codes": [32 ints], "caption": str[, "id"]} or
   .csv with columns image, caption[, id]. A .jsonl pair may carry "meta": {...}, kept in the
   shard example's metadata (evaluation sets put their references there: data/eval_sets.py).
@@ -15,10 +16,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
+import posixpath
 from collections.abc import Iterator
 from typing import Any
+
+from anygpt_jax import storage
 
 MODALITIES = ("image", "speech", "music")
 ROLES = {"human": "human", "user": "human", "assistant": "assistant", "gpt": "assistant",
@@ -51,8 +56,12 @@ class RawItem:
 
 
 def _jsonl(path: str) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with storage.open_file(path, "rb") as f:  # streamed: corpora can be large
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{n}: not UTF-8 ({e})") from e
             if line.strip():
                 try:
                     obj = json.loads(line)
@@ -63,9 +72,14 @@ def _jsonl(path: str) -> Iterator[tuple[int, dict]]:
                 yield n, obj
 
 
+def _media_path(base: str, value: str) -> str:
+    """A media path of a corpus file in directory `base` (relative, absolute or a URL)."""
+    return value if storage.is_remote(value) else os.path.join(base, value)
+
+
 def _media(base: str, modality: str, value: Any, where: str) -> Media:
     if isinstance(value, str):
-        return Media(modality, path=os.path.join(base, value))
+        return Media(modality, path=_media_path(base, value))
     if isinstance(value, dict) and "codes" in value:
         return Media(modality, codes=value["codes"])
     if isinstance(value, list):
@@ -107,8 +121,7 @@ def _pair(
 def read_image_text(path: str) -> Iterator[RawItem]:
     """Image-caption pairs from .jsonl or .csv."""
     if path.endswith(".csv"):
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(io.StringIO(storage.read_text(path), newline="")))
         for n, row in enumerate(rows, 2):
             yield _pair(path, n, row, "image_text", "image", ("caption",), ("image",))
         return
@@ -118,30 +131,37 @@ def read_image_text(path: str) -> Iterator[RawItem]:
         )
 
 
+def _walk_order(rel: str) -> tuple:
+    """Sort key of a relative file path: a directory's files, then its subdirectories, each
+    sorted by name (the order of a sorted top-down os.walk)."""
+    *dirs, name = rel.split("/")
+    return (*((1, d) for d in dirs), (0, name))
+
+
 def read_speech_text(path: str) -> Iterator[RawItem]:
     """Speech-transcript pairs from a LibriSpeech-style directory or .jsonl."""
-    if os.path.isdir(path):
+    if storage.isdir(path):
         found = False
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            for name in sorted(f for f in files if f.endswith(".trans.txt")):
-                found = True
-                trans = os.path.join(root, name)
-                with open(trans, encoding="utf-8") as f:
-                    for n, line in enumerate(f, 1):
-                        if not line.strip():
-                            continue
-                        utt, _, text = line.strip().partition(" ")
-                        if not text:
-                            raise InputError(f"{trans}:{n}: expected 'UTTERANCE-ID transcript'")
-                        audio = os.path.join(root, utt + ".flac")
-                        yield RawItem(
-                            utt,
-                            "speech_text",
-                            text,
-                            (Media("speech", path=audio),),
-                            meta={"file": os.path.relpath(audio, path)},
-                        )
+        for rel in sorted(storage.walk_files(path), key=_walk_order):
+            if not rel.endswith(".trans.txt"):
+                continue
+            found = True
+            folder = posixpath.dirname(rel)
+            trans = os.path.join(path, rel)
+            for n, line in enumerate(storage.read_text(trans).split("\n"), 1):
+                if not line.strip():
+                    continue
+                utt, _, text = line.strip().partition(" ")
+                if not text:
+                    raise InputError(f"{trans}:{n}: expected 'UTTERANCE-ID transcript'")
+                audio = posixpath.join(folder, utt + ".flac")
+                yield RawItem(
+                    utt,
+                    "speech_text",
+                    text,
+                    (Media("speech", path=os.path.join(path, audio)),),
+                    meta={"file": audio},
+                )
         if not found:
             raise InputError(f"{path}: no *.trans.txt files (not a LibriSpeech-style directory)")
         return
@@ -162,11 +182,10 @@ def read_music_text(path: str) -> Iterator[RawItem]:
 def read_dialogues(path: str) -> Iterator[RawItem]:
     """AnyInstruct-style dialogues from .json (a list) or .jsonl."""
     if path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}: not valid JSON ({e})") from e
+        try:
+            data = json.loads(storage.read_text(path))
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: not valid JSON ({e})") from e
         if not isinstance(data, list):
             raise InputError(f"{path}: expected a list of dialogues")
         objs = list(enumerate(data, 1))
@@ -221,7 +240,7 @@ def read_inputs(kind: str, paths: list[str]) -> list[RawItem]:
         raise InputError(f"kind {kind!r}; expected one of {sorted(READERS)}")
     items, seen = [], {}
     for p in paths:
-        if not os.path.exists(p):
+        if not storage.exists(p):
             raise InputError(f"{p}: no such file or directory")
         for item in READERS[kind](p):
             if item.id in seen:

@@ -86,17 +86,14 @@ def test_build_pairs_with_a_bad_file(corpus, anygpt_tokenizer_dir, merged_vocab)
     assert got["img3"].text == "digit number 3" and got["img3"].spans[0].codes.shape == (32,)
     with pytest.raises(shards_lib.ShardError, match="digits_pixel_pairs"):
         shards_lib.check_manifest(out, merged_vocab)  # not the SEED tokenizer the vocab names
-    # Resume: a lost shard is rebuilt, the others are kept.
+    # A finished directory is refused, not overwritten.
+    args = ("image_text", [images], out, anygpt_tokenizer_dir, {"image": "demo"}, 3, 1, 16, False)
+    with pytest.raises(FileExistsError, match="finished shard directory.*refusing"):
+        build.build(*args)
+    # Resume after a crash (no manifest yet, one shard lost): it is rebuilt, the others kept.
+    os.remove(os.path.join(out, shards_lib.MANIFEST))
     os.remove(os.path.join(out, shards_lib.shard_name(1, 3)))
-    again = build.build(
-        "image_text",
-        [images],
-        out,
-        anygpt_tokenizer_dir,
-        {"image": "demo"},
-        examples_per_shard=3,
-        progress=False,
-    )
+    again = build.build(*args)
     assert again["resumed_shards"] == 2 and again["examples"] == 7
     assert not [f for f in os.listdir(out) if ".tmp" in f]
 

@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
+from anygpt_jax import storage
 from anygpt_jax.io_utils import read_json
 from anygpt_jax.vocab import MergedVocabulary, ModalitySpan
 
@@ -193,17 +195,24 @@ def shard_name(index: int, num_shards: int) -> str:
 
 
 def file_sha256(path: str) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
+    """sha256 of a file (local or gs://), read in 1 MiB blocks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
 def write_shard(path: str, examples: Iterable[ShardExample], vocab: MergedVocabulary) -> dict:
-    """Writes one shard atomically (temp file, then rename); returns its manifest entry."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    """Writes one shard whole (a local temp file, then a rename or an upload to a gs:// path);
+    returns its manifest entry."""
+    remote = storage.is_remote(path)
+    local_dir = None if remote else os.fspath(storage.path(path).parent)
+    if local_dir is not None:
+        storage.makedirs(local_dir)
+    # TFRecordWriter writes local files only: the shard is made in a temp file either way.
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=local_dir)
+    os.close(fd)
     tokens: dict[str, int] = {}
     n = 0
     try:
@@ -216,15 +225,16 @@ def write_shard(path: str, examples: Iterable[ShardExample], vocab: MergedVocabu
         entry = {
             "file": os.path.basename(path),
             "examples": n,
-            "bytes": os.path.getsize(tmp),
+            "bytes": storage.size(tmp),
             "sha256": file_sha256(tmp),
             "tokens": tokens,
         }
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        if remote:
+            storage.copy_file(tmp, path)  # the object appears whole, once uploaded
+        else:
+            os.replace(tmp, os.fspath(storage.path(path)))  # local: rename of our temp file
+    finally:
+        storage.remove(tmp)
     return entry
 
 
@@ -270,20 +280,16 @@ def make_manifest(
 
 
 def write_manifest(shard_dir: str, manifest: dict) -> str:
-    """Writes manifest.json atomically; its presence marks the directory as finished."""
+    """Writes manifest.json whole; its presence marks the directory as finished."""
     path = os.path.join(shard_dir, MANIFEST)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    storage.write_json(path, manifest)
     return path
 
 
 def read_manifest(shard_dir: str) -> dict:
     """Reads and validates a manifest's structure (not the files)."""
     path = os.path.join(shard_dir, MANIFEST)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise ShardError(
             f"{path}: missing; {shard_dir} is not a finished shard directory "
             f"(build it with `python -m data.build`)"
@@ -337,12 +343,11 @@ def check_manifest(
     files = []
     for e in m["shards"]:
         f = os.path.join(shard_dir, e["file"])
-        if not os.path.isfile(f):
+        if not storage.isfile(f):
             raise ShardError(f"{f}: listed in {path} but missing")
-        if verify != "none" and os.path.getsize(f) != e["bytes"]:
+        if verify != "none" and (size := storage.size(f)) != e["bytes"]:
             raise ShardError(
-                f"{f}: {os.path.getsize(f)} bytes, the manifest says {e['bytes']} "
-                f"(truncated or replaced)"
+                f"{f}: {size} bytes, the manifest says {e['bytes']} (truncated or replaced)"
             )
         if verify == "sha256" and file_sha256(f) != e["sha256"]:
             raise ShardError(f"{f}: sha256 differs from the manifest's (corrupted)")
@@ -351,11 +356,14 @@ def check_manifest(
 
 
 def read_shard(path: str) -> list[ShardExample]:
-    """All examples of one shard file (tests and tools; training reads through tf.data)."""
+    """All examples of one shard file, local or gs:// (tests and tools; training reads through
+    tf.data)."""
     out = []
     try:
-        for i, rec in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
-            out.append(deserialize(rec, f"{path} record {i}"))
+        # tf.data cannot reach every gs:// endpoint (emulators): a remote shard is downloaded.
+        with storage.local_copy(path) as local:
+            for i, rec in enumerate(tf.data.TFRecordDataset(local).as_numpy_iterator()):
+                out.append(deserialize(rec, f"{path} record {i}"))
     except tf.errors.DataLossError as e:
         raise ShardError(f"{path}: corrupted or truncated ({e.message})") from e
     return out

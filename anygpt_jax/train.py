@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from anygpt_jax import runtime
+from anygpt_jax import runtime, storage
 
 REQUIRED_MACROS = (
     "MODEL_DIR",
@@ -23,7 +23,7 @@ REQUIRED_MACROS = (
     "CHECKPOINT_EVERY",
 )
 CONFIG_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tpu_configs"
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tpu_configs"  # local: ours
 )
 
 
@@ -66,7 +66,7 @@ def parse_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
     if not args.gin_file:
         parser.error("at least one --gin_file is required (e.g. tpu_configs/cpu_default.gin)")
     for path in args.gin_search_path:
-        if not os.path.isdir(path):
+        if not storage.isdir(path):
             parser.error(f"--gin_search_path {path!r} is not a directory")
     return args.gin_file, bindings, args.gin_search_path
 
@@ -91,12 +91,13 @@ def parse_gin_files(
     a required macro that is unset or None is an error. Raises ConfigError naming the fault."""
     import gin
 
+    _register_gin_reader()
     gin.clear_config()
     for path in (os.getcwd(), CONFIG_DIR, *search_paths):
         gin.add_config_file_search_path(path)
     for path in gin_files:
-        found = path if os.path.isfile(path) else os.path.join(CONFIG_DIR, path)
-        if not os.path.isfile(found):
+        found = path if storage.isfile(path) else os.path.join(CONFIG_DIR, path)
+        if not storage.isfile(found):
             raise ConfigError(f"gin file not found: {path}")
     try:
         gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=False)
@@ -115,6 +116,20 @@ def parse_gin_files(
         )
 
 
+def _register_gin_reader() -> None:
+    """Lets gin files and their includes live on gs:// (gin reads local files itself)."""
+    import io
+
+    import gin
+
+    if not getattr(_register_gin_reader, "done", False):
+        gin.config.register_file_reader(
+            lambda p: io.StringIO(storage.read_text(p)),
+            lambda p: storage.is_remote(p) and storage.isfile(p),
+        )
+        _register_gin_reader.done = True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs training; returns the exit status (1 with a one-line message on bad config)."""
     gin_files, bindings, search_paths = parse_args(sys.argv[1:] if argv is None else argv)
@@ -128,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime.initialize_distributed()
     try:
         train()
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # bad values, missing files, unreachable buckets
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -20,6 +20,7 @@ hold the same rows (tensor parallelism across hosts) read the same part.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 import gin
@@ -28,7 +29,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from anygpt_jax import partitioning
+from anygpt_jax import partitioning, storage
 from anygpt_jax.data.packing import AnyGPTFeatureConverter
 
 
@@ -108,15 +109,25 @@ class InputIterator:
         return {k: v.numpy() for k, v in next(self._iterator).items()}
 
     def save(self, prefix: str) -> str:
-        """Writes the position under `prefix` (one per process); returns the checkpoint path."""
-        os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-        return self._checkpoint.write(prefix)
+        """Writes the position under `prefix` (local or gs://; one per process); returns the
+        checkpoint path. TensorFlow writes it locally, then its files are uploaded whole."""
+        with tempfile.TemporaryDirectory(prefix="anygpt-input-") as tmp:
+            local = self._checkpoint.write(os.path.join(tmp, "position"))
+            for name in sorted(os.listdir(tmp)):  # local: the temp dir TensorFlow wrote
+                suffix = name[len("position"):]
+                storage.copy_file(os.path.join(tmp, name), f"{prefix}{suffix}")
+        return prefix + local[len(os.path.join(tmp, "position")):]
 
     def restore(self, path: str) -> None:
         """Moves to a position written by save() (the path it returned, or its prefix)."""
-        if not tf.io.gfile.exists(path + ".index"):
+        if not storage.exists(path + ".index"):
             raise FileNotFoundError(f"{path}: no input position saved there")
-        self._checkpoint.read(path).assert_consumed()
+        parent, base = os.path.split(os.fspath(storage.path(path)))
+        with tempfile.TemporaryDirectory(prefix="anygpt-input-") as tmp:
+            for name in storage.listdir(parent):
+                if name.startswith(base + "."):
+                    storage.copy_file(storage.join(parent, name), os.path.join(tmp, name))
+            self._checkpoint.read(os.path.join(tmp, base)).assert_consumed()
 
 
 def describe_batch(batch: dict[str, Any]) -> str:

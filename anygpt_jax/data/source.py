@@ -1,4 +1,9 @@
-"""seqio DataSource over shard directories: manifest checks, per-host file sharding."""
+"""seqio DataSource over shard directories: manifest checks, per-host file sharding.
+
+Shards are read through the storage layer in blocks of whole records (data/records.py), so a
+shard directory on gs:// feeds tf.data with parallel ranged reads, and a corrupted byte names
+its file.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import seqio
 import tensorflow as tf
 
+from anygpt_jax.data import records as records_lib
 from anygpt_jax.data import shards as shards_lib
 from anygpt_jax.vocab import MergedVocabulary
 
@@ -38,20 +44,29 @@ class ShardDataSource(seqio.DataSource):
         self._tokenizers = dict(tokenizers or {})
         self._verify = verify
         self._files: list[str] | None = None
+        self._blocks: list | None = None
+        self._sizes: list[int] = []
         self._count = 0
         super().__init__(splits=(SPLIT,))
 
     def _check(self) -> list[str]:
         if self._files is None:
-            files, count = [], 0
+            files, blocks, sizes, count = [], [], [], 0
             for d in self._dirs:
                 files += shards_lib.check_manifest(
                     d, self._vocab, self._tokenizers, self._kind, self._verify
                 )
-                count += shards_lib.read_manifest(d)["examples"]
+                manifest = shards_lib.read_manifest(d)
+                count += manifest["examples"]
+                for entry in manifest["shards"]:
+                    sizes.append(int(entry["bytes"]))
+                    blocks.append(entry.get("blocks"))
+            # Shards built before block indices were recorded: index them from their headers.
+            blocks = [b if b is not None else records_lib.block_index(f)
+                      for f, b in zip(files, blocks, strict=True)]
             if not files:
                 raise shards_lib.ShardError(f"{', '.join(self._dirs)}: no shard files")
-            self._files, self._count = files, count
+            self._files, self._blocks, self._sizes, self._count = files, blocks, sizes, count
         return self._files
 
     @property
@@ -88,19 +103,14 @@ class ShardDataSource(seqio.DataSource):
     ) -> tf.data.Dataset:
         """Records of this host's part: whole files when there are enough, else every n-th."""
         files = self.list_shards(split)
+        table = records_lib.BlockTable(files, self._blocks, self._sizes)
         index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
         by_file = len(files) >= count
-        if by_file:
-            files = files[index::count]
-        ds = tf.data.Dataset.from_tensor_slices(files)
+        mine = list(range(len(files)))[index::count] if by_file else list(range(len(files)))
+        ds = tf.data.Dataset.from_tensor_slices(tf.constant(mine, tf.int64))
         if shuffle:
-            ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.interleave(
-            tf.data.TFRecordDataset,
-            cycle_length=min(len(files), 8),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
+            ds = ds.shuffle(len(mine), seed=seed, reshuffle_each_iteration=True)
+        ds = table.dataset(ds)
         if not by_file:
             ds = ds.shard(count, index)
         return ds.map(lambda r: {"record": r})

@@ -12,13 +12,13 @@ targets the current mesh's shardings, so a run may resume on another device coun
 
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Any
 
 import gin
 import jax
 import orbax.checkpoint as ocp
+
+from anygpt_jax import storage
 
 CHECKPOINTS_DIR = "checkpoints"
 INPUT_DIR = "input"
@@ -36,7 +36,7 @@ class TrainCheckpointer:
         keep_every: int | None = None,
         async_save: bool = True,
     ):
-        self.model_dir = os.path.abspath(model_dir)
+        self.model_dir = storage.path(model_dir)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep_last,
             keep_period=keep_every,
@@ -44,14 +44,14 @@ class TrainCheckpointer:
             create=True,
         )
         self._manager = ocp.CheckpointManager(
-            os.path.join(self.model_dir, CHECKPOINTS_DIR),
+            self.model_dir / CHECKPOINTS_DIR,
             item_names=(STATE_ITEM,),
             options=options,
         )
 
     def input_prefix(self, step: int) -> str:
         """Where this process's input position for `step` lives."""
-        return os.path.join(self.model_dir, INPUT_DIR, str(step), f"process_{jax.process_index()}")
+        return storage.join(self.model_dir, INPUT_DIR, str(step), f"process_{jax.process_index()}")
 
     def latest_step(self) -> int | None:
         """The newest committed step, or None."""
@@ -87,11 +87,9 @@ class TrainCheckpointer:
         """Drops input positions of steps orbax no longer keeps (never the ones in flight)."""
         if jax.process_index() != 0:
             return
-        root = os.path.join(self.model_dir, INPUT_DIR)
-        if not os.path.isdir(root):
-            return
+        root = self.model_dir / INPUT_DIR
         kept = set(self._manager.all_steps())
         newest = max(kept, default=-1)
-        for name in os.listdir(root):
+        for name in storage.listdir(root):
             if name.isdigit() and int(name) not in kept and int(name) < newest:
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                storage.rmtree(root / name)

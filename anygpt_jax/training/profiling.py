@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import jax
+
+from anygpt_jax import storage
 
 
 def check_profile_steps(profile_steps: tuple[int, int] | None, train_steps: int) -> None:
@@ -26,13 +26,17 @@ def check_profile_steps(profile_steps: tuple[int, int] | None, train_steps: int)
 
 class StepProfiler:
     """Traces steps `first..last` (1-based, as the progress line counts them) with
-    jax.profiler into `log_dir`/plugins/profile/<run>/, one file per host.
+    jax.profiler into `log_dir`/plugins/profile/<run>/, one file per host. `log_dir` may be
+    gs://: jax writes local files (a storage.MirroredDir), uploaded when the trace stops.
 
     A run resumed inside the window traces what is left of it; one resumed after it, nothing.
     The trace stops after a step's metrics are on the host, so the last step is whole.
     """
 
-    def __init__(self, log_dir: str, profile_steps: tuple[int, int] | None):
+    def __init__(self, log_dir: storage.PathLike | storage.MirroredDir,
+                 profile_steps: tuple[int, int] | None):
+        if not isinstance(log_dir, storage.MirroredDir):
+            log_dir = storage.MirroredDir(log_dir)
         self.log_dir = log_dir
         self.window = None if profile_steps is None else tuple(int(s) for s in profile_steps)
         self.active = False
@@ -40,8 +44,7 @@ class StepProfiler:
     def before_step(self, step: int) -> None:
         """Called before step `step` (1-based) is dispatched."""
         if self.window and not self.active and self.window[0] <= step <= self.window[1]:
-            os.makedirs(self.log_dir, exist_ok=True)
-            jax.profiler.start_trace(self.log_dir)
+            jax.profiler.start_trace(self.log_dir.local)
             self.active = True
 
     def after_step(self, step: int) -> None:
@@ -54,3 +57,4 @@ class StepProfiler:
         if self.active:
             jax.profiler.stop_trace()
             self.active = False
+            self.log_dir.sync()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -21,9 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from anygpt_jax import checkpointing, partitioning, tasks
+from anygpt_jax import checkpointing, partitioning, storage, tasks
 from anygpt_jax.data.pipeline import InputIterator, get_dataset, host_shard_info
-from anygpt_jax.io_utils import atomic_output_dir
 from anygpt_jax.model import ModelConfig, Transformer
 from anygpt_jax.training import metrics as metrics_lib
 from anygpt_jax.training.checkpoints import TrainCheckpointer
@@ -80,19 +78,18 @@ def _vocabulary(mixture_or_task_name: str):
 def _prepare_model_dir(model_dir: str, cfg: ModelConfig, vocab) -> None:
     """Writes model_config.json and vocab/ once; a resumed run must agree with them.
 
-    Process 0 writes (atomically) while the others wait at a barrier, so no process ever
-    reads a half-written file; then every process checks what is there.
+    Process 0 writes (each file whole, vocab/ under a commit marker) while the others wait at
+    a barrier, so no process ever reads a half-written file; then every process checks what is
+    there. MODEL_DIR may be local or gs://, shared by every host of a slice.
     """
-    os.makedirs(model_dir, exist_ok=True)
-    config_path = os.path.join(model_dir, checkpointing.CONFIG_FILE)
-    vocab_dir = os.path.join(model_dir, checkpointing.VOCAB_DIR)
+    storage.makedirs(model_dir)
+    config_path = storage.join(model_dir, checkpointing.CONFIG_FILE)
+    vocab_dir = storage.join(model_dir, checkpointing.VOCAB_DIR)
     if jax.process_index() == 0:
-        if not os.path.exists(config_path):
-            tmp = f"{config_path}.tmp-{os.getpid()}"
-            cfg.save(tmp)
-            os.replace(tmp, config_path)
-        if not os.path.isdir(vocab_dir):
-            with atomic_output_dir(vocab_dir) as tmp:
+        if not storage.exists(config_path):
+            cfg.save(config_path)
+        if storage.dir_state(vocab_dir) in ("missing", "empty", "incomplete"):
+            with storage.output_dir(vocab_dir) as tmp:
                 vocab.save(tmp)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -124,8 +121,8 @@ def _layout(cfg: ModelConfig) -> dict:
 def write_operative_config(model_dir: str) -> None:
     """Saves the gin bindings actually used, as t5x does."""
     if jax.process_index() == 0:
-        with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
-            f.write(gin.operative_config_str())
+        storage.write_text(storage.join(model_dir, "operative_config.gin"),
+                           gin.operative_config_str())
 
 
 @gin.configurable(denylist=["model_config"])
@@ -165,6 +162,9 @@ def train(
     MODEL_DIR/tensorboard (TensorBoard's profile tab).
     """
     check_profile_steps(profile_steps, train_steps)
+    storage.check_access(model_dir, write=True)
+    if init_from is not None:
+        storage.check_access(init_from)
     cfg = model_config or ModelConfig()
     loss_config = loss_config or LossConfig()
     mesh = partitioning.make_mesh()
@@ -221,10 +221,11 @@ def train(
     )
     peak = peak_per_device * jax.device_count()
     flops_per_step = metrics_lib.model_flops_per_token(cfg, seq_len) * batch_size * seq_len
-    writer = _summary_writer(model_dir)
+    tensorboard = storage.MirroredDir(storage.join(model_dir, "tensorboard"))
+    writer = _summary_writer(tensorboard.local)
     preemption = _Preemption()
-    digests = _digest_file(model_dir) if log_batch_digests else None
-    profiler = StepProfiler(os.path.join(model_dir, "tensorboard"), profile_steps)
+    digests = _DigestLog(model_dir) if log_batch_digests else None
+    profiler = StepProfiler(tensorboard, profile_steps)
     last: dict[str, float] = {}
     run_start, steps_timed, window_start = time.perf_counter(), 0, time.perf_counter()
     try:
@@ -250,7 +251,7 @@ def train(
             state, step = new_state, step + 1
             steps_timed += 1
             if digests is not None:
-                _write_digest(digests, step, float(step_metrics["loss"]), local)
+                digests.write(step, float(step_metrics["loss"]), local)
             if step % log_every == 0 or step == train_steps:
                 elapsed = time.perf_counter() - window_start
                 last = metrics_lib.summarize(step_metrics, vocab.modality_names)
@@ -269,11 +270,16 @@ def train(
                     flush=True,
                 )
                 _write_scalars(writer, step, last)
+                if writer is not None:
+                    writer.flush()
+                    tensorboard.sync()
                 steps_timed, window_start = 0, time.perf_counter()
             sliced = stop_after_steps is not None and step - start >= stop_after_steps
             stop = preemption.should_stop() or sliced
             if step % checkpoint_every == 0 or step == train_steps or stop:
                 checkpointer.save(step, state, inputs)
+                if digests is not None:
+                    digests.sync()
             if evaluate is not None and (step % eval_every == 0 or step == train_steps):
                 evaluate(state.params, step)
             if stop:
@@ -289,6 +295,7 @@ def train(
             digests.close()
         if writer is not None:
             writer.flush()
+        tensorboard.close()
     log.info("trained %d steps in %.1fs", step - start, time.perf_counter() - run_start)
     return last
 
@@ -307,7 +314,7 @@ def _eval_hook(model_dir: str, cfg: ModelConfig, vocab, mesh) -> Callable[[Any, 
 
     def evaluate(params: Any, step: int) -> None:
         model = AnyGPT(params, AnyGPT.inference_config(cfg), vocab, mesh)
-        summary = loop.evaluate(model, os.path.join(model_dir, "eval"), step)
+        summary = loop.evaluate(model, storage.join(model_dir, "eval"), step)
         if jax.process_index() == 0:
             scores = ", ".join(f"{k} {v:.4g}" for k, v in sorted(summary["metrics"].items()))
             print(f"eval at step {step}: {scores}", flush=True)
@@ -315,30 +322,50 @@ def _eval_hook(model_dir: str, cfg: ModelConfig, vocab, mesh) -> Callable[[Any, 
     return evaluate
 
 
-def _digest_file(model_dir: str):
-    path = os.path.join(model_dir, "batch_digests", f"process_{jax.process_index()}.tsv")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    # Line-buffered append: a SIGKILLed run keeps every step it logged.
-    return open(path, "a", buffering=1)
+class _DigestLog:
+    """MODEL_DIR/batch_digests/process_<i>.tsv: per step, the loss and a hash of each local
+    batch row, so runs can be checked for identical data order (resume, multi-host).
+
+    Appended locally, line-buffered, so a SIGKILLed run on a local MODEL_DIR keeps every step
+    it logged; on an object store the file is uploaded whole at each checkpoint (sync) and a
+    resumed run starts from the uploaded one.
+    """
+
+    def __init__(self, model_dir: str):
+        self._mirror = storage.MirroredDir(storage.join(model_dir, "batch_digests"))
+        name = f"process_{jax.process_index()}.tsv"
+        local = f"{self._mirror.local}/{name}"
+        remote = storage.join(model_dir, "batch_digests", name)
+        if storage.is_remote(remote) and storage.exists(remote):
+            storage.copy_file(remote, local)
+        self._file = open(local, "a", buffering=1)  # local: the mirror's local side
+
+    def write(self, step: int, loss: float, local: dict[str, np.ndarray]) -> None:
+        """Appends `step, loss (exact repr), one hash per local batch row`, tab-separated."""
+        rows = []
+        for i in range(len(local[BATCH_KEYS[0]])):
+            h = hashlib.sha256()
+            for k in BATCH_KEYS:
+                h.update(np.ascontiguousarray(local[k][i]).tobytes())
+            rows.append(h.hexdigest()[:16])
+        self._file.write(f"{step}\t{loss!r}\t{','.join(rows)}\n")
+
+    def sync(self) -> None:
+        self._file.flush()
+        self._mirror.sync()
+
+    def close(self) -> None:
+        self._file.close()
+        self._mirror.close()
 
 
-def _write_digest(f, step: int, loss: float, local: dict[str, np.ndarray]) -> None:
-    """`step, loss (exact repr), one hash per local batch row` as a tab-separated line."""
-    rows = []
-    for i in range(len(local[BATCH_KEYS[0]])):
-        h = hashlib.sha256()
-        for k in BATCH_KEYS:
-            h.update(np.ascontiguousarray(local[k][i]).tobytes())
-        rows.append(h.hexdigest()[:16])
-    f.write(f"{step}\t{loss!r}\t{','.join(rows)}\n")
-
-
-def _summary_writer(model_dir: str):
+def _summary_writer(local_dir: str):
+    """Process 0's TensorBoard writer into the local side of MODEL_DIR/tensorboard's mirror."""
     if jax.process_index() != 0:
         return None
     import tensorflow as tf
 
-    return tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
+    return tf.summary.create_file_writer(local_dir)
 
 
 def _write_scalars(writer, step: int, scalars: dict[str, Any]) -> None:

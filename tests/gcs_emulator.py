@@ -43,7 +43,9 @@ class GcsEmulator:
                 if self._proc.poll() is not None or time.time() > deadline:
                     err = self._proc.stderr.read().decode() if self._proc.stderr else ""
                     self.stop()
-                    raise RuntimeError(f"gcp-storage-emulator did not start: {err[-2000:]}") from None
+                    raise RuntimeError(
+                        f"gcp-storage-emulator did not start: {err[-2000:]}"
+                    ) from None
                 time.sleep(0.2)
 
     @property

@@ -159,4 +159,10 @@ class BlockTable:
             deterministic=True,
         )
         ds = ds.map(read_block, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.unbatch()
+        # The reader is a pure function of the block id (files are immutable once their
+        # manifest exists), so iterator checkpoints may leave it out.
+        options = tf.data.Options()
+        options.experimental_external_state_policy = (
+            tf.data.experimental.ExternalStatePolicy.IGNORE
+        )
+        return ds.unbatch().with_options(options)

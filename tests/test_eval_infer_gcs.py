@@ -10,6 +10,7 @@ import math
 
 import gin
 import pytest
+import seqio
 from infer_assets import FAST, build_assets, make_engine
 from test_eval import TEXT_ONLY, _register, clean_gin, eval_sets, model  # noqa: F401
 
@@ -42,6 +43,41 @@ def test_evaluate_writes_outputs_to_gcs(model, merged_vocab, eval_sets, gs_dir, 
     tags = {v.tag for e in tf.compat.v1.train.summary_iterator(str(local))
             for v in e.summary.value}
     assert "anygpt_eval_coco_caption/cider" in tags
+
+
+def test_evaluate_writes_media_to_gcs(model, merged_vocab, eval_sets, gs_dir,  # noqa: F811
+                                      tmp_path, monkeypatch):
+    """Music spans (each example's own answer, so every one is a span) decoded by the demo
+    codec and written as WAVs under gs://.../media-STEP/."""
+    from test_metrics_models import make_tiny_clap
+
+    import anygpt_jax.inference
+    from anygpt_jax.evaluation import models
+
+    gin.bind_parameter("ClapScore.model", models.HFClap)
+    gin.bind_parameter("HFClap.path", make_tiny_clap(str(tmp_path / "clap")))
+    _register(merged_vocab, eval_sets)
+    task = "anygpt_eval_musiccaps_music"
+    ds = seqio.get_mixture_or_task(task).get_dataset(
+        None, shuffle=False, num_epochs=1, use_cached=False, trim_output_features=False)
+    answers = {tuple(ex["prompt"].tolist()): ex["targets"][len(ex["prompt"]):].tolist()
+               for ex in ds.as_numpy_iterator()}
+    monkeypatch.setattr(anygpt_jax.inference, "generate",
+                        lambda model, prompts, settings, **kw: [answers[tuple(p)]
+                                                                for p in prompts])
+    options = loop.EvalOptions(tasks=[task], teacher_forced=False, max_examples=2,
+                               tokenizer_dirs={"music": "demo"})
+    out = storage.join(gs_dir, "eval")
+    summary = loop.evaluate(model, out, step=3, options=options)
+    assert summary["skipped"] == {}
+    lines = storage.read_text(storage.join(out, "predictions-00000003.jsonl")).splitlines()
+    made = [r["prediction"] for r in map(json.loads, lines) if r["prediction"].endswith(".wav")]
+    assert len(made) == 2 and all(p.startswith(f"media-00000003/{task}/") for p in made)
+    import soundfile as sf
+
+    for p in made:
+        wav, rate = sf.read(io.BytesIO(storage.read_bytes(storage.join(out, *p.split("/")))))
+        assert rate == 32000 and len(wav) > 0
 
 
 def test_run_eval_missing_bucket_fails_before_loading(tmp_path, gcs):

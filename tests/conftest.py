@@ -190,7 +190,7 @@ def shard_corpus(tmp_path_factory, merged_vocab) -> dict:
 def gcs():
     """A GCS emulator on 127.0.0.1 that every gs:// access of this process (and of the CLIs it
     starts, which inherit the environment) goes to; yields the GcsEmulator."""
-    from gcs_emulator import GcsEmulator
+    from anygpt_jax.storage_emulator import GcsEmulator
 
     emulator = GcsEmulator()
     saved = {k: os.environ.get(k) for k in emulator.env}

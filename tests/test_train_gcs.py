@@ -25,12 +25,17 @@ from anygpt_jax.model import config
 import anygpt_jax.tasks
 
 MODEL_DIR = {model_dir!r}
+TRAIN_STEPS = {steps}
+BATCH_SIZE = 4
+SEQ_LEN = 256
+MIXTURE_OR_TASK_NAME = 'anygpt_pretrain'
+CHECKPOINT_EVERY = 2
 train.model_dir = %MODEL_DIR
-train.train_steps = {steps}
-train.batch_size = 4
-train.seq_len = 256
-train.mixture_or_task_name = 'anygpt_pretrain'
-train.checkpoint_every = 2
+train.train_steps = %TRAIN_STEPS
+train.batch_size = %BATCH_SIZE
+train.seq_len = %SEQ_LEN
+train.mixture_or_task_name = %MIXTURE_OR_TASK_NAME
+train.checkpoint_every = %CHECKPOINT_EVERY
 train.log_every = 1
 train.peak_flops_per_device = 1e9
 train.log_batch_digests = True

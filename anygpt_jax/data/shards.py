@@ -17,7 +17,8 @@ not depend on the ids the vocabulary gives them, only on the tokenizer that made
 
 `manifest.json` (written last; a directory without it is an unfinished build) records the
 format, the vocabulary fingerprint and modality layout, each modality's tokenizer identity, and
-per shard: file name, examples, bytes, sha256 and tokens per modality. Readers check all of it.
+per shard: file name, examples, bytes, sha256, tokens per modality and its record blocks
+(`[offset, records]`, for ranged reads; data/records.py). Readers check all of it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from anygpt_jax import storage
+from anygpt_jax.data import records as records_lib
 from anygpt_jax.io_utils import read_json
 from anygpt_jax.vocab import MergedVocabulary, ModalitySpan
 
@@ -228,6 +230,8 @@ def write_shard(path: str, examples: Iterable[ShardExample], vocab: MergedVocabu
             "bytes": storage.size(tmp),
             "sha256": file_sha256(tmp),
             "tokens": tokens,
+            # Where whole records start: readers fetch a block per ranged read (records.py).
+            "blocks": records_lib.block_index(tmp),
         }
         if remote:
             storage.copy_file(tmp, path)  # the object appears whole, once uploaded

@@ -35,7 +35,8 @@ class AnyGPT:
         mesh: Mesh | None = None,
         **config_overrides: Any,
     ) -> AnyGPT:
-        """Loads a model directory (imported or trained); overrides change layout/numerics only.
+        """Loads a model directory (imported or trained, local or gs://); overrides change
+        layout/numerics only.
 
         E.g. `AnyGPT.load(d, dtype="bfloat16", scan_layers=False)`; with a mesh the
         parameters restore straight into their shardings. See `inference_config`.

@@ -39,12 +39,9 @@ class GcsEmulator:
         # Its log goes to a file: it logs a traceback whenever a client drops a ranged read
         # early, and an unread pipe would fill and stall the emulator.
         self._log = open(os.path.join(self._data.name, "emulator.log"), "wb")  # local: temp
-        exe = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
-        found = os.path.exists(exe)  # local: the interpreter's own scripts directory
-        cmd = [exe] if found else [sys.executable, "-m", "gcp_storage_emulator"]
         self._proc = subprocess.Popen(
-            [*cmd, "-d", os.path.join(self._data.name, "data"), "start", "--host", "127.0.0.1",
-             "--port", str(self.port), "--default-bucket", bucket, "-q"],
+            [sys.executable, "-m", "anygpt_jax.storage_emulator", "--port", str(self.port),
+             "--data_dir", os.path.join(self._data.name, "data"), "--bucket", bucket, "--quiet"],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.time() + 30
@@ -87,26 +84,64 @@ class GcsEmulator:
             self._data.cleanup()
 
 
+def _serve(port: int, data_dir: str, bucket: str, quiet: bool) -> None:
+    """Runs gcp-storage-emulator in this process, with what tensorstore needs added.
+
+    Its media downloads carry no `x-goog-generation` header, which tensorstore reads on every
+    GET (orbax's OCDBT checkpoints read their manifest back and fail with "Malformed
+    StorageGeneration"); GCS sends it, so it is added here.
+    """
+    import logging
+
+    from gcp_storage_emulator import server as emulator_server
+    from gcp_storage_emulator.handlers import objects
+
+    original = objects.download
+
+    def download(request, response, storage, *args, **kwargs):
+        original(request, response, storage, *args, **kwargs)
+        try:
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+        except Exception:  # noqa: BLE001 - a missing object already answered 404
+            return
+        response["x-goog-generation"] = str(obj["generation"])
+        response["x-goog-metageneration"] = str(obj["metageneration"])
+        response["x-goog-stored-content-length"] = str(obj["size"])
+
+    for _, handlers in emulator_server.HANDLERS:
+        for method, handler in list(handlers.items()):
+            if handler is original:
+                handlers[method] = download
+    logging.getLogger("").setLevel(logging.CRITICAL if quiet else logging.INFO)
+    server = emulator_server.create_server(
+        "127.0.0.1", port, in_memory=False, default_bucket=bucket, data_dir=data_dir
+    )
+    server.run()
+
+
 def main() -> None:
-    """Runs an emulator until interrupted, printing the environment that points clients at it."""
+    """Serves an emulator until interrupted; prints the environment that points clients at it."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m anygpt_jax.storage_emulator",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bucket", default=BUCKET, help="the bucket to create")
+    p.add_argument("--port", type=int, default=9023)
+    p.add_argument("--data_dir", default=None,
+                   help="where objects are kept (default: a temporary directory)")
+    p.add_argument("--quiet", action="store_true")
     a = p.parse_args()
-    emulator = GcsEmulator(a.bucket)
-    for k, v in emulator.env.items():
-        print(f"export {k}={v}")
-    print(f"# gs://{a.bucket}/ is served from 127.0.0.1:{emulator.port}; Ctrl-C stops it",
-          flush=True)
-    try:
-        emulator._proc.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        emulator.stop()
+    with tempfile.TemporaryDirectory(prefix="gcs-emulator-") as tmp:
+        if not a.quiet:
+            url = f"http://127.0.0.1:{a.port}"
+            print(f"export STORAGE_EMULATOR_HOST={url}\nexport TENSORSTORE_GCS_HTTP_URL={url}\n"
+                  f"# gs://{a.bucket}/ is served on 127.0.0.1:{a.port}; Ctrl-C stops it",
+                  flush=True)
+        try:
+            _serve(a.port, a.data_dir or tmp, a.bucket, a.quiet)
+        except KeyboardInterrupt:
+            pass
 
 
 if __name__ == "__main__":

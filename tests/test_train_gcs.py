@@ -101,7 +101,7 @@ def test_gs_shards_and_model_dir_sigkill_resume_is_exact(tmp_path, gcs, gs_data)
 
     env = cli_env(1, str(tmp_path / "jax_cache"))
     straight_dir, killed_dir = gcs.uri("run-straight"), gcs.uri("run-killed")
-    straight = start(tmp_path, "straight", straight_dir, gs_data, env)
+    run_all([start(tmp_path, "straight", straight_dir, gs_data, env)])
     victim = start(tmp_path, "killed", killed_dir, gs_data, env)
     deadline = time.time() + TIMEOUT_S
     while not committed_step(killed_dir, 2):
@@ -110,7 +110,6 @@ def test_gs_shards_and_model_dir_sigkill_resume_is_exact(tmp_path, gcs, gs_data)
         time.sleep(0.5)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    run_all([straight])
     run_all([start(tmp_path, "resumed", killed_dir, gs_data, env)])
 
     want, got = digests(straight_dir), digests(killed_dir)

@@ -71,7 +71,9 @@ def path(p: PathLike) -> epath.Path:
     """`p` as an epath.Path; local paths are made absolute (the process may change directory)."""
     configure_clients()
     s = os.fspath(p)
-    if not is_remote(s):
+    if is_remote(s):
+        _fs()  # the shared instance epath uses, set up before its first use
+    else:
         s = os.path.abspath(os.path.expanduser(s))
     return epath.Path(s)
 
@@ -82,11 +84,18 @@ def join(base: PathLike, *parts: str) -> str:
 
 
 def _fs():
-    """The gcsfs file system epath uses (one cached instance per process)."""
+    """The gcsfs file system epath uses (one cached instance per process).
+
+    Its directory-listing cache is turned off: other processes (every host of a slice, a
+    CLI next to a trainer) write the same bucket, and a cached listing would hide their
+    objects, e.g. a checkpoint committed by another host.
+    """
     import fsspec
 
     configure_clients()
-    return fsspec.filesystem("gcs", finalize_on_close=True)
+    fs = fsspec.filesystem("gcs", finalize_on_close=True)
+    fs.dircache.use_listings_cache = False
+    return fs
 
 
 def exists(p: PathLike) -> bool:

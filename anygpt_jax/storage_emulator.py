@@ -108,6 +108,7 @@ def _serve(port: int, data_dir: str, bucket: str, quiet: bool) -> None:
         response["x-goog-metageneration"] = str(obj["metageneration"])
         response["x-goog-stored-content-length"] = str(obj["size"])
 
+    objects.download = download  # objects.get serves `?alt=media` through this name
     for _, handlers in emulator_server.HANDLERS:
         for method, handler in list(handlers.items()):
             if handler is original:

@@ -23,7 +23,7 @@
 #   --dry_run              print every command instead of running it
 # Everything after `--` goes to the python command (train/aot), e.g.
 #   tpu_vm.sh --name anygpt --zone us-east5-a train -- \
-#     --gin_file=pretrain_7b/v5p-128.gin --gin.MODEL_DIR="'gs://BUCKET/anygpt/pretrain'"
+#     --gin_file=pretrain_7b/v5p-128.gin --gin.MODEL_DIR="'gs://$BUCKET/anygpt/pretrain'"
 set -euo pipefail
 
 NAME="" ZONE="" PROJECT="" ACCELERATOR="v5p-128" RUNTIME="" NUM_SLICES=1 SPOT=0 DRY_RUN=0

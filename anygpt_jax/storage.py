@@ -413,9 +413,13 @@ def check_access(p: PathLike, write: bool = False) -> None:
     try:
         fs.ls(f"gs://{bucket}", detail=False, refresh=True)
         if write:
-            probe = f"{s.rstrip('/')}/.anygpt_write_probe-{os.getpid()}"
+            import uuid
+
+            # Unique per call: every host of a slice probes the same MODEL_DIR at once.
+            probe = f"{s.rstrip('/')}/.anygpt_write_probe-{uuid.uuid4().hex}"
             fs.pipe_file(probe, b"")
-            fs.rm_file(probe)
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm_file(probe)
     except FileNotFoundError:
         raise StorageError(
             f"{s}: bucket gs://{bucket} does not exist (create it with `gcloud storage "

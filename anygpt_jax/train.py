@@ -3,7 +3,8 @@
 t5x's convention: gin files are parsed in order, then `--gin.KEY=VALUE` bindings (macros
 such as MODEL_DIR, TRAIN_STEPS, BATCH_SIZE, SEQ_LEN, MIXTURE_OR_TASK_NAME, CHECKPOINT_EVERY
 included). Every configuration error is reported before any work starts. The operative
-config is written to MODEL_DIR.
+config is written to MODEL_DIR. Exit status: 0 finished, 1 error (one line), 143 checkpointed
+on SIGTERM but unfinished (run the same command again to continue).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ REQUIRED_MACROS = (
     "MIXTURE_OR_TASK_NAME",
     "CHECKPOINT_EVERY",
 )
+# Exit status: 0 the run finished (or a time slice, train.stop_after_steps, ended as asked);
+# 1 an error, reported in one line; EXIT_PREEMPTED: SIGTERM arrived, the run checkpointed and
+# is unfinished (128 + SIGTERM, what a shell reports for a process ended by SIGTERM).
+EXIT_PREEMPTED = 143
 CONFIG_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tpu_configs"  # local: ours
 )
@@ -138,12 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    from anygpt_jax.training.trainer import train
+    from anygpt_jax.training.trainer import Preempted, TrainingError, train
 
     runtime.initialize_distributed()
     try:
         train()
-    except (ValueError, OSError) as e:  # bad values, missing files, unreachable buckets
+    except Preempted as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_PREEMPTED
+    # Bad values, missing files, unreachable buckets, divergence, corrupt shards.
+    except (ValueError, OSError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -15,6 +15,7 @@ import pytest
 from synthetic_task import cli_env, cli_gin, read_digests
 
 from anygpt_jax import AnyGPT
+from anygpt_jax.train import EXIT_PREEMPTED
 from anygpt_jax.training.checkpoints import CHECKPOINTS_DIR, TrainCheckpointer
 
 STEPS = 40
@@ -34,15 +35,15 @@ def start(gin_file) -> subprocess.Popen:
     )
 
 
-def finish(proc: subprocess.Popen) -> str:
-    """Waits (bounded) for `proc` to exit 0; returns its output."""
+def finish(proc: subprocess.Popen, status: int = 0) -> str:
+    """Waits (bounded) for `proc` to exit with `status`; returns its output."""
     try:
         out, _ = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
         pytest.fail(f"training subprocess hung:\n{out[-3000:]}")
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == status, out[-3000:]
     return out
 
 
@@ -103,7 +104,8 @@ def test_sigkill_and_sigterm_resume_bitwise(tmp_path, anygpt_tokenizer_dir, merg
     termed = start(tmp_path / "chain.gin")
     head = interrupt_at(termed, chain_dir, term_at, signal.SIGTERM)
     assert f"step {after_kill + 1}/" in head  # it resumed from the last committed checkpoint
-    out = head + finish(termed)
+    # Checkpointed but unfinished: a status a supervisor can tell from a finished run.
+    out = head + finish(termed, EXIT_PREEMPTED)
     saved = int(out.split("SIGTERM: saved step ")[1].split(",")[0])
     assert saved >= term_at
     assert TrainCheckpointer(chain_dir).latest_step() == saved

@@ -113,6 +113,14 @@ def _sums(loss, best, batch, modality_index: jax.Array, num_modalities: int) -> 
     }
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """A scalar bool: every floating-point leaf of `tree` is free of inf and NaN."""
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    if not leaves:
+        return jnp.array(True)
+    return jnp.stack([jnp.isfinite(x).all() for x in leaves]).all()
+
+
 def make_train_step(
     cfg: ModelConfig,
     tx: optax.GradientTransformation,
@@ -173,6 +181,8 @@ def make_train_step(
             "tokens_per_modality": sums["tokens"],
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": schedule(state.step),
+            # The trainer commits no state that holds a non-finite value (see trainer.py).
+            "state_finite": all_finite((params, opt_state)),
         }
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics

@@ -36,6 +36,14 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message names the step."""
 
 
+class Preempted(Exception):  # noqa: N818 - not an error: the run checkpointed and stopped
+    """SIGTERM arrived; the step named in the message was checkpointed, the run is unfinished
+    (`python -m anygpt_jax.train` exits with EXIT_PREEMPTED)."""
+
+
+ON_DIVERGENCE = ("stop", "rollback")
+
+
 class _Preemption:
     """Turns SIGTERM into a flag the loop checks between steps (all hosts agree on it)."""
 
@@ -144,6 +152,8 @@ def train(
     log_batch_digests: bool = False,
     eval_every: int | None = None,
     profile_steps: tuple[int, int] | None = None,
+    on_divergence: str = "stop",
+    max_rollbacks: int = 3,
 ) -> dict[str, float]:
     """Trains to `train_steps`, resuming from MODEL_DIR's latest checkpoint; returns last metrics.
 
@@ -160,8 +170,21 @@ def train(
     MODEL_DIR/eval; its tasks are registered before training, so a bad eval config fails first.
     `profile_steps=(first, last)` traces those steps with jax.profiler into
     MODEL_DIR/tensorboard (TensorBoard's profile tab).
+    A step whose loss, parameters or optimizer state holds inf/NaN is never checkpointed.
+    `on_divergence` says what follows: 'stop' raises TrainingError naming the last good
+    checkpoint; 'rollback' restores that checkpoint and skips the batch of the step that
+    diverged (at most `max_rollbacks` times in one invocation, then stops).
+    Every configuration error is raised before MODEL_DIR is written.
     """
+    _check_arguments(train_steps=train_steps, batch_size=batch_size, seq_len=seq_len,
+                     checkpoint_every=checkpoint_every, log_every=log_every,
+                     eval_every=eval_every, stop_after_steps=stop_after_steps,
+                     max_rollbacks=max_rollbacks)
+    if on_divergence not in ON_DIVERGENCE:
+        raise ValueError(f"train.on_divergence={on_divergence!r}; expected one of {ON_DIVERGENCE}")
     check_profile_steps(profile_steps, train_steps)
+    if storage.isfile(model_dir):
+        raise ValueError(f"MODEL_DIR {model_dir} is a file; it must be a directory (or absent)")
     storage.check_access(model_dir, write=True)
     if init_from is not None:
         storage.check_access(init_from)
@@ -179,9 +202,7 @@ def train(
             f"ModelConfig.vocab_size={cfg.vocab_size} but the task {mixture_or_task_name!r} "
             f"uses a vocabulary of {vocab.vocab_size} ids"
         )
-    _prepare_model_dir(model_dir, cfg, vocab)
     evaluate = _eval_hook(model_dir, cfg, vocab, mesh) if eval_every else None
-
     schedule = learning_rate_schedule(train_steps)
     tx = make_optimizer(schedule)
     sharded = sharded_train_step(
@@ -194,6 +215,7 @@ def train(
     inputs = InputIterator(
         get_dataset(mixture_or_task_name, seq_len, batch_size, seed=seed, shard_info=shard_info)
     )
+    _prepare_model_dir(model_dir, cfg, vocab)  # configuration and data checked: now write
     checkpointer = TrainCheckpointer(model_dir)
     latest = checkpointer.latest_step()
     with jax.set_mesh(mesh):
@@ -228,10 +250,16 @@ def train(
     profiler = StepProfiler(tensorboard, profile_steps)
     last: dict[str, float] = {}
     run_start, steps_timed, window_start = time.perf_counter(), 0, time.perf_counter()
+    skip: set[int] = set()  # steps whose (diverging) batch is dropped once, after a rollback
+    rollbacks, preempted = 0, False
     try:
         step = start
         while step < train_steps:
-            local = next(inputs)
+            local = _next_batch(inputs, step + 1)
+            if step + 1 in skip:
+                skip.discard(step + 1)
+                local = _next_batch(inputs, step + 1)
+                print(f"step {step + 1}: skipped the batch that diverged", flush=True)
             batch = {
                 k: jax.make_array_from_process_local_data(
                     batch_sharding, local[k], (batch_size, seq_len)
@@ -243,11 +271,27 @@ def train(
                 new_state, step_metrics = step_fn(state, batch)
             step_metrics = jax.device_get(step_metrics)
             profiler.after_step(step + 1)
-            if not math.isfinite(float(step_metrics["loss"])):
-                raise TrainingError(
-                    f"non-finite loss {float(step_metrics['loss'])} at step {step + 1}; "
-                    f"the last good checkpoint is step {checkpointer.latest_step()}"
-                )
+            loss = float(step_metrics["loss"])
+            if not math.isfinite(loss) or not bool(step_metrics["state_finite"]):
+                what = (f"non-finite loss {loss}" if not math.isfinite(loss)
+                        else "non-finite parameters or optimizer state")
+                checkpointer.wait()  # the newest save, if in flight, is of a finite state
+                good = checkpointer.latest_step()
+                if on_divergence == "stop" or good is None or rollbacks >= max_rollbacks:
+                    why = "" if on_divergence == "stop" else f" after {rollbacks} rollbacks"
+                    raise TrainingError(
+                        f"{what} at step {step + 1}{why}; nothing of it was saved; the last "
+                        f"good checkpoint is step {good}"
+                    )
+                rollbacks += 1
+                skip.add(step + 1)
+                print(f"{what} at step {step + 1}: rolled back to step {good}; its batch "
+                      f"will be skipped (rollback {rollbacks} of at most {max_rollbacks})",
+                      flush=True)
+                with jax.set_mesh(mesh):
+                    state = checkpointer.restore(good, abstract_state, inputs)
+                step, steps_timed, window_start = good, 0, time.perf_counter()
+                continue
             state, step = new_state, step + 1
             steps_timed += 1
             if digests is not None:
@@ -284,6 +328,7 @@ def train(
                 evaluate(state.params, step)
             if stop:
                 reason = "time slice done" if sliced else "SIGTERM"
+                preempted = not sliced
                 print(f"{reason}: saved step {step}, exiting", flush=True)
                 break
     finally:
@@ -297,7 +342,34 @@ def train(
             writer.flush()
         tensorboard.close()
     log.info("trained %d steps in %.1fs", step - start, time.perf_counter() - run_start)
+    if preempted:
+        raise Preempted(f"SIGTERM: saved step {step}; run again to continue to {train_steps}")
     return last
+
+
+def _check_arguments(**values: int | None) -> None:
+    """Refuses a non-positive count among train's arguments (None means unset), naming it."""
+    for name, value in values.items():
+        least = 0 if name == "max_rollbacks" else 1
+        if value is not None and (not isinstance(value, int) or value < least):
+            raise ValueError(f"train.{name}={value!r}: must be an integer >= {least}")
+
+
+def _next_batch(inputs: InputIterator, step: int) -> dict[str, np.ndarray]:
+    """The next batch, or TrainingError in one line when the input pipeline fails (a corrupt or
+    truncated shard names its file and byte offset); the saved data position is untouched."""
+    import tensorflow as tf
+
+    try:
+        return next(inputs)
+    except StopIteration:
+        raise TrainingError(f"the input pipeline ran out of data before step {step}") from None
+    except tf.errors.OpError as e:
+        lines = [ln.strip() for ln in str(e.message).splitlines() if ln.strip()]
+        named = [ln for ln in lines if "RecordError:" in ln or "ShardError:" in ln]
+        reason = (named[-1].split("Error: ", 1)[-1] if named else lines[0] if lines else
+                  type(e).__name__)
+        raise TrainingError(f"input pipeline failed before step {step}: {reason}") from None
 
 
 def _eval_hook(model_dir: str, cfg: ModelConfig, vocab, mesh) -> Callable[[Any, int], None]:

@@ -1,0 +1,138 @@
+"""Faults during training end in one clear line and never commit bad state: divergence (stop, or
+roll back and skip the batch), configuration errors before MODEL_DIR is written, a corrupt
+shard named by file and offset."""
+
+import gin
+import jax
+import numpy as np
+import pytest
+import test_trainer
+
+from anygpt_jax import checkpointing, storage, tasks
+from anygpt_jax.data.pipeline import InputIterator, get_dataset
+from anygpt_jax.training import trainer
+from anygpt_jax.training.checkpoints import CHECKPOINTS_DIR, STATE_ITEM, TrainCheckpointer
+from anygpt_jax.training.trainer import TrainingError
+
+# The trainer tests' tiny model, synthetic task and fixtures.
+run = test_trainer.run
+vocab = test_trainer.vocab
+one_device_mesh = test_trainer.one_device_mesh
+
+
+def committed_states(model_dir) -> dict[int, list[np.ndarray]]:
+    """step -> every leaf of the whole train state (params and optimizer) of each committed step."""
+    out = {}
+    with_manager = TrainCheckpointer(str(model_dir))
+    steps = with_manager._manager.all_steps()
+    with_manager.close()
+    for step in steps:
+        path = storage.join(model_dir, CHECKPOINTS_DIR, str(step), STATE_ITEM)
+        tree = checkpointing.restore_subtree(path, (), None)
+        out[step] = [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+    return out
+
+
+def test_divergence_commits_no_non_finite_state(vocab, tmp_path):
+    """The issue's repro: with a huge step size the first update is already inf/NaN while its
+    loss (computed before the update) is finite; that state must not be checkpointed."""
+    gin.bind_parameter("learning_rate_schedule.peak_learning_rate", 1e39)
+    gin.bind_parameter("learning_rate_schedule.warmup_steps", 0)
+    with pytest.raises(TrainingError, match=r"non-finite .* at step 1; nothing of it was saved; "
+                                            r"the last good checkpoint is step None"):
+        run(tmp_path / "nan", vocab, 6, every=1)
+    for step, leaves in committed_states(tmp_path / "nan").items():
+        assert all(np.isfinite(x).all() for x in leaves if x.dtype.kind == "f"), step
+
+
+def inject_nan_at(monkeypatch, at_step: int, times: int = 1):
+    """Makes the train step report a NaN loss at step `at_step` (its first `times` runs)."""
+    real = trainer.sharded_train_step
+    fired = []
+
+    def sharded(*args, **kwargs):
+        built = real(*args, **kwargs)
+
+        def fn(state, batch):
+            step = int(jax.device_get(state.step)) + 1
+            new_state, metrics = built.fn(state, batch)
+            if step == at_step and len(fired) < times:
+                fired.append(step)
+                metrics = dict(metrics, loss=np.float32("nan"))
+            return new_state, metrics
+
+        return type(built)(fn, built.abstract_state, built.state_shardings, built.batch_sharding)
+
+    monkeypatch.setattr(trainer, "sharded_train_step", sharded)
+    return fired
+
+
+def digests(model_dir):
+    from synthetic_task import read_digests
+
+    return {s: (loss, rows) for s, loss, rows in read_digests(str(model_dir))}
+
+
+def test_rollback_restores_the_last_good_step_and_skips_the_batch(vocab, tmp_path, monkeypatch,
+                                                                 capsys):
+    run(tmp_path / "straight", vocab, 6, log_batch_digests=True)
+    fired = inject_nan_at(monkeypatch, 4)
+    out = run(tmp_path / "rolled", vocab, 6, every=2, log_batch_digests=True,
+              on_divergence="rollback")
+    assert fired == [4] and np.isfinite(out["loss"])
+    assert "at step 4: rolled back to step 2" in capsys.readouterr().out
+    straight, rolled = digests(tmp_path / "straight"), digests(tmp_path / "rolled")
+    assert sorted(rolled) == list(range(1, 7))
+    assert all(rolled[s] == straight[s] for s in (1, 2, 3))
+    # Step 4 trained on the batch after the one that diverged.
+    assert rolled[4][1] != straight[4][1]
+    assert TrainCheckpointer(str(tmp_path / "rolled")).latest_step() == 6
+
+
+def test_stop_names_the_last_good_checkpoint_and_rollbacks_are_bounded(vocab, tmp_path,
+                                                                       monkeypatch):
+    inject_nan_at(monkeypatch, 4, times=10)
+    with pytest.raises(TrainingError, match="at step 4; nothing of it was saved; the last good "
+                                            "checkpoint is step 2"):
+        run(tmp_path / "stop", vocab, 6, every=2)
+    with pytest.raises(TrainingError, match="at step 4 after 2 rollbacks"):
+        run(tmp_path / "bounded", vocab, 6, every=2, on_divergence="rollback", max_rollbacks=2)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(steps=-5), r"train\.train_steps=-5"),
+    (dict(every=0), r"train\.checkpoint_every=0"),
+    (dict(on_divergence="ignore"), r"on_divergence='ignore'"),
+    (dict(steps=3, warmup=5), r"warmup_steps=5"),
+])
+def test_configuration_errors_come_before_model_dir_is_written(vocab, tmp_path, bad, message):
+    if "warmup" in bad:
+        gin.bind_parameter("learning_rate_schedule.warmup_steps", bad.pop("warmup"))
+    kwargs = {"on_divergence": bad.pop("on_divergence")} if "on_divergence" in bad else {}
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path / "m", vocab, bad.get("steps", 3), every=bad.get("every", 2), **kwargs)
+    assert not (tmp_path / "m").exists()
+
+
+def test_model_dir_that_is_a_file_is_one_clear_error(vocab, tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="is a file; it must be a directory"):
+        run(tmp_path / "f", vocab, 2)
+    assert (tmp_path / "f").read_text() == "x"
+
+
+def test_a_corrupt_shard_stops_in_one_line_naming_file_and_offset(tmp_path, merged_vocab):
+    from conftest import make_shard_dir, random_examples
+
+    shard_dir = make_shard_dir(str(tmp_path / "speech"), "speech_text",
+                               random_examples("speech_text", 30), merged_vocab)
+    victim = sorted((tmp_path / "speech").glob("*.tfrecord"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    victim.write_bytes(bytes(data))
+    tasks.register(merged_vocab, speech_dirs=[shard_dir])
+    inputs = InputIterator(get_dataset("anygpt_asr", 256, 2, seed=0))
+    with pytest.raises(TrainingError, match=rf"before step 1: {victim}: corrupted record .* at "
+                                            r"byte \d+"):
+        for _ in range(20):
+            trainer._next_batch(inputs, 1)

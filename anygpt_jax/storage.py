@@ -194,6 +194,7 @@ def write_bytes(p: PathLike, data: bytes) -> None:
     q.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{q.name}.tmp-", dir=os.fspath(q.parent))
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from others
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, os.fspath(q))
@@ -201,6 +202,19 @@ def write_bytes(p: PathLike, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process's umask. Reading it means setting it, which briefly changes it for every
+    thread, so it is read once per process, on first use."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+_UMASK: int | None = None
 
 
 def write_text(p: PathLike, text: str) -> None:
@@ -343,6 +357,7 @@ def output_dir(out: PathLike) -> Iterator[epath.Path]:
         state = "missing"
     q.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{q.name}.tmp-", dir=os.fspath(q.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename
     try:
         yield epath.Path(tmp)
         write_text(os.path.join(tmp, COMMIT_MARKER), marker)

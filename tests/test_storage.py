@@ -99,3 +99,21 @@ def test_local_copy_downloads_a_tree(gs_dir):
 def test_missing_bucket_names_path_and_fix(gcs):
     with pytest.raises(storage.StorageError, match="gs://no-such-bucket.*does not exist.*create"):
         storage.check_access("gs://no-such-bucket/x", write=True)
+
+
+def test_local_outputs_get_the_umask_modes_not_the_temp_files(tmp_path):
+    """Files and committed directories are created as open() and mkdir() would: mode 0666 /
+    0777 less the umask, not mkstemp's 0600 or mkdtemp's 0700."""
+    old = os.umask(0o022)
+    storage._UMASK = None  # read again under this umask
+    try:
+        f = tmp_path / "a.json"
+        storage.write_json(str(f), {})
+        with storage.output_dir(str(tmp_path / "out")) as d:
+            storage.write_text(d / "x", "1")
+    finally:
+        os.umask(old)
+        storage._UMASK = None
+    assert f.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "out" / "x").stat().st_mode & 0o777 == 0o644

@@ -24,10 +24,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from anygpt_jax import storage
+from anygpt_jax import integrity, storage
 from anygpt_jax.model import ModelConfig, match_layout, param_shapes, param_shardings
 
 CONFIG_FILE = "model_config.json"
+INTEGRITY_FILE = "integrity.json"  # fingerprints of params/ (anygpt_jax/integrity.py)
+INTEGRITY_ITEM = "integrity"  # the same, as an item of each training checkpoint step
 VOCAB_DIR = "vocab"
 PARAMS_DIR = "params"
 
@@ -47,6 +49,29 @@ def save_model(directory: str, params: Any, config: ModelConfig, vocab=None) -> 
         handler = ocp.PyTreeCheckpointHandler(use_compression=False)
         with ocp.Checkpointer(handler) as checkpointer:
             checkpointer.save(out / PARAMS_DIR, args=ocp.args.PyTreeSave(params))
+        storage.write_json(out / INTEGRITY_FILE, fingerprint_record(params, "params/"))
+
+
+def fingerprint_record(tree: Any, prefix: str = "") -> dict:
+    """What a checkpoint stores to be verified on restore: the fingerprints of its arrays."""
+    return {"format": integrity.FORMAT, "arrays": integrity.fingerprints(tree, prefix)}
+
+
+def saved_fingerprints(path: str, prefix: tuple[str, ...]) -> dict[str, int] | None:
+    """The fingerprints saved with the parameters at `path` (as params_location returns it),
+    or None for a checkpoint written before they were recorded."""
+    q = storage.path(path)
+    record_path = (q.parent / INTEGRITY_FILE) if not prefix else (q.parent / INTEGRITY_ITEM)
+    if not storage.exists(record_path):
+        return None
+    if prefix:  # an orbax item of a training step
+        with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+            record = checkpointer.restore(record_path)
+    else:
+        record = storage.read_json(record_path)
+    if not isinstance(record, dict) or record.get("format") != integrity.FORMAT:
+        raise integrity.IntegrityError(f"{record_path}: not a fingerprint record")
+    return record["arrays"]
 
 
 def _model_dir(directory: str) -> storage.Path:
@@ -233,9 +258,11 @@ def load_params(
             f"{directory}: the checkpoint's architecture differs from the config: {differ}"
         )
     path, prefix = params_location(directory)
+    expected = saved_fingerprints(path, prefix)
     same_layout = (
         saved.padded_vocab_size == config.padded_vocab_size
         and saved.scan_layers == config.scan_layers
+        and saved.param_dtype == config.param_dtype  # fingerprints are of the saved bits
     )
     target_shapes = param_shapes(config)
     if same_layout:
@@ -246,8 +273,11 @@ def load_params(
                 target_shapes,
                 param_shardings(config, mesh, rules),
             )
-        return restore_subtree(path, prefix, target), config
+        params = restore_subtree(path, prefix, target)
+        integrity.verify(params, expected, path, "params/")
+        return params, config
     params = restore_subtree(path, prefix, None)
+    integrity.verify(params, expected, path, "params/")
     params = match_layout(params, config)
     params = resize_vocab_rows(params, config.padded_vocab_size, config.vocab_size)
     check_params(params, config, directory)

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from anygpt_jax import checkpointing, storage
+from anygpt_jax import checkpointing, integrity, storage
 from anygpt_jax.io_utils import write_json
 from anygpt_jax.model import ModelConfig, param_shapes
 from converters.common import (
@@ -346,8 +346,15 @@ def import_checkpoint(
 def _stream_params(ckpt_dir: str, cfg: ModelConfig) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
     """Yields (leaf path, array) one parameter at a time via orbax partial restore."""
     path, prefix = checkpointing.params_location(ckpt_dir)
+    expected = checkpointing.saved_fingerprints(path, prefix)
     with ocp.StandardCheckpointer() as checkpointer:
-        tree = checkpointer.metadata(path).item_metadata.tree
+        metadata = checkpointer.metadata(path).item_metadata
+    if metadata is None or getattr(metadata, "tree", None) is None:
+        raise ConversionError(
+            f"{path}: the checkpoint's metadata cannot be read (a missing or damaged "
+            "manifest.ocdbt or _METADATA); it cannot be exported"
+        )
+    tree = metadata.tree
     for key in prefix:
         tree = tree[key]
     leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
@@ -359,7 +366,9 @@ def _stream_params(ckpt_dir: str, cfg: ModelConfig) -> Iterator[tuple[tuple[str,
         array = checkpointing.restore_subtree(path, prefix, target)
         for n in names:
             array = array[n]
-        yield names, np.asarray(array)
+        array = np.asarray(array)
+        integrity.verify_array("params/" + "/".join(names), array, expected, path)
+        yield names, array
 
 
 def _hf_entries(cfg: ModelConfig) -> dict[tuple[str, ...], list[tuple[str, str, int | None]]]:

@@ -136,3 +136,63 @@ def test_a_corrupt_shard_stops_in_one_line_naming_file_and_offset(tmp_path, merg
                                             r"byte \d+"):
         for _ in range(20):
             trainer._next_batch(inputs, 1)
+
+
+def largest_state_file(model_dir, step):
+    files = [p for p in (model_dir / CHECKPOINTS_DIR / str(step) / STATE_ITEM).rglob("*")
+             if p.is_file() and "/d/" in str(p)]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def flip_bytes(path, at=None, n=4):
+    data = bytearray(path.read_bytes())
+    at = len(data) // 2 if at is None else at
+    for i in range(at, at + n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_in_a_checkpoint_are_caught_on_load_export_and_resume(
+    vocab, tmp_path, capsys
+):
+    """The issue's repro: 4 flipped bytes in the largest data file of the newest step. Loading
+    and exporting refuse it in one line; resuming falls back to the previous step, saying so."""
+    from anygpt_jax import AnyGPT, integrity
+    from converters import llama as llama_converter
+
+    model_dir = tmp_path / "m"
+    run(model_dir, vocab, 4, every=2)
+    flip_bytes(largest_state_file(model_dir, 4))
+    with pytest.raises(integrity.IntegrityError, match=r"checkpoints/4/state: corrupted"):
+        AnyGPT.load(str(model_dir))
+    status = llama_converter.main(["export", str(model_dir), str(tmp_path / "hf")])
+    err = capsys.readouterr().err
+    assert status == 1 and "corrupted" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "hf").exists()
+    out = run(model_dir, vocab, 6, every=2)
+    printed = capsys.readouterr().out
+    assert "checkpoint step 4 is unusable" in printed and "resumed from step 2" in printed
+    assert np.isfinite(out["loss"]) and TrainCheckpointer(str(model_dir)).latest_step() == 6
+
+
+def test_a_truncated_newest_checkpoint_falls_back_in_one_line(vocab, tmp_path, capsys):
+    model_dir = tmp_path / "m"
+    run(model_dir, vocab, 4, every=2)
+    victim = largest_state_file(model_dir, 4)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+    run(model_dir, vocab, 6, every=2)
+    printed = capsys.readouterr().out
+    assert "checkpoint step 4 is unusable" in printed and "resumed from step 2" in printed
+
+
+def test_export_of_a_checkpoint_without_its_manifest_is_one_line(vocab, tmp_path, capsys):
+    from converters import llama as llama_converter
+
+    model_dir = tmp_path / "m"
+    run(model_dir, vocab, 2, every=2)
+    for manifest in (model_dir / CHECKPOINTS_DIR / "2" / STATE_ITEM).rglob("manifest.ocdbt"):
+        manifest.unlink()
+    status = llama_converter.main(["export", str(model_dir), str(tmp_path / "hf")])
+    err = capsys.readouterr().err
+    assert status == 1 and len(err.strip().splitlines()) == 1 and "error:" in err
+    assert not (tmp_path / "hf").exists()

@@ -3,6 +3,8 @@
 MODEL_DIR/
   model_config.json, vocab/      what AnyGPT.load needs (written once, at start)
   checkpoints/<step>/state/      the TrainState (orbax CheckpointManager, async)
+  checkpoints/<step>/integrity/  fingerprints of every array of the state, taken on the
+                                 devices before the save and checked on every restore
   input/<step>/process_<i>.*     each process's tf.data iterator position at that step
 
 A step counts as saved once orbax has committed its state; its input positions are
@@ -18,7 +20,8 @@ import gin
 import jax
 import orbax.checkpoint as ocp
 
-from anygpt_jax import storage
+from anygpt_jax import integrity, storage
+from anygpt_jax.checkpointing import INTEGRITY_ITEM, fingerprint_record
 
 CHECKPOINTS_DIR = "checkpoints"
 INPUT_DIR = "input"
@@ -45,7 +48,7 @@ class TrainCheckpointer:
         )
         self._manager = ocp.CheckpointManager(
             self.model_dir / CHECKPOINTS_DIR,
-            item_names=(STATE_ITEM,),
+            item_names=(STATE_ITEM, INTEGRITY_ITEM),
             options=options,
         )
 
@@ -61,19 +64,33 @@ class TrainCheckpointer:
         """Starts an async save of `state` at `step` (input position written synchronously)."""
         if input_iterator is not None:
             input_iterator.save(self.input_prefix(step))
+        record = fingerprint_record(state)  # one pass over device memory, before the copy
         self._manager.save(
-            step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state)})
+            step,
+            args=ocp.args.Composite(**{
+                STATE_ITEM: ocp.args.StandardSave(state),
+                INTEGRITY_ITEM: ocp.args.JsonSave(record),
+            }),
         )
         self._prune_inputs()
 
     def restore(self, step: int, abstract_state: Any, input_iterator=None) -> Any:
         """Restores `step` into the shardings of `abstract_state` (ShapeDtypeStructs)."""
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract_state)})
-        )
+        items = {STATE_ITEM: ocp.args.StandardRestore(abstract_state)}
+        recorded = storage.exists(self.model_dir / CHECKPOINTS_DIR / str(step) / INTEGRITY_ITEM)
+        if recorded:  # checkpoints written before fingerprints were recorded have none
+            items[INTEGRITY_ITEM] = ocp.args.JsonRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        if recorded:
+            where = storage.join(self.model_dir, CHECKPOINTS_DIR, str(step))
+            integrity.verify(restored[STATE_ITEM], restored[INTEGRITY_ITEM]["arrays"], where)
         if input_iterator is not None:
             input_iterator.restore(self.input_prefix(step))
         return restored[STATE_ITEM]
+
+    def all_steps(self) -> list[int]:
+        """Committed steps, oldest first."""
+        return sorted(self._manager.all_steps())
 
     def wait(self) -> None:
         """Blocks until pending async saves are committed."""

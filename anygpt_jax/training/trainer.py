@@ -217,11 +217,10 @@ def train(
     )
     _prepare_model_dir(model_dir, cfg, vocab)  # configuration and data checked: now write
     checkpointer = TrainCheckpointer(model_dir)
-    latest = checkpointer.latest_step()
     with jax.set_mesh(mesh):
+        state, latest = _restore_newest_usable(checkpointer, abstract_state, inputs)
         if latest is not None:
-            state = checkpointer.restore(latest, abstract_state, inputs)
-            log.info("resumed from step %d", latest)
+            print(f"resumed from step {latest} of {model_dir}", flush=True)
         elif init_from is not None:
             params, _ = checkpointing.load_params(init_from, cfg, mesh=mesh, rules=rules)
             state = jax.jit(
@@ -289,7 +288,11 @@ def train(
                       f"will be skipped (rollback {rollbacks} of at most {max_rollbacks})",
                       flush=True)
                 with jax.set_mesh(mesh):
-                    state = checkpointer.restore(good, abstract_state, inputs)
+                    state, good = _restore_newest_usable(checkpointer, abstract_state, inputs,
+                                                         newest=good)
+                if good is None:
+                    raise TrainingError(f"{what} at step {step + 1}; no usable checkpoint to "
+                                        "roll back to")
                 step, steps_timed, window_start = good, 0, time.perf_counter()
                 continue
             state, step = new_state, step + 1
@@ -345,6 +348,26 @@ def train(
     if preempted:
         raise Preempted(f"SIGTERM: saved step {step}; run again to continue to {train_steps}")
     return last
+
+
+def _restore_newest_usable(checkpointer: TrainCheckpointer, abstract_state: Any,
+                           inputs: InputIterator, newest: int | None = None):
+    """(state, step) of the newest committed step (at most `newest`) that restores whole and
+    matches its fingerprints, saying in one line why each newer one was passed over;
+    (None, None) when there is none. Raises TrainingError when steps exist but none is usable."""
+    steps = [s for s in reversed(checkpointer.all_steps()) if newest is None or s <= newest]
+    problems = []
+    for step in steps:
+        try:
+            return checkpointer.restore(step, abstract_state, inputs), step
+        except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types; named
+            reason = " ".join(str(e).split())[:300]
+            problems.append(f"step {step}: {reason}")
+            print(f"checkpoint step {step} is unusable ({reason}); trying an older one",
+                  flush=True)
+    if problems:
+        raise TrainingError("no usable checkpoint: " + "; ".join(problems))
+    return None, None
 
 
 def _check_arguments(**values: int | None) -> None:

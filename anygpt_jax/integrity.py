@@ -62,15 +62,26 @@ def fingerprint_np(x: np.ndarray) -> int:
 
 
 def _fingerprint_jnp(x: jax.Array) -> jax.Array:
+    # No reshape: a sharded array stays sharded (each device sums its block, then one
+    # all-reduce of a scalar). The flat index is rebuilt from per-axis iotas.
     size = x.dtype.itemsize
     if size == 8:
-        words = jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+        words = jax.lax.bitcast_convert_type(x, jnp.uint32)  # a trailing axis of 2
     else:
         unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[size]
-        words = jax.lax.bitcast_convert_type(x, unsigned).reshape(-1).astype(jnp.uint32)
-    index = jax.lax.iota(jnp.uint32, words.size)
+        words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    if words.ndim == 0:
+        words = words[None]
+    index = jnp.zeros(words.shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(words.ndim)):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * jnp.uint32(
+            stride & 0xFFFFFFFF
+        )
+        stride *= words.shape[axis]
     weights = index * jnp.uint32(2 * _MULTIPLIER & 0xFFFFFFFF) + jnp.uint32(1)
-    return jnp.sum(words * weights, dtype=jnp.uint32)
+    # The last axis first, then the rest: ~1.5x faster on XLA:CPU than one flat reduction.
+    return jnp.sum(jnp.sum(words * weights, axis=-1, dtype=jnp.uint32), dtype=jnp.uint32)
 
 
 @jax.jit

@@ -196,3 +196,46 @@ def test_export_of_a_checkpoint_without_its_manifest_is_one_line(vocab, tmp_path
     err = capsys.readouterr().err
     assert status == 1 and len(err.strip().splitlines()) == 1 and "error:" in err
     assert not (tmp_path / "hf").exists()
+
+
+def dir_bytes(path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs to fill (mounting needs root, as CI and the development machines have)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+
+    def make(size_bytes: int):
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs",
+                            str(mount)], capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+        return mount
+
+    yield make
+    # Lazy: the failed save may still hold files open in this process.
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_reported_at_the_failed_save_and_keeps_the_previous_step(
+    vocab, tmp_path, small_disk
+):
+    from anygpt_jax.training.checkpoints import CheckpointSaveError
+
+    run(tmp_path / "probe", vocab, 2, every=2)
+    one_step = dir_bytes(tmp_path / "probe" / CHECKPOINTS_DIR / "2")
+    everything = dir_bytes(tmp_path / "probe")
+    disk = small_disk(everything + one_step // 2)  # room for step 2, not for step 4
+    with pytest.raises(CheckpointSaveError, match=r"saving checkpoint step 4 .* failed: .*"
+                                                  r"the last committed step is 2"):
+        run(disk / "m", vocab, 8, every=2)
+    checkpointer = TrainCheckpointer(str(disk / "m"))
+    assert checkpointer.all_steps() == [2]
+    checkpointer.close()
+    # Step 2 is whole: it restores with its fingerprints checked.
+    assert committed_states(disk / "m")[2]

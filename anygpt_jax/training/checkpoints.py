@@ -24,6 +24,13 @@ from anygpt_jax import integrity, storage
 from anygpt_jax.checkpointing import INTEGRITY_ITEM, fingerprint_record
 
 CHECKPOINTS_DIR = "checkpoints"
+
+
+class CheckpointSaveError(OSError):
+    """An asynchronous save failed (e.g. a full disk); names the step. Older steps are intact:
+    orbax commits a step only once all of it is written."""
+
+
 INPUT_DIR = "input"
 STATE_ITEM = "state"
 
@@ -40,6 +47,7 @@ class TrainCheckpointer:
         async_save: bool = True,
     ):
         self.model_dir = storage.path(model_dir)
+        self._saving: int | None = None
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep_last,
             keep_period=keep_every,
@@ -61,17 +69,25 @@ class TrainCheckpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any, input_iterator=None) -> None:
-        """Starts an async save of `state` at `step` (input position written synchronously)."""
+        """Starts an async save of `state` at `step` (input position written synchronously).
+        A failure of the previous save is raised here at the latest (CheckpointSaveError)."""
+        # Orbax waits for the previous save before starting one; waiting here first names the
+        # step whose save failed, instead of this one.
+        self.wait()
+        self._saving = step
         if input_iterator is not None:
             input_iterator.save(self.input_prefix(step))
         record = fingerprint_record(state)  # one pass over device memory, before the copy
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(**{
-                STATE_ITEM: ocp.args.StandardSave(state),
-                INTEGRITY_ITEM: ocp.args.JsonSave(record),
-            }),
-        )
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(**{
+                    STATE_ITEM: ocp.args.StandardSave(state),
+                    INTEGRITY_ITEM: ocp.args.JsonSave(record),
+                }),
+            )
+        except Exception as e:  # noqa: BLE001 - as in check()
+            raise self._save_error(e) from None
         self._prune_inputs()
 
     def restore(self, step: int, abstract_state: Any, input_iterator=None) -> Any:
@@ -92,10 +108,27 @@ class TrainCheckpointer:
         """Committed steps, oldest first."""
         return sorted(self._manager.all_steps())
 
+    def check(self) -> None:
+        """Raises CheckpointSaveError when an async save has failed since the last check."""
+        try:
+            self._manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001 - orbax re-raises whatever the writer raised
+            raise self._save_error(e) from None
+
     def wait(self) -> None:
-        """Blocks until pending async saves are committed."""
-        self._manager.wait_until_finished()
+        """Blocks until pending async saves are committed (CheckpointSaveError if one failed)."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - as in check()
+            raise self._save_error(e) from None
         self._prune_inputs()
+
+    def _save_error(self, e: BaseException) -> CheckpointSaveError:
+        reason = " ".join(str(e).split())[:300] or type(e).__name__
+        return CheckpointSaveError(
+            f"saving checkpoint step {self._saving} to {self.model_dir / CHECKPOINTS_DIR} "
+            f"failed: {reason}; the last committed step is {self.latest_step()}"
+        )
 
     def close(self) -> None:
         self._manager.close()

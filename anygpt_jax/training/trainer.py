@@ -297,6 +297,7 @@ def train(
                 continue
             state, step = new_state, step + 1
             steps_timed += 1
+            checkpointer.check()  # an async save that failed is reported now, not at the next
             if digests is not None:
                 digests.write(step, float(step_metrics["loss"]), local)
             if step % log_every == 0 or step == train_steps:
@@ -336,14 +337,16 @@ def train(
                 break
     finally:
         profiler.stop()
-        checkpointer.wait()
-        checkpointer.close()
-        preemption.restore()
-        if digests is not None:
-            digests.close()
-        if writer is not None:
-            writer.flush()
-        tensorboard.close()
+        try:
+            checkpointer.wait()
+        finally:
+            checkpointer.close()
+            preemption.restore()
+            if digests is not None:
+                digests.close()
+            if writer is not None:
+                writer.flush()
+            tensorboard.close()
     log.info("trained %d steps in %.1fs", step - start, time.perf_counter() - run_start)
     if preempted:
         raise Preempted(f"SIGTERM: saved step {step}; run again to continue to {train_steps}")

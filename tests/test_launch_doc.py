@@ -12,7 +12,7 @@ from anygpt_jax import storage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "tpu_configs", "LAUNCH.md")
-SHORTER = " --gin.TRAIN_STEPS=4 --gin.CHECKPOINT_EVERY=2"
+SHORTER = " --gin.TRAIN_STEPS=12 --gin.CHECKPOINT_EVERY=6"  # past the 10 warmup steps
 
 
 def rehearsal_commands() -> list[str]:
@@ -45,6 +45,6 @@ def test_launch_rehearsal_runs_as_written_on_the_emulator(gcs):
                            text=True, timeout=900)
         assert r.returncode == 0, f"{command}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
     root = f"gs://{gcs.bucket}"
-    assert storage.exists(f"{root}/cpu_default/checkpoints/4/commit_success.txt")
+    assert storage.exists(f"{root}/cpu_default/checkpoints/12/commit_success.txt")
     assert storage.dir_state(f"{root}/cpu_default_hf") == "committed"
     assert storage.exists(f"{root}/cpu_default_hf/config.json")

@@ -75,6 +75,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--seed", type=int, default=0, help="sampling and instruction seed")
     parser.add_argument("--unconstrained", action="store_true",
                         help="do not constrain decoding to well-formed modality spans")
+    parser.add_argument("--max_prompt_tokens", type=int, default=None,
+                        help="refuse longer prompts, per request (the model's context, "
+                        "max_position_embeddings less max_new_tokens, always applies)")
     parser.add_argument("--gin_file", action="append", default=[],
                         help="a gin file; repeat to layer several (later files win)")
     parser.add_argument("--gin_search_path", action="append", default=[],
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None, stdin: IO[str] | None = None,
         dirs = {m: getattr(args, f"{m}_tokenizer") for m in ("image", "speech", "music")}
         codecs = MediaCodecs(model.vocab, dirs, args.unclip_pipeline, args.render_steps,
                              args.soundstorm)
-        engine = Engine(model, codecs, seed=args.seed, constrain=not args.unconstrained)
+        engine = Engine(model, codecs, seed=args.seed, constrain=not args.unconstrained,
+                        max_prompt_tokens=args.max_prompt_tokens)
         if args.requests:
             done, failed = run_batch(engine, args.requests, args.mode, args.out)
         else:

@@ -165,3 +165,18 @@ def test_sharded_model_gives_the_same_results(engine, assets, tmp_path, fast_gin
     os.makedirs(tmp_path / "b")
     assert (sharded.run_base(requests, str(tmp_path / "a"), names)
             == engine.run_base(requests, str(tmp_path / "b"), names))
+
+
+def test_prompts_past_the_context_are_refused_per_request(engine, assets, tmp_path, fast_gin):
+    """A prompt that cannot fit the model's context (1024 positions here) fails alone, naming
+    its length; the good request of the same batch is answered. So does a configured limit."""
+    long_text = " ".join(["cat"] * 1200)
+    requests = [parse_base("text|image|a red bus"), parse_base(f"text|image|{long_text}")]
+    os.makedirs(tmp_path / "out")
+    good, bad = engine.run_base(requests, str(tmp_path / "out"), ["a", "b"])
+    assert good["error"] is None and good["media"]
+    assert "tokens; with max_new_tokens=40 that is" in bad["error"]
+    assert "past the model's context of 1024" in bad["error"]
+    limited = Engine(engine.model, engine.codecs, max_prompt_tokens=5)
+    [short] = limited.run_base(requests[:1], str(tmp_path / "out"), ["c"])
+    assert "more than the limit of 5" in short["error"]

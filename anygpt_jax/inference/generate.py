@@ -43,6 +43,20 @@ def default_stop_ids(vocab: MergedVocabulary) -> list[int]:
     return ids
 
 
+def check_length(prompt_tokens: int, max_new_tokens: int, context: int,
+                 where: str = "prompt", limit: int | None = None) -> None:
+    """Refuses a prompt that, with `max_new_tokens`, does not fit the model's `context`
+    (positions it was trained for), or that is longer than `limit`; names the lengths."""
+    if limit is not None and prompt_tokens > limit:
+        raise ValueError(f"{where} has {prompt_tokens} tokens, more than the limit of {limit}")
+    if prompt_tokens + max_new_tokens > context:
+        raise ValueError(
+            f"{where} has {prompt_tokens} tokens; with max_new_tokens={max_new_tokens} that "
+            f"is {prompt_tokens + max_new_tokens}, past the model's context of {context} "
+            f"(max_position_embeddings)"
+        )
+
+
 def generate(
     model: AnyGPT,
     prompts: Sequence[Sequence[int]],
@@ -70,6 +84,8 @@ def generate(
         raise TypeError(f"settings must be a GenerationSettings, got {type(settings).__name__}")
     cfg, vocab = model.config, model.vocab
     arrays = decoding.check_prompts(prompts, cfg.vocab_size)
+    for i, p in enumerate(arrays):
+        check_length(len(p), settings.max_new_tokens, cfg.max_position_embeddings, f"prompt {i}")
     if stop_ids is None:
         if vocab is None:
             raise ValueError(

@@ -29,6 +29,7 @@ from anygpt_jax.inference.chat import (
     base_stop_ids,
     reply_segments,
 )
+from anygpt_jax.inference.generate import check_length
 from anygpt_jax.inference.media import MediaCodecs
 from anygpt_jax.inference.requests import (
     MEDIA_MODALITIES,
@@ -68,6 +69,8 @@ class Engine:
     codecs: MediaCodecs
     seed: int = 0
     constrain: bool = True
+    # Prompts longer than this are refused per request (the model's context always applies).
+    max_prompt_tokens: int | None = None
 
     @property
     def vocab(self):
@@ -89,8 +92,9 @@ class Engine:
                     self.codecs.check_voice(r.voice)
                 instruction = r.instruction or base_instruction(
                     r.direction, f"{r.direction}|{r.text or r.media.path}", self.seed)
-                prompts[i] = base_prompt_ids(self.vocab, r.direction, instruction, r.text,
-                                             spans[i])
+                prompt = base_prompt_ids(self.vocab, r.direction, instruction, r.text, spans[i])
+                self._check_length(prompt, r.target)
+                prompts[i] = prompt
                 results[i] = {"instruction": instruction}
             except REQUEST_ERRORS as e:
                 results[i] = error_record(e)
@@ -134,7 +138,9 @@ class Engine:
                     raise bad
                 it = iter(mine)
                 segments[i] = [next(it) if isinstance(p, MediaRef) else p for p in m.parts]
-                prompts[i] = conversations[i].prompt_ids(segments[i])
+                prompt = conversations[i].prompt_ids(segments[i])
+                self._check_length(prompt, m.to or "chat")
+                prompts[i] = prompt
             except REQUEST_ERRORS as e:
                 records[i].update(error_record(e))
 
@@ -160,6 +166,13 @@ class Engine:
         return records
 
     # ----- shared -----------------------------------------------------------------------------
+
+    def _check_length(self, prompt: Sequence[int], settings_name: str) -> None:
+        """ValueError (this request only) when the prompt does not fit; names the lengths."""
+        settings = GenerationSettings.for_output(settings_name)
+        check_length(len(prompt), settings.max_new_tokens,
+                     self.model.config.max_position_embeddings, "the prompt",
+                     self.max_prompt_tokens)
 
     def _encode_inputs(
         self, refs: Sequence[MediaRef | None]

@@ -175,6 +175,13 @@ def build(
     storage.makedirs(out_dir)
     paths = [os.path.join(out_dir, shards_lib.shard_name(i, n)) for i in range(n)]
     done = {p: s for p in paths if (s := _finished(p)) is not None}
+    if done:  # shards a crashed run finished count only if made by the same tokenizers
+        want = {m: dataclasses.asdict(get_encoder(m, spec).info) for m, spec in tokenizers.items()}
+        stale = [p for p, side in done.items()
+                 if any(side.get("tokenizers", {}).get(m) != info for m, info in want.items())]
+        for p in stale:
+            log.warning("%s: made by other tokenizers than this run's; rebuilding it", p)
+            del done[p]
     todo = [p for p in paths if p not in done]
     log.info("%s: %d items, %d shards, %d already finished", out_dir, len(items), n, len(done))
     from tqdm import tqdm
@@ -224,6 +231,13 @@ def build(
     manifest = shards_lib.make_manifest(
         kind, entries, vocab, infos, {"errors": len(errors), "inputs": len(items)}
     )
+    if manifest["examples"] == 0:  # no manifest for nothing; a rerun starts afresh
+        for p in paths:
+            storage.remove(p)
+            storage.remove(p + ".json")
+        first = "; ".join(f"{i}: {m}" for i, m in errors[:3])
+        raise readers.InputError(f"{out_dir}: every one of the {len(items)} {kind} items "
+                                 f"failed, nothing was written ({first})")
     shards_lib.write_manifest(out_dir, manifest)
     summary = {
         "out": out_dir,

@@ -198,3 +198,32 @@ def test_cli(corpus, anygpt_tokenizer_dir):
     # Bad input: exit status 1 and a message (in-process; one real command per CLI is enough).
     assert build.main(cmd[3:-4] + ["--out", str(tmp / "cli2")]) == 1
     assert not os.path.exists(tmp / "cli2" / "manifest.json")
+
+
+def test_resume_rebuilds_shards_of_other_tokenizers(corpus, anygpt_tokenizer_dir):
+    """A crashed build resumed with another tokenizer keeps none of the old shards: one
+    manifest never names codes of two tokenizers."""
+    tmp, _, music, _ = corpus
+    out = str(tmp / "m")
+    args = ("music_text", [music], out, anygpt_tokenizer_dir)
+    build.build(*args, {"music": "precomputed:old_codec"}, examples_per_shard=1, progress=False)
+    os.remove(os.path.join(out, shards_lib.MANIFEST))  # crashed before its manifest
+    again = build.build(*args, {"music": "precomputed:encodec_32khz"}, examples_per_shard=1,
+                        progress=False)
+    assert again["resumed_shards"] == 0
+    manifest = shards_lib.read_manifest(out)
+    assert manifest["tokenizers"]["music"]["identity"] == "precomputed:encodec_32khz"
+    sides = [json.load(open(os.path.join(out, f))) for f in sorted(os.listdir(out))
+             if f.endswith(".tfrecord.json")]
+    assert {s["tokenizers"]["music"]["identity"] for s in sides} == {"precomputed:encodec_32khz"}
+
+
+def test_a_build_where_every_item_fails_writes_no_manifest(tmp_path, anygpt_tokenizer_dir):
+    images = _write_jsonl(tmp_path / "bad.jsonl", [
+        {"id": f"x{i}", "image": f"missing{i}.png", "caption": "gone"} for i in range(3)])
+    out = str(tmp_path / "out")
+    with pytest.raises(readers.InputError, match=r"every one of the 3 image_text items failed"):
+        build.build("image_text", [images], out, anygpt_tokenizer_dir, {"image": "demo"},
+                    progress=False)
+    assert not os.path.exists(os.path.join(out, shards_lib.MANIFEST))
+    assert not [f for f in os.listdir(out) if f.endswith(".tfrecord")]

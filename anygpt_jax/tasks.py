@@ -80,6 +80,7 @@ def register(
     sft_rates: Mapping[str, float] | None = None,
     tokenizers: Mapping[str, str] | None = None,
     verify: str = "size",
+    on_corrupt: str = "stop",
     chat_style: prompts.ChatStyle | None = None,
     shuffle_buffer_size: int = 256,
 ) -> list[str]:
@@ -88,6 +89,8 @@ def register(
     text_to_image_dirs None reads the caption shards in that direction too. pretrain_rates /
     sft_rates None: PRETRAIN_RATES / SFT_RATES. tokenizers: modality -> accepted tokenizer
     name or identity (default: the vocabulary's registry names). verify: see check_manifest.
+    on_corrupt: a record block whose CRCs fail 'stop's training in one line naming the file
+    and offset, or is 'skip'ped, counted and logged (data/records.py).
     """
     dirs = {
         "anygpt_image_caption": image_caption_dirs,
@@ -107,7 +110,7 @@ def register(
         if not paths:
             seqio.TaskRegistry.remove(name)
             continue
-        source = ShardDataSource(paths, kind, vocabulary, tokenizers, verify)
+        source = ShardDataSource(paths, kind, vocabulary, tokenizers, verify, on_corrupt)
         task = seqio.Task(
             name,
             source,

@@ -239,3 +239,26 @@ def test_a_full_disk_is_reported_at_the_failed_save_and_keeps_the_previous_step(
     checkpointer.close()
     # Step 2 is whole: it restores with its fingerprints checked.
     assert committed_states(disk / "m")[2]
+
+
+def test_a_corrupt_shard_block_can_be_skipped_and_counted(tmp_path, merged_vocab):
+    from conftest import make_shard_dir, random_examples
+
+    from anygpt_jax.data import records
+
+    shard_dir = make_shard_dir(str(tmp_path / "speech"), "speech_text",
+                               random_examples("speech_text", 30), merged_vocab)
+    victim = sorted((tmp_path / "speech").glob("*.tfrecord"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    victim.write_bytes(bytes(data))
+    tasks.register(merged_vocab, speech_dirs=[shard_dir], on_corrupt="skip")
+    before = records.SKIPPED.records
+    inputs = InputIterator(get_dataset("anygpt_asr", 256, 2, seed=0, shuffle=False,
+                                       num_epochs=1, pack=False))
+    rows = sum(len(b["decoder_segment_ids"]) for b in inputs)
+    # The corrupt shard's only block is dropped, the other shard's 15 examples are read.
+    assert records.SKIPPED.records - before == 15
+    assert rows == 14  # 15 examples in batches of 2, the remainder dropped
+    with pytest.raises(ValueError, match="on_corrupt='drop'"):
+        tasks.register(merged_vocab, speech_dirs=[shard_dir], on_corrupt="drop")

@@ -5,14 +5,17 @@ fixed endpoints), so shard bytes come through anygpt_jax.storage instead: each s
 into blocks of whole records (the manifest records `[offset, records]` per block), a block is
 one ranged read, and the TFRecord framing is parsed here with both CRCs checked. tf.data sees
 only block ids, so its iterator checkpoints stay small and exact, reads run in parallel
-(`num_parallel_calls`), and a corrupted byte raises an error naming the file and offset.
+(`num_parallel_calls`), and a corrupted byte raises an error naming the file and offset (or,
+with `on_corrupt='skip'`, drops that block's records, counted and logged).
 
 TFRecord framing: uint64 length, uint32 masked crc32c(length), data, uint32 masked crc32c(data).
 """
 
 from __future__ import annotations
 
+import logging
 import struct
+import threading
 from collections.abc import Sequence
 
 import google_crc32c
@@ -23,12 +26,33 @@ from anygpt_jax import storage
 
 HEADER = 12  # length + its crc
 FOOTER = 4  # data crc
+ON_CORRUPT = ("stop", "skip")
 BLOCK_BYTES = 4 << 20  # one ranged read; small enough to keep iterator checkpoints small
 _MASK_DELTA = 0xA282EAD8
 
 
+log = logging.getLogger(__name__)
+
+
 class RecordError(ValueError):
     """Bytes that are not the records the manifest promised; names the file and offset."""
+
+
+class SkipCounter:
+    """Blocks and records a process skipped as corrupt (on_corrupt='skip'), thread-safe."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.blocks = 0
+        self.records = 0
+
+    def add(self, records: int) -> None:
+        with self._lock:
+            self.blocks += 1
+            self.records += records
+
+
+SKIPPED = SkipCounter()
 
 
 def _masked_crc(data: bytes) -> int:
@@ -111,7 +135,10 @@ class BlockTable:
     """Every block of a list of files: (file, start, end, records), with per-file row splits."""
 
     def __init__(self, files: Sequence[str], blocks: Sequence[Sequence[Sequence[int]]],
-                 sizes: Sequence[int]):
+                 sizes: Sequence[int], on_corrupt: str = "stop"):
+        if on_corrupt not in ON_CORRUPT:
+            raise ValueError(f"on_corrupt={on_corrupt!r}; expected one of {ON_CORRUPT}")
+        self.on_corrupt = on_corrupt
         self.files = list(files)
         self.rows: list[tuple[int, int, int, int]] = []  # (file index, start, end, records)
         self.splits = [0]
@@ -122,7 +149,20 @@ class BlockTable:
             self.splits.append(len(self.rows))
 
     def read(self, block: int) -> list[bytes]:
-        """The records of one block: one ranged read, framing and CRCs checked."""
+        """The records of one block: one ranged read, framing and CRCs checked. A corrupt block
+        raises RecordError, or with on_corrupt='skip' yields no records, counted in SKIPPED
+        and logged with its file and offsets."""
+        try:
+            return self._read(block)
+        except RecordError as e:
+            if self.on_corrupt == "stop":
+                raise
+            count = self.rows[block][3]
+            SKIPPED.add(count)
+            log.warning("skipped %d records: %s", count, e)
+            return []
+
+    def _read(self, block: int) -> list[bytes]:
         i, start, end, count = self.rows[block]
         path = self.files[i]
         try:

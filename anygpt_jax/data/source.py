@@ -33,6 +33,7 @@ class ShardDataSource(seqio.DataSource):
         vocabulary: MergedVocabulary,
         tokenizers: Mapping[str, str] | None = None,
         verify: str = "size",
+        on_corrupt: str = "stop",
     ):
         if isinstance(shard_dirs, str):
             shard_dirs = [shard_dirs]
@@ -43,6 +44,11 @@ class ShardDataSource(seqio.DataSource):
         self._vocab = vocabulary
         self._tokenizers = dict(tokenizers or {})
         self._verify = verify
+        if on_corrupt not in records_lib.ON_CORRUPT:
+            raise ValueError(
+                f"on_corrupt={on_corrupt!r}; expected one of {records_lib.ON_CORRUPT}"
+            )
+        self._on_corrupt = on_corrupt
         self._files: list[str] | None = None
         self._blocks: list | None = None
         self._sizes: list[int] = []
@@ -103,7 +109,7 @@ class ShardDataSource(seqio.DataSource):
     ) -> tf.data.Dataset:
         """Records of this host's part: whole files when there are enough, else every n-th."""
         files = self.list_shards(split)
-        table = records_lib.BlockTable(files, self._blocks, self._sizes)
+        table = records_lib.BlockTable(files, self._blocks, self._sizes, self._on_corrupt)
         index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
         by_file = len(files) >= count
         mine = list(range(len(files)))[index::count] if by_file else list(range(len(files)))

@@ -27,6 +27,7 @@ REQUIRED_MACROS = (
 # 1 an error, reported in one line; EXIT_PREEMPTED: SIGTERM arrived, the run checkpointed and
 # is unfinished (128 + SIGTERM, what a shell reports for a process ended by SIGTERM).
 EXIT_PREEMPTED = 143
+GIN_CONTEXT = "\n  In call to configurable"
 CONFIG_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tpu_configs"  # local: ours
 )
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PREEMPTED
     # Bad values, missing files, unreachable buckets, divergence, corrupt shards.
     except (ValueError, OSError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        # Gin appends "In call to configurable ..." lines: the message is the first line.
+        print(f"error: {str(e).split(GIN_CONTEXT)[0]}", file=sys.stderr)
         return 1
     return 0
 

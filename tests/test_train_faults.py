@@ -262,3 +262,32 @@ def test_a_corrupt_shard_block_can_be_skipped_and_counted(tmp_path, merged_vocab
     assert rows == 14  # 15 examples in batches of 2, the remainder dropped
     with pytest.raises(ValueError, match="on_corrupt='drop'"):
         tasks.register(merged_vocab, speech_dirs=[shard_dir], on_corrupt="drop")
+
+
+@pytest.mark.slow
+def test_the_cli_ends_a_run_on_a_corrupt_shard_with_one_line(tmp_path, merged_vocab,
+                                                             anygpt_tokenizer_dir):
+    """The issue's repro through the real CLI: a flipped byte in a shard once aborted the
+    process (exit 134) or hung it in a tf.data destructor. Now: exit 1, one line naming it."""
+    import subprocess
+    import sys
+
+    from conftest import make_shard_dir, random_examples
+    from synthetic_task import cli_env
+    from test_train_gcs import gin_text
+
+    data = {"vocab": anygpt_tokenizer_dir, "vocab_size": merged_vocab.vocab_size}
+    for k, kind in enumerate(("image_text", "speech_text", "music_text")):
+        data[kind] = make_shard_dir(str(tmp_path / kind), kind,
+                                    random_examples(kind, 20, seed=k), merged_vocab)
+    for victim in sorted((tmp_path / "speech_text").glob("*.tfrecord")):
+        flip_bytes(victim, n=1)
+    gin_path = tmp_path / "run.gin"
+    gin_path.write_text(gin_text(str(tmp_path / "m"), data))
+    r = subprocess.run([sys.executable, "-m", "anygpt_jax.train", f"--gin_file={gin_path}"],
+                       capture_output=True, text=True, env=cli_env(1), timeout=600)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert len(errors) == 1 and "speech_text/shard-" in errors[0], r.stderr[-3000:]
+    assert "corrupted record" in errors[0] and "at byte" in errors[0]
+    assert r.stderr.rstrip().endswith(errors[0])  # nothing after the one line

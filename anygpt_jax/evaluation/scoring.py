@@ -106,9 +106,9 @@ class ClipScore(_ModelMetric):
         out = metrics.embedding_score("clip_score", texts, images, self.weight, self.clip_negative)
         sources = _sources(targets, "source")
         if sources is not None:
-            from anygpt_jax.inference.media import read_image
+            from anygpt_jax.modalities.image import load_image
 
-            real = list(m.embed_images([read_image(p) for p in sources]))
+            real = list(m.embed_images([load_image(p, name=p) for p in sources]))
             out |= metrics.embedding_score("clip_image_similarity", images, real)
         return out
 
@@ -170,10 +170,10 @@ class SpeakerSimilarity(_ModelMetric):
                 f"(made by `python -m data.eval_sets vctk`)"
             )
         m = self.model()
-        from anygpt_jax.inference.media import read_audio
+        from anygpt_jax.modalities.audio_io import load_audio
 
         rate = 16000
-        refs = list(m.embed_speakers([read_audio(p, rate) for p in paths], rate))
+        refs = list(m.embed_speakers([load_audio(p, rate) for p in paths], rate))
         gen: list[np.ndarray | None] = [None] * len(predictions)
         for i in _present(predictions):
             gen[i] = m.embed_speakers([predictions[i].waveform], predictions[i].sample_rate)[0]

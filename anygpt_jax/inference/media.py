@@ -44,8 +44,10 @@ def speech_to_wav(units: np.ndarray, voice_prompt: str | None = None,
     from anygpt_jax.modalities.soundstorm import speak
 
     if isinstance(voice_prompt, str) and storage.is_remote(voice_prompt):
+        from anygpt_jax.modalities.audio_io import load_audio
+
         rate = int(speech_tokenizer.sample_rate)
-        voice_prompt = (read_audio(voice_prompt, rate), rate)
+        voice_prompt = (load_audio(voice_prompt, rate), rate)
     return speak(np.asarray(units), speech_tokenizer, soundstorm, voice_prompt, seed=seed)
 
 
@@ -150,7 +152,9 @@ class MediaCodecs:
 
     def check_voice(self, path: str) -> None:
         """Reads a voice prompt, so a bad file fails its request before generation."""
-        read_audio(path, 16000)
+        from anygpt_jax.modalities.audio_io import load_audio
+
+        load_audio(path, 16000)
 
     # ----- out --------------------------------------------------------------------------------
 
@@ -238,43 +242,6 @@ def _load(modality: str, spec: str) -> Any:
         raise ValueError(f"{FLAGS[modality]} {spec}: {e}") from e
 
 
-def read_image(path: str) -> Any:
-    """An RGB PIL image from a local or gs:// file; errors name `path`."""
-    from anygpt_jax.modalities.image import load_image
-
-    if not storage.is_remote(path):
-        return load_image(path, name=path)
-    from PIL import Image, UnidentifiedImageError
-
-    from anygpt_jax.modalities.image import ImageError
-
-    data = storage.read_bytes(path)
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return load_image(img, name=path)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ImageError(f"{path}: cannot read image ({e})") from e
-
-
-def read_audio(path: str, sample_rate: int) -> np.ndarray:
-    """A local or gs:// audio file as mono float32 at `sample_rate`; errors name `path`."""
-    from anygpt_jax.modalities import audio_io
-
-    if not storage.is_remote(path):
-        return audio_io.load_audio(path, sample_rate)
-    import soundfile as sf
-
-    if not storage.isfile(path):
-        raise audio_io.AudioError(f"{path}: no such audio file")
-    try:
-        data, rate = sf.read(io.BytesIO(storage.read_bytes(path)), dtype="float32",
-                             always_2d=True)
-    except Exception as e:  # noqa: BLE001 - libsndfile raises several types; re-raised named
-        raise audio_io.AudioError(f"{path}: cannot read audio ({e})") from e
-    return audio_io.prepare(data.T, rate, sample_rate, name=path)
-
-
 def wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
     """A waveform (clipped to [-1, 1]) as the bytes of a 16-bit PCM WAV file."""
     import soundfile as sf
@@ -286,9 +253,13 @@ def wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
 
 
 def _read(modality: str, tok: Any, path: str) -> Any:
+    """The image or waveform of a local or gs:// media file; errors name `path`."""
+    from anygpt_jax.modalities.audio_io import load_audio
+    from anygpt_jax.modalities.image import load_image
+
     if modality == "image":
-        return read_image(path)
-    wav = read_audio(path, tok.sample_rate)
+        return load_image(path, name=path)
+    wav = load_audio(path, tok.sample_rate)
     # AnyGPT tokenizes music as one segment (5 s) from the start of the clip.
     return tok.segment(wav) if modality == "music" else wav
 

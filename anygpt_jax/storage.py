@@ -52,7 +52,7 @@ class StorageError(OSError):
 
 
 def configure_clients() -> None:
-    """Passes STORAGE_EMULATOR_HOST on to tensorstore; idempotent, called by `path`."""
+    """Passes STORAGE_EMULATOR_HOST on to tensorstore; idempotent, called for every gs:// path."""
     host = os.environ.get("STORAGE_EMULATOR_HOST")
     if not host:
         return
@@ -69,10 +69,9 @@ def is_remote(p: PathLike) -> bool:
 
 def path(p: PathLike) -> epath.Path:
     """`p` as an epath.Path; local paths are made absolute (the process may change directory)."""
-    configure_clients()
     s = os.fspath(p)
     if is_remote(s):
-        _fs()  # the shared instance epath uses, set up before its first use
+        _fs()  # the clients' settings and the gcsfs instance epath uses, before its first use
     else:
         s = os.path.abspath(os.path.expanduser(s))
     return epath.Path(s)

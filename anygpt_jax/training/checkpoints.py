@@ -24,15 +24,13 @@ from anygpt_jax import integrity, storage
 from anygpt_jax.checkpointing import INTEGRITY_ITEM, fingerprint_record
 
 CHECKPOINTS_DIR = "checkpoints"
+INPUT_DIR = "input"
+STATE_ITEM = "state"
 
 
 class CheckpointSaveError(OSError):
     """An asynchronous save failed (e.g. a full disk); names the step. Older steps are intact:
     orbax commits a step only once all of it is written."""
-
-
-INPUT_DIR = "input"
-STATE_ITEM = "state"
 
 
 @gin.configurable
@@ -73,7 +71,7 @@ class TrainCheckpointer:
         A failure of the previous save is raised here at the latest (CheckpointSaveError)."""
         # Orbax waits for the previous save before starting one; waiting here first names the
         # step whose save failed, instead of this one.
-        self.wait()
+        self._wait_for_saves()
         self._saving = step
         if input_iterator is not None:
             input_iterator.save(self.input_prefix(step))
@@ -117,11 +115,14 @@ class TrainCheckpointer:
 
     def wait(self) -> None:
         """Blocks until pending async saves are committed (CheckpointSaveError if one failed)."""
+        self._wait_for_saves()
+        self._prune_inputs()
+
+    def _wait_for_saves(self) -> None:
         try:
             self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 - as in check()
             raise self._save_error(e) from None
-        self._prune_inputs()
 
     def _save_error(self, e: BaseException) -> CheckpointSaveError:
         reason = " ".join(str(e).split())[:300] or type(e).__name__

@@ -32,15 +32,27 @@ def cli_gin(
     extra: str = "",
 ) -> str:
     """The text of a gin file that trains a tiny model on the synthetic task (seq 32)."""
-    return f"""
+    data = f"""
 import synthetic_task
+train.register_tasks = @synthetic_task.register
+synthetic_task.register.tokenizer_dir = {tokenizer_dir!r}
+"""
+    return tiny_run_gin(model_dir, vocab_size, steps, batch_size, 32, TASK, checkpoint_every,
+                        data + extra)
+
+
+def tiny_run_gin(model_dir: str, vocab_size: int, steps: int, batch_size: int, seq_len: int,
+                 task: str, checkpoint_every: int, data: str) -> str:
+    """A gin file's text training a tiny model on `task`, whose registration `data` binds,
+    logging every step with batch digests."""
+    return f"""
 from anygpt_jax.model import config
 
 MODEL_DIR = {model_dir!r}
 TRAIN_STEPS = {steps}
 BATCH_SIZE = {batch_size}
-SEQ_LEN = 32
-MIXTURE_OR_TASK_NAME = {TASK!r}
+SEQ_LEN = {seq_len}
+MIXTURE_OR_TASK_NAME = {task!r}
 CHECKPOINT_EVERY = {checkpoint_every}
 
 train.model_dir = %MODEL_DIR
@@ -52,8 +64,6 @@ train.checkpoint_every = %CHECKPOINT_EVERY
 train.log_every = 1
 train.peak_flops_per_device = 1e9
 train.log_batch_digests = True
-train.register_tasks = @synthetic_task.register
-synthetic_task.register.tokenizer_dir = {tokenizer_dir!r}
 
 ModelConfig.vocab_size = {vocab_size}
 ModelConfig.hidden_size = 32
@@ -63,7 +73,7 @@ ModelConfig.num_heads = 4
 ModelConfig.num_kv_heads = 2
 learning_rate_schedule.peak_learning_rate = 3e-3
 learning_rate_schedule.warmup_steps = 1
-{extra}
+{data}
 """
 
 

@@ -121,15 +121,19 @@ def test_model_dir_that_is_a_file_is_one_clear_error(vocab, tmp_path):
     assert (tmp_path / "f").read_text() == "x"
 
 
-def test_a_corrupt_shard_stops_in_one_line_naming_file_and_offset(tmp_path, merged_vocab):
+def corrupt_speech_shards(tmp_path, merged_vocab):
+    """(shard dir, its first shard with one byte flipped): 30 examples over 2 shards."""
     from conftest import make_shard_dir, random_examples
 
     shard_dir = make_shard_dir(str(tmp_path / "speech"), "speech_text",
                                random_examples("speech_text", 30), merged_vocab)
     victim = sorted((tmp_path / "speech").glob("*.tfrecord"))[0]
-    data = bytearray(victim.read_bytes())
-    data[len(data) // 2] ^= 0x40
-    victim.write_bytes(bytes(data))
+    flip_bytes(victim, n=1, mask=0x40)
+    return shard_dir, victim
+
+
+def test_a_corrupt_shard_stops_in_one_line_naming_file_and_offset(tmp_path, merged_vocab):
+    shard_dir, victim = corrupt_speech_shards(tmp_path, merged_vocab)
     tasks.register(merged_vocab, speech_dirs=[shard_dir])
     inputs = InputIterator(get_dataset("anygpt_asr", 256, 2, seed=0))
     with pytest.raises(TrainingError, match=rf"before step 1: {victim}: corrupted record .* at "
@@ -144,25 +148,45 @@ def largest_state_file(model_dir, step):
     return max(files, key=lambda p: p.stat().st_size)
 
 
-def flip_bytes(path, at=None, n=4):
+def flip_bytes(path, at=None, n=4, mask=0xFF):
     data = bytearray(path.read_bytes())
     at = len(data) // 2 if at is None else at
     for i in range(at, at + n):
-        data[i] ^= 0xFF
+        data[i] ^= mask
     path.write_bytes(bytes(data))
+
+
+def flip_bytes_in_the_params(model_dir, step):
+    """Flips 4 bytes in the middle of the biggest data file of `step` whose flip changes the
+    parameters as read back raw (without fingerprints). Which file of the OCDBT store holds
+    the parameters, rather than only optimizer state, depends on write timing."""
+    path = storage.join(model_dir, CHECKPOINTS_DIR, str(step), STATE_ITEM)
+    clean = [np.asarray(x) for x in jax.tree_util.tree_leaves(
+        checkpointing.restore_subtree(path, ("params",), None))]
+    files = sorted((p for p in (model_dir / CHECKPOINTS_DIR / str(step) / STATE_ITEM).rglob("*")
+                    if p.is_file() and "/d/" in str(p)), key=lambda p: -p.stat().st_size)
+    for victim in files:
+        original = victim.read_bytes()
+        flip_bytes(victim)
+        raw = jax.tree_util.tree_leaves(checkpointing.restore_subtree(path, ("params",), None))
+        if any(not np.array_equal(a, np.asarray(b)) for a, b in zip(clean, raw, strict=True)):
+            return victim
+        victim.write_bytes(original)
+    raise AssertionError(f"no data file of {path} holds the parameters")
 
 
 def test_flipped_bytes_in_a_checkpoint_are_caught_on_load_export_and_resume(
     vocab, tmp_path, capsys
 ):
-    """The issue's repro: 4 flipped bytes in the largest data file of the newest step. Loading
-    and exporting refuse it in one line; resuming falls back to the previous step, saying so."""
+    """The issue's repro: 4 flipped bytes in a data file of the newest step (one that holds
+    parameters). Loading and exporting refuse it in one line; resuming falls back to the
+    previous step, saying so."""
     from anygpt_jax import AnyGPT, integrity
     from converters import llama as llama_converter
 
     model_dir = tmp_path / "m"
     run(model_dir, vocab, 4, every=2)
-    flip_bytes(largest_state_file(model_dir, 4))
+    flip_bytes_in_the_params(model_dir, 4)
     with pytest.raises(integrity.IntegrityError, match=r"checkpoints/4/state: corrupted"):
         AnyGPT.load(str(model_dir))
     status = llama_converter.main(["export", str(model_dir), str(tmp_path / "hf")])
@@ -242,16 +266,9 @@ def test_a_full_disk_is_reported_at_the_failed_save_and_keeps_the_previous_step(
 
 
 def test_a_corrupt_shard_block_can_be_skipped_and_counted(tmp_path, merged_vocab):
-    from conftest import make_shard_dir, random_examples
-
     from anygpt_jax.data import records
 
-    shard_dir = make_shard_dir(str(tmp_path / "speech"), "speech_text",
-                               random_examples("speech_text", 30), merged_vocab)
-    victim = sorted((tmp_path / "speech").glob("*.tfrecord"))[0]
-    data = bytearray(victim.read_bytes())
-    data[len(data) // 2] ^= 0x40
-    victim.write_bytes(bytes(data))
+    shard_dir, _ = corrupt_speech_shards(tmp_path, merged_vocab)
     tasks.register(merged_vocab, speech_dirs=[shard_dir], on_corrupt="skip")
     before = records.SKIPPED.records
     inputs = InputIterator(get_dataset("anygpt_asr", 256, 2, seed=0, shuffle=False,

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from synthetic_task import cli_env
+from synthetic_task import cli_env, tiny_run_gin
 from test_train_multihost import free_port, run_all
 
 from anygpt_jax import storage
@@ -20,42 +20,16 @@ TIMEOUT_S = 300
 
 def gin_text(model_dir: str, data: dict, steps: int = STEPS, extra: str = "") -> str:
     """A tiny model pre-trained on `data` (kind -> shard dir, 'vocab' -> tokenizer dir)."""
-    return f"""
-from anygpt_jax.model import config
+    register = f"""
 import anygpt_jax.tasks
-
-MODEL_DIR = {model_dir!r}
-TRAIN_STEPS = {steps}
-BATCH_SIZE = 4
-SEQ_LEN = 256
-MIXTURE_OR_TASK_NAME = 'anygpt_pretrain'
-CHECKPOINT_EVERY = 2
-train.model_dir = %MODEL_DIR
-train.train_steps = %TRAIN_STEPS
-train.batch_size = %BATCH_SIZE
-train.seq_len = %SEQ_LEN
-train.mixture_or_task_name = %MIXTURE_OR_TASK_NAME
-train.checkpoint_every = %CHECKPOINT_EVERY
-train.log_every = 1
-train.peak_flops_per_device = 1e9
-train.log_batch_digests = True
-
 tasks.register.vocabulary = @merged_vocabulary()
 merged_vocabulary.tokenizer_dir = {data['vocab']!r}
 tasks.register.image_caption_dirs = [{data['image_text']!r}]
 tasks.register.speech_dirs = [{data['speech_text']!r}]
 tasks.register.music_dirs = [{data['music_text']!r}]
-
-ModelConfig.vocab_size = {data['vocab_size']}
-ModelConfig.hidden_size = 32
-ModelConfig.intermediate_size = 64
-ModelConfig.num_layers = 2
-ModelConfig.num_heads = 4
-ModelConfig.num_kv_heads = 2
-learning_rate_schedule.peak_learning_rate = 3e-3
-learning_rate_schedule.warmup_steps = 1
-{extra}
 """
+    return tiny_run_gin(model_dir, data["vocab_size"], steps, 4, 256, "anygpt_pretrain", 2,
+                        register + extra)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 tokenizer directory and MODEL_DIR in the bucket, SIGKILL and resume, two hosts sharing one
 MODEL_DIR. The training runs are real CLI subprocesses."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from test_train_multihost import free_port, run_all
 from anygpt_jax import storage
 
 STEPS = 6
+HOLD_SAVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hold_save.py")
 TIMEOUT_S = 300
 
 
@@ -44,11 +46,14 @@ def gs_data(gcs, shard_corpus, anygpt_tokenizer_dir, merged_vocab):
     return data
 
 
-def start(tmp_path, name: str, model_dir: str, data: dict, env: dict, extra: str = ""):
+def start(tmp_path, name: str, model_dir: str, data: dict, env: dict, extra: str = "",
+          script: str | None = None):
+    """The train CLI on `gin_text(model_dir, data)`, or `script` (e.g. HOLD_SAVE) in its place."""
     gin_path = tmp_path / f"{name}.gin"
     gin_path.write_text(gin_text(model_dir, data, extra=extra))
+    command = [script] if script else ["-m", "anygpt_jax.train"]
     return subprocess.Popen(
-        [sys.executable, "-m", "anygpt_jax.train", f"--gin_file={gin_path}"],
+        [sys.executable, *command, f"--gin_file={gin_path}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
 
@@ -69,21 +74,26 @@ def committed_step(model_dir: str, step: int) -> bool:
 
 @pytest.mark.slow
 def test_gs_shards_and_model_dir_sigkill_resume_is_exact(tmp_path, gcs, gs_data):
-    """Straight run vs a run SIGKILLed after its step-2 checkpoint and resumed: same data
-    order, same losses and bitwise-equal parameters, everything read and written on gs://."""
+    """Straight run vs a run SIGKILLed in the middle of its step-4 save (written, not
+    committed) and resumed from step 2: same data order, same losses and bitwise-equal
+    parameters, everything read and written on gs://."""
     from anygpt_jax import AnyGPT
 
     env = cli_env(1, str(tmp_path / "jax_cache"))
     straight_dir, killed_dir = gcs.uri("run-straight"), gcs.uri("run-killed")
     run_all([start(tmp_path, "straight", straight_dir, gs_data, env)])
-    victim = start(tmp_path, "killed", killed_dir, gs_data, env)
+    flag = tmp_path / "held"
+    held_env = dict(env, HOLD_STEP="4", HOLD_FLAG=str(flag))
+    victim = start(tmp_path, "killed", killed_dir, gs_data, held_env, script=HOLD_SAVE)
     deadline = time.time() + TIMEOUT_S
-    while not committed_step(killed_dir, 2):
+    while not flag.exists():
         assert victim.poll() is None, victim.communicate()[0][-3000:]
-        assert time.time() < deadline, "no checkpoint at step 2"
-        time.sleep(0.5)
+        assert time.time() < deadline, "the step-4 save never started"
+        time.sleep(0.1)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
+    assert committed_step(killed_dir, 2) and not committed_step(killed_dir, 4)
+    assert storage.listdir(flag.read_text())  # step 4 was written, all but its commit
     run_all([start(tmp_path, "resumed", killed_dir, gs_data, env)])
 
     want, got = digests(straight_dir), digests(killed_dir)

@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import subprocess
+import time
 import sys
 
 import jax
@@ -124,3 +125,63 @@ def test_sigkill_and_sigterm_resume_bitwise(tmp_path, anygpt_tokenizer_dir, merg
     assert chain[logged_before_resume][0] == saved + 1  # the SIGTERM checkpoint was resumed
     for a, b in zip(params(straight_dir), params(chain_dir), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def start_held(gin_file, hold_step: int, flag) -> subprocess.Popen:
+    """A CLI run (as `start`) whose save of `hold_step` is written but never committed."""
+    cache = os.path.join(os.path.dirname(str(gin_file)), "jax_cache")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hold_save.py")
+    return subprocess.Popen(
+        [sys.executable, script, f"--gin_file={gin_file}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(1, cache, HOLD_STEP=str(hold_step), HOLD_FLAG=str(flag)),
+    )
+
+
+def wait_for_flag(proc: subprocess.Popen, flag) -> None:
+    deadline = time.time() + TIMEOUT_S
+    while not flag.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before its save was held:\n{proc.communicate()[0][-3000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail("the held save never started")
+        time.sleep(0.05)
+
+
+# ~1 min: two CLI processes.
+@pytest.mark.slow
+def test_a_kill_during_a_save_resumes_from_the_previous_step(tmp_path, anygpt_tokenizer_dir,
+                                                             merged_vocab):
+    """SIGKILL while step 2*EVERY's async save is written but uncommitted: that step does not
+    count, the resumed run starts after step EVERY and replays the same batches and losses."""
+    model_dir = str(tmp_path / "m")
+    gin_file = tmp_path / "run.gin"
+    steps = 3 * EVERY
+    gin_file.write_text(
+        cli_gin(model_dir, anygpt_tokenizer_dir, merged_vocab.vocab_size, steps, 2, EVERY)
+    )
+    flag = tmp_path / "held"
+    victim = start_held(gin_file, 2 * EVERY, flag)
+    wait_for_flag(victim, flag)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate(timeout=TIMEOUT_S)
+    partial = flag.read_text()
+    assert os.path.isdir(partial) and os.listdir(partial)  # written, not committed
+    assert committed_steps(model_dir) == [EVERY]
+    before = {step: (loss, rows) for step, loss, rows in read_digests(model_dir)}
+    assert max(before) > EVERY
+
+    out = finish(start(gin_file))
+    assert f"resumed from step {EVERY} " in out
+    assert "Traceback" not in out
+    assert committed_steps(model_dir) == [EVERY, 2 * EVERY, 3 * EVERY]
+    assert not os.path.exists(partial)
+    replayed = read_digests(model_dir)[len(before):]
+    assert [s for s, _, _ in replayed] == list(range(EVERY + 1, steps + 1))
+    for step, loss, rows in replayed:
+        if step in before:
+            assert (loss, rows) == before[step], f"step {step} differs after the resume"
+    assert np.isfinite(np.asarray(params(model_dir)[0])).all()  # loads, fingerprints checked

@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from anygpt_jax import integrity, storage
+from anygpt_jax import integrity, orbax_errors, storage
 from anygpt_jax.model import ModelConfig, match_layout, param_shapes, param_shardings
 
 CONFIG_FILE = "model_config.json"
@@ -155,6 +155,7 @@ def restore_subtree(path: str, prefix: tuple[str, ...], target: Any) -> Any:
         return ocp.RestoreArgs(restore_type=np.ndarray, dtype=s.dtype)
 
     restore_args = jax.tree_util.tree_map(restore_arg, item)
+    orbax_errors.install()  # a failed read is raised here, once, without orbax's tracebacks
     restored = ocp.PyTreeCheckpointer().restore(
         path,
         args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),

@@ -20,7 +20,7 @@ import gin
 import jax
 import orbax.checkpoint as ocp
 
-from anygpt_jax import integrity, storage
+from anygpt_jax import integrity, orbax_errors, storage
 from anygpt_jax.checkpointing import INTEGRITY_ITEM, fingerprint_record
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -57,6 +57,7 @@ class TrainCheckpointer:
             item_names=(STATE_ITEM, INTEGRITY_ITEM),
             options=options,
         )
+        orbax_errors.install()  # its errors reach us raised; we report them in one line
 
     def input_prefix(self, step: int) -> str:
         """Where this process's input position for `step` lives."""

@@ -3,6 +3,7 @@ seeded sampling, one step = argmax passes, the voice prompt kept, padded batches
 speak() with voice prompts, and bad input."""
 
 import dataclasses
+import math
 
 import flax
 import jax
@@ -16,7 +17,11 @@ from anygpt_jax.modalities import AudioError, SpeechTokenizer
 from anygpt_jax.modalities.audio_layers import SEANetConfig
 from anygpt_jax.modalities.codec import expected_param_shapes
 from anygpt_jax.modalities.soundstorm import SoundStorm, speak
-from anygpt_jax.modalities.soundstorm_generate import remask_counts, top_k_threshold
+from anygpt_jax.modalities.soundstorm_generate import (
+    cosine_schedule,
+    remask_counts,
+    top_k_threshold,
+)
 from anygpt_jax.modalities.soundstorm_model import SoundStormConfig
 from converters.soundstorm import convert
 
@@ -70,13 +75,32 @@ def _fork(reference, units, prompt, steps, noise):
 
 
 def test_remask_counts_match_reference():
-    lengths = np.arange(1, 2001)
-    for steps in range(1, 8):  # AnyGPT uses 3-4
-        fraction = torch.cos(torch.linspace(0.0, 1.0, steps + 1) * np.pi / 2)
+    """The schedule is torch's float32 values bit for bit, so every length's counts agree."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("torch's plain-C kernels round differently (cosine_schedule follows AVX2)")
+    lengths = np.arange(1, 4097)
+    for steps in range(1, 17):  # AnyGPT uses 3-4
+        fraction = torch.cos(torch.linspace(0.0, 1.0, steps + 1) * math.pi / 2)
+        np.testing.assert_array_equal(cosine_schedule(steps).view(np.uint32),
+                                      fraction.numpy().view(np.uint32), err_msg=f"{steps=}")
         want = (fraction[:, None] * torch.from_numpy(lengths)[None]).long().numpy()
-        np.testing.assert_array_equal(remask_counts(steps, lengths), want)
+        np.testing.assert_array_equal(remask_counts(steps, lengths), want, err_msg=f"{steps=}")
+
+
+def test_remask_counts_pinned():
+    """torch's counts where a last-bit slip shows, pinned for machines without AVX2."""
+    for steps, length, want in [
+        # t_6 = 1 - 3 * (1/9) rounded once (FMA): cos 0.49999997; rounded twice 0.50000006 (21).
+        (9, 42, [42, 41, 39, 36, 32, 26, 20, 14, 7, 0]),
+        # 3 steps: t_2 = 1 - 1/3, cos 0.50000006, so an even length's half is not rounded down.
+        (3, 2, [2, 1, 1, 0]),
+        # torch's cos is one ulp off the correctly rounded value at these two points.
+        (8, 3591, [3591, 3522, 3317, 2985, 2539, 1995, 1374, 700, 0]),
+        (7, 6481, [6481, 6318, 5839, 5067, 4040, 2812, 1442, 0]),
+    ]:
+        assert remask_counts(steps, np.array([length]))[:, 0].tolist() == want, (steps, length)
     with pytest.raises(ValueError, match="steps"):
-        remask_counts(0, lengths)
+        remask_counts(0, np.array([1]))
 
 
 def test_top_k_threshold_cuts_where_top_k_does():

@@ -8,8 +8,9 @@ code and Q acoustic codes (mask code where unknown). The first `full_levels` aco
   codes by argmax at i = 0 and by Gumbel sampling at temperature i / steps after that (argmax
   once no slot is left masked, when greedy); fill every masked slot with its pick; then mask
   again the `count_i` slots of highest 1 - p(pick) among all slots of all layers, with
-  count_i = floor(cos(pi/2 * i / steps) * frames) (frames counting the prompt), plus every
-  slot of the layers above q; prompt slots are never masked.
+  count_i = floor(cos(pi/2 * i / steps) * frames) in torch's float32 arithmetic (frames
+  counting the prompt; see `cosine_schedule`), plus every slot of the layers above q; prompt
+  slots are never masked.
 - one pass of layer q >= full_levels: argmax, written to layers q..Q-1.
 
 Deviation from the reference, on by default (`keep_prompt`): its single passes also write
@@ -39,23 +40,38 @@ Array = jax.Array
 LogitsFn = Callable[[Array, Array, Array], Array]  # (codes, semantic, valid) -> logits
 
 
-def cosine_schedule(steps: int) -> np.ndarray:
-    """float32 cos(pi/2 * t) at t = linspace(0, 1, steps + 1), computed as the reference does.
+# torch's float32 cos (SLEEF, in its AVX2/AVX512 kernels) is one ulp off the correctly rounded
+# value at these schedule points, the only ones for 1-16 steps: argument bits -> result bits.
+_TORCH_COS = {0x3E490FDB: 0x3F7B14BF,  # pi/2 * 1/8
+              0x3F8F9D9D: 0x3EDE2600}  # pi/2 * 5/7
 
-    torch.linspace's scalar path fills the first half from 0 and the second half back from
-    1; the float32 rounding that follows decides the re-mask counts (e.g. 3 steps: 0.50000006,
-    not 0.49999997), so it is reproduced here rather than computed exactly. The counts equal
-    torch's for 1-7 steps (tested); beyond, torch's vectorized linspace and cos may differ by
-    one float32 ulp, moving a count by one for rare lengths.
+
+def cosine_schedule(steps: int) -> np.ndarray:
+    """float32 cos(pi/2 * t) at t = linspace(0, 1, steps + 1), bit for bit as torch computes it
+    on x86 CPUs (AVX2/AVX512), since the last bit decides re-mask counts (3 steps: 0.50000006).
+
+    torch's linspace fills the first half as i * step and the second as 1 - (steps - i) * step
+    in one fused multiply-add; its cos is correctly rounded but at the points in `_TORCH_COS`.
+    Exact for 1-16 steps (tested); beyond, torch's cos is one ulp off at a few more points
+    (the first at 20 steps), which can move a count by one. torch's plain-C kernels (no AVX2)
+    round some points differently (9 steps: t_6 is rounded twice), and CUDA's may.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     n = steps + 1
     step = np.float32(1.0) / np.float32(steps)
     i = np.arange(n)
-    times = np.where(i < n // 2, i.astype(np.float32) * step,
-                     np.float32(1.0) - (n - 1 - i).astype(np.float32) * step).astype(np.float32)
-    return np.cos((times * np.float32(math.pi)) / np.float32(2)).astype(np.float32)
+    head = i.astype(np.float32) * step
+    # k * step and 1 - k * step are exact in float64, so one rounding to float32 is the FMA's.
+    tail = (1.0 - (n - 1 - i) * np.float64(step)).astype(np.float32)
+    x = (np.where(i < n // 2, head, tail) * np.float32(math.pi)) / np.float32(2)
+    # float64 cos rounded to float32 gives the correctly rounded value at these points
+    # (numpy's and XLA's float32 cos do not always).
+    cos = np.asarray([math.cos(v) for v in x.tolist()], np.float32)
+    for k, arg in enumerate(x.view(np.uint32).tolist()):
+        if arg in _TORCH_COS:
+            cos[k] = np.uint32(_TORCH_COS[arg]).view(np.float32)
+    return cos
 
 
 def remask_counts(steps: int, lengths: np.ndarray) -> np.ndarray:

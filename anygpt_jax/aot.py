@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Any
 
-from anygpt_jax import storage
+from anygpt_jax import gin_utils
 from anygpt_jax import train as train_cli
 
 GIB = 1024**3
@@ -66,19 +66,10 @@ def _parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str], list[st
         action="store_true",
         help="skip the loop-free probe compiles that count compiled FLOPs",
     )
-    args, rest = parser.parse_known_args(argv)
+    args, bindings = gin_utils.parse_flags(parser, argv, "tpu_configs/pretrain_7b/v5p-128.gin")
     if not 0.0 <= args.min_headroom < 1.0:
         parser.error(f"--min_headroom={args.min_headroom} must be in [0, 1)")
-    gin_files, bindings, search_paths = train_cli.parse_args(rest)
-    # Absolute paths: gin would read `runs/x.gin` as a resource of a package named `runs`
-    # when the working directory has a runs/ folder (e.g. training outputs).
-    for i, path in enumerate(gin_files):
-        under_configs = os.path.join(train_cli.CONFIG_DIR, path)
-        if not storage.isfile(path) and storage.isfile(under_configs):
-            gin_files[i] = under_configs
-        elif storage.isfile(path):
-            gin_files[i] = os.fspath(storage.path(path))  # absolute; a gs:// URL stays one
-    return args, gin_files, bindings, search_paths
+    return args, args.gin_file, bindings, args.gin_search_path
 
 
 def run(
@@ -213,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train_cli.parse_gin(gin_files, bindings, search_paths)
         result = run(args.topology, args.num_slices, not args.skip_decode, not args.skip_flops)
-    except (train_cli.ConfigError, ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError) as e:  # ConfigError included
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_report(result, args.min_headroom), flush=True)

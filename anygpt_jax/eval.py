@@ -14,29 +14,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-from anygpt_jax import runtime, storage
-from anygpt_jax.train import ConfigError, gin_bindings, parse_gin_files
+from anygpt_jax import gin_utils, runtime, storage
 
 REQUIRED_MACROS = ("MODEL_DIR",)
 
 
-def parse_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Splits argv into gin files and `KEY=VALUE` bindings; exits with usage on bad flags."""
+def parse_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Splits argv into gin files, `KEY=VALUE` bindings and search paths; else a usage error."""
     parser = argparse.ArgumentParser(
         prog="python -m anygpt_jax.eval",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--gin_file", action="append", default=[],
-                        help="a gin file; repeat to layer several (later files win)")  # fmt: skip
-    args, rest = parser.parse_known_args(argv)
-    bindings = gin_bindings(parser, rest)
-    if not args.gin_file:
-        parser.error("at least one --gin_file is required (e.g. tpu_configs/eval/paper.gin)")
-    return args.gin_file, bindings
+    args, bindings = gin_utils.parse_flags(parser, argv, "tpu_configs/eval/paper.gin")
+    return args.gin_file, bindings, args.gin_search_path
 
 
-def parse_gin(gin_files: list[str], bindings: list[str]) -> None:
+def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
     """Parses files then bindings and checks the required macros; raises ConfigError."""
     # Registers every configurable the eval configs may name (they may include the training
     # config of the run they evaluate).
@@ -50,15 +44,15 @@ def parse_gin(gin_files: list[str], bindings: list[str]) -> None:
     import anygpt_jax.training.trainer  # noqa: F401
     import anygpt_jax.vocab  # noqa: F401
 
-    parse_gin_files(gin_files, bindings, required_macros=REQUIRED_MACROS)
+    gin_utils.parse_gin_files(gin_files, bindings, search_paths, REQUIRED_MACROS)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the evaluation; returns the exit status (1 with a one-line message on bad input)."""
-    gin_files, bindings = parse_args(sys.argv[1:] if argv is None else argv)
+    gin_files, bindings, search_paths = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        parse_gin(gin_files, bindings)
-    except ConfigError as e:
+        parse_gin(gin_files, bindings, search_paths)
+    except gin_utils.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     import json
@@ -69,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run_eval()
     except (ValueError, FileNotFoundError, ImportError, storage.StorageError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {gin_utils.error_line(e)}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0

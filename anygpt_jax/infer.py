@@ -43,8 +43,7 @@ import os
 import sys
 from typing import IO
 
-from anygpt_jax import storage
-from anygpt_jax.train import CONFIG_DIR, ConfigError, gin_bindings, parse_gin_files  # noqa: F401 (CONFIG_DIR re-exported)
+from anygpt_jax import gin_utils, storage
 
 DEFAULT_INTERACTIVE_OUT = "infer_output"
 
@@ -78,12 +77,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--max_prompt_tokens", type=int, default=None,
                         help="refuse longer prompts, per request (the model's context, "
                         "max_position_embeddings less max_new_tokens, always applies)")
-    parser.add_argument("--gin_file", action="append", default=[],
-                        help="a gin file; repeat to layer several (later files win)")
-    parser.add_argument("--gin_search_path", action="append", default=[],
-                        help="extra directories to resolve gin files and includes in")
-    args, rest = parser.parse_known_args(argv)
-    bindings = gin_bindings(parser, rest)
+    args, bindings = gin_utils.parse_flags(parser, argv)
     if args.requests and not args.out:
         parser.error("--requests needs --out DIR for results.jsonl and media")
     if args.render_steps < 1:
@@ -99,15 +93,12 @@ def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str]
     import anygpt_jax.partitioning  # noqa: F401
     import anygpt_jax.prompts  # noqa: F401
 
-    parse_gin_files(gin_files, bindings, search_paths)
+    gin_utils.parse_gin_files(gin_files, bindings, search_paths)
 
 
 def _check_paths(args: argparse.Namespace) -> str | None:
     """What is wrong with the paths given (unreachable bucket, missing file, an output that
     exists), or None; each path may be local or gs://."""
-    for path in args.gin_search_path:
-        if not storage.isdir(path):
-            return f"--gin_search_path {path!r} is not a directory"
     try:
         if args.requests:
             storage.check_access(args.requests)
@@ -136,7 +127,7 @@ def main(argv: list[str] | None = None, stdin: IO[str] | None = None,
         return 1
     try:
         parse_gin(args.gin_file, bindings, args.gin_search_path)
-    except ConfigError as e:
+    except gin_utils.ConfigError as e:
         print(f"error: {e}", file=stderr)
         return 1
     from anygpt_jax.inference.media import MediaCodecs

@@ -20,7 +20,10 @@ import argparse  # noqa: E402
 import gc  # noqa: E402
 import time  # noqa: E402
 
-from anygpt_jax import aot  # noqa: E402
+from anygpt_jax import (
+    aot,  # noqa: E402
+    gin_utils,  # noqa: E402
+)
 from anygpt_jax import train as train_cli  # noqa: E402
 
 # (topology, run file under tpu_configs/, extra gin bindings): the configurations the README
@@ -46,7 +49,7 @@ def main() -> None:
         if args.only and topology not in args.only:
             continue
         start = time.perf_counter()
-        path = os.path.join(train_cli.CONFIG_DIR, run_file)
+        path = os.path.join(gin_utils.CONFIG_DIR, run_file)
         train_cli.parse_gin([path], list(bindings))
         result = aot.run(topology, decode=not args.skip_decode, count_flops=not args.skip_flops)
         label = f"{topology} {run_file} {' '.join(bindings)}".strip()

@@ -29,7 +29,7 @@ from infer_assets import (
 )
 from PIL import Image
 
-from anygpt_jax import infer, prompts, storage
+from anygpt_jax import gin_utils, infer, prompts, storage
 from anygpt_jax.inference import session
 from anygpt_jax.inference.media import SPEECH_WAV_UNAVAILABLE, MediaCodecs
 from anygpt_jax.inference.requests import parse_base
@@ -210,7 +210,7 @@ def test_inference_gin_configs_parse_and_mean_what_they_say():
     from anygpt_jax.inference import GenerationSettings
     from anygpt_jax.inference.chat import base_instruction, chat_style
 
-    names = sorted(os.listdir(os.path.join(infer.CONFIG_DIR, "inference")))
+    names = sorted(os.listdir(os.path.join(gin_utils.CONFIG_DIR, "inference")))
     assert {"chat_anygpt.gin", "chat_mmgpt.gin", "greedy.gin", "paper_eval.gin",
             "tpu.gin"} <= set(names)
     try:

@@ -8,9 +8,10 @@ import subprocess
 import gin
 import pytest
 
+from anygpt_jax import gin_utils
 from anygpt_jax import train as train_cli
 
-CONFIG_DIR = train_cli.CONFIG_DIR
+CONFIG_DIR = gin_utils.CONFIG_DIR
 RUNS = ("recipes/pretrain.gin", "recipes/instruct.gin")
 # Topology -> (chips, hosts): the global batch must split over both.
 TOPOLOGIES = {

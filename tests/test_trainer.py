@@ -238,7 +238,7 @@ def test_fine_tunes_from_a_converted_pytorch_checkpoint(vocab, anygpt_tokenizer_
 def test_cli_arguments_other_than_gin_bindings_are_usage_errors(capsys):
     import argparse
 
-    from anygpt_jax.train import gin_bindings
+    from anygpt_jax.gin_utils import gin_bindings
 
     parser = argparse.ArgumentParser(prog="train")
     assert gin_bindings(parser, ["--gin.TRAIN_STEPS=3", "--gin.x.y='a=b'"]) == [

@@ -32,6 +32,9 @@ INTEGRITY_FILE = "integrity.json"  # fingerprints of params/ (anygpt_jax/integri
 INTEGRITY_ITEM = "integrity"  # the same, as an item of each training checkpoint step
 VOCAB_DIR = "vocab"
 PARAMS_DIR = "params"
+# A training MODEL_DIR's steps: checkpoints/<step>/state/ (training/checkpoints.py).
+CHECKPOINTS_DIR = "checkpoints"
+STATE_ITEM = "state"
 
 # Parameters whose axis holds one row per vocabulary id: (path, vocab axis).
 VOCAB_PARAMS = ((("embed_tokens", "embedding"), 0), (("lm_head", "kernel"), 1))
@@ -115,7 +118,6 @@ def params_location(directory: str) -> tuple[str, tuple[str, ...]]:
     q = _model_dir(directory)
     if (q / PARAMS_DIR).is_dir():
         return os.fspath(q / PARAMS_DIR), ()
-    from anygpt_jax.training.checkpoints import CHECKPOINTS_DIR, STATE_ITEM
 
     checkpoints = q / CHECKPOINTS_DIR
     if checkpoints.is_dir():

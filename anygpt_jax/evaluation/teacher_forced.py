@@ -18,10 +18,11 @@ import numpy as np
 import seqio
 
 from anygpt_jax import partitioning
+from anygpt_jax.data.features import MODEL_FEATURES
 from anygpt_jax.data.packing import AnyGPTFeatureConverter
 from anygpt_jax.data.pipeline import host_shard_info
 from anygpt_jax.model import Transformer
-from anygpt_jax.training.step import BATCH_KEYS, LossConfig, _per_token_loss, _sums
+from anygpt_jax.training.loss import modality_sums, per_token_loss
 
 
 def _batches(task_name: str, seq_len: int, batch_size: int, max_examples: int | None, shard):
@@ -40,8 +41,8 @@ def _batches(task_name: str, seq_len: int, batch_size: int, max_examples: int | 
         ds = ds.take(-(-max_examples // shard.num_shards))
     ds = AnyGPTFeatureConverter(pack=True)(ds, lengths).batch(local)
     for batch in ds.as_numpy_iterator():
-        n = len(batch[BATCH_KEYS[0]])
-        yield {k: np.pad(batch[k], ((0, local - n), (0, 0))) for k in BATCH_KEYS}
+        n = len(batch[MODEL_FEATURES[0]])
+        yield {k: np.pad(batch[k], ((0, local - n), (0, 0))) for k in MODEL_FEATURES}
 
 
 def _any_process(flag: bool) -> bool:
@@ -56,7 +57,6 @@ def make_eval_step(model, vocab, vocab_tile: int | None = None):
     """jitted `(params, batch) -> per-modality sums` of `model` (an AnyGPT)."""
     cfg = model.config
     transformer = Transformer(cfg)
-    loss_cfg = LossConfig(z_loss=0.0, vocab_tile=vocab_tile)
     index = np.asarray(vocab.id_modality_index(), np.int32)
     index = jnp.asarray(np.pad(index, (0, cfg.padded_vocab_size - index.shape[0])))
     num_modalities = len(vocab.modality_names)
@@ -64,8 +64,8 @@ def make_eval_step(model, vocab, vocab_tile: int | None = None):
 
     def step(params, batch):
         with nn.logical_axis_rules(rules):
-            loss, best = _per_token_loss(transformer, cfg, loss_cfg, params, batch)
-        return _sums(loss, best, batch, index, num_modalities)
+            loss, best = per_token_loss(transformer, cfg, params, batch, vocab_tile=vocab_tile)
+        return modality_sums(loss, best, batch, index, num_modalities)
 
     return jax.jit(step)
 
@@ -106,7 +106,7 @@ def teacher_forced_eval(
     batches = _batches(task_name, seq_len, batch_size, max_examples, shard)
     local_rows = batch_size // shard.num_shards
     empty = {k: np.zeros((local_rows, seq_len), np.float32 if k == "decoder_loss_weights"
-                         else np.int32) for k in BATCH_KEYS}  # fmt: skip
+                         else np.int32) for k in MODEL_FEATURES}  # fmt: skip
     while True:
         batch = next(batches, None)
         # Every process steps until all are done, feeding empty rows once its part is.

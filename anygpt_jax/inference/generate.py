@@ -11,7 +11,7 @@ import functools
 import math
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +25,21 @@ from anygpt_jax.inference.settings import GenerationSettings
 from anygpt_jax.model import Transformer
 
 if TYPE_CHECKING:
-    from anygpt_jax.api import AnyGPT
+    from jax.sharding import Mesh
+
+    from anygpt_jax.model import ModelConfig
     from anygpt_jax.vocab import MergedVocabulary
+
+
+class Generator(Protocol):
+    """What `generate` needs of a model (anygpt_jax.AnyGPT is one): its config, vocabulary
+    (None without one), parameters, the Transformer module and the mesh they live on."""
+
+    config: ModelConfig
+    vocab: MergedVocabulary | None
+    params: Any
+    model: Transformer
+    mesh: Mesh | None
 
 # Chat-end markers that stop generation by default, besides </s>, when the vocabulary has them.
 DEFAULT_STOP_MARKERS = ("<eos>", "<eom>")
@@ -58,7 +71,7 @@ def check_length(prompt_tokens: int, max_new_tokens: int, context: int,
 
 
 def generate(
-    model: AnyGPT,
+    model: Generator,
     prompts: Sequence[Sequence[int]],
     settings: GenerationSettings | None = None,
     *,
@@ -213,11 +226,11 @@ def sample_loop(
     return final["tokens"], final["counts"]
 
 
-def _programs(model: AnyGPT) -> dict:
+def _programs(model: Generator) -> dict:
     return _PROGRAMS.setdefault(model, {})
 
 
-def _program(model: AnyGPT, plan: decoding.Plan):
+def _program(model: Generator, plan: decoding.Plan):
     """The jitted program of `plan` for this model (jax.jit then caches it per shape)."""
     programs = _programs(model)
     if plan not in programs:

@@ -21,11 +21,14 @@ import jax
 import orbax.checkpoint as ocp
 
 from anygpt_jax import integrity, orbax_errors, storage
-from anygpt_jax.checkpointing import INTEGRITY_ITEM, fingerprint_record
+from anygpt_jax.checkpointing import (
+    CHECKPOINTS_DIR,
+    INTEGRITY_ITEM,
+    STATE_ITEM,
+    fingerprint_record,
+)
 
-CHECKPOINTS_DIR = "checkpoints"
 INPUT_DIR = "input"
-STATE_ITEM = "state"
 
 
 class CheckpointSaveError(OSError):

@@ -97,3 +97,39 @@ def tiled_cross_entropy(
 
 
 LossFn = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
+
+
+def per_token_loss(model, cfg, params, batch: dict, z_loss: float = 0.0,
+                   vocab_tile: int | None = None, rngs=None) -> tuple[jax.Array, jax.Array]:
+    """(loss, argmax) per token, fp32, of `model` (a Transformer of `cfg`) on a feature
+    converter batch: from full logits, or from the tiled head when `vocab_tile` is set."""
+    args = (batch["decoder_input_tokens"], batch["decoder_positions"], batch["decoder_segment_ids"])
+    targets = batch["decoder_target_tokens"]
+    if vocab_tile is None:
+        logits = model.apply({"params": params}, *args, rngs=rngs)
+        loss, _ = cross_entropy(logits, targets, z_loss)
+        return loss, argmax(logits)
+    hidden = model.apply({"params": params}, *args, return_hidden=True, rngs=rngs)
+    if cfg.tie_word_embeddings:
+        kernel = params["embed_tokens"]["embedding"].T
+    else:
+        kernel = params["lm_head"]["kernel"]
+    loss, _, best = tiled_cross_entropy(
+        hidden, kernel, targets, cfg.vocab_size, vocab_tile, z_loss, jnp.dtype(cfg.dtype)
+    )
+    return loss, best
+
+
+def modality_sums(loss: jax.Array, best: jax.Array, batch: dict, modality_index: jax.Array,
+                  num_modalities: int) -> dict[str, jax.Array]:
+    """Loss-weighted sums per modality of the target token: loss, correct argmax, tokens."""
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    targets = batch["decoder_target_tokens"]
+    which = modality_index[targets]
+    one_hot = jax.nn.one_hot(which, num_modalities, dtype=jnp.float32) * weights[..., None]
+    correct = (best == targets).astype(jnp.float32)
+    return {
+        "loss": jnp.einsum("bt,btm->m", loss, one_hot),
+        "correct": jnp.einsum("bt,btm->m", correct, one_hot),
+        "tokens": one_hot.sum((0, 1)),
+    }

@@ -1,7 +1,7 @@
 """The train state and the jitted train step: loss, gradient accumulation, update, metrics.
 
-Batches follow the feature converter's contract: int32 [batch, length] arrays
-`decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`,
+Batches follow the feature converter's contract (data/features.py): int32
+[batch, length] arrays `decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`,
 `decoder_segment_ids` (0 = padding) and `decoder_positions`.
 """
 
@@ -21,17 +21,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from anygpt_jax import partitioning, runtime
-from anygpt_jax.array_ops import argmax
+from anygpt_jax.data.features import MODEL_FEATURES
 from anygpt_jax.model import ModelConfig, Transformer
-from anygpt_jax.training.loss import cross_entropy, tiled_cross_entropy
-
-BATCH_KEYS = (
-    "decoder_input_tokens",
-    "decoder_target_tokens",
-    "decoder_loss_weights",
-    "decoder_segment_ids",
-    "decoder_positions",
-)
+from anygpt_jax.training.loss import modality_sums, per_token_loss
 
 
 @flax.struct.dataclass
@@ -74,45 +66,6 @@ def step_rngs(state: TrainState, microbatch: jax.Array | int = 0) -> dict[str, j
     return {"dropout": key}
 
 
-def _per_token_loss(model, cfg: ModelConfig, loss_cfg: LossConfig, params, batch, rngs=None):
-    """(loss, argmax) per token, fp32, from the model's logits or its tiled head."""
-    args = (batch["decoder_input_tokens"], batch["decoder_positions"], batch["decoder_segment_ids"])
-    targets = batch["decoder_target_tokens"]
-    if loss_cfg.vocab_tile is None:
-        logits = model.apply({"params": params}, *args, rngs=rngs)
-        loss, _ = cross_entropy(logits, targets, loss_cfg.z_loss)
-        return loss, argmax(logits)
-    hidden = model.apply({"params": params}, *args, return_hidden=True, rngs=rngs)
-    if cfg.tie_word_embeddings:
-        kernel = params["embed_tokens"]["embedding"].T
-    else:
-        kernel = params["lm_head"]["kernel"]
-    loss, _, best = tiled_cross_entropy(
-        hidden,
-        kernel,
-        targets,
-        cfg.vocab_size,
-        loss_cfg.vocab_tile,
-        loss_cfg.z_loss,
-        jnp.dtype(cfg.dtype),
-    )
-    return loss, best
-
-
-def _sums(loss, best, batch, modality_index: jax.Array, num_modalities: int) -> dict:
-    """Weighted sums per modality of the target token: loss, correct predictions, tokens."""
-    weights = batch["decoder_loss_weights"].astype(jnp.float32)
-    targets = batch["decoder_target_tokens"]
-    which = modality_index[targets]
-    one_hot = jax.nn.one_hot(which, num_modalities, dtype=jnp.float32) * weights[..., None]
-    correct = (best == targets).astype(jnp.float32)
-    return {
-        "loss": jnp.einsum("bt,btm->m", loss, one_hot),
-        "correct": jnp.einsum("bt,btm->m", correct, one_hot),
-        "tokens": one_hot.sum((0, 1)),
-    }
-
-
 def all_finite(tree: Any) -> jax.Array:
     """A scalar bool: every floating-point leaf of `tree` is free of inf and NaN."""
     leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
@@ -126,7 +79,7 @@ def make_train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     modality_index: np.ndarray,
-    loss_cfg: LossConfig = LossConfig(),
+    loss_cfg: LossConfig | None = None,
     rules: Any = None,
 ):
     """Returns `step(state, batch) -> (state, metrics)`, to be jitted by the caller.
@@ -134,7 +87,9 @@ def make_train_step(
     The loss is the token-weighted mean over the whole (global) batch; micro-batches sum
     their weighted losses and gradients, then divide once, so any split gives the same update.
     Metrics are sums over the batch (per modality) plus grad norm and learning rate.
+    `loss_cfg` defaults to LossConfig() as gin configures it when this is called.
     """
+    loss_cfg = LossConfig() if loss_cfg is None else loss_cfg
     model = Transformer(cfg)
     modality_index = jnp.asarray(modality_index, jnp.int32)
     pad = cfg.padded_vocab_size - modality_index.shape[0]
@@ -143,8 +98,9 @@ def make_train_step(
 
     def microbatch_sums(params, batch, rngs):
         with nn.logical_axis_rules(rules or ()):
-            loss, best = _per_token_loss(model, cfg, loss_cfg, params, batch, rngs)
-        sums = _sums(loss, best, batch, modality_index, num_modalities)
+            loss, best = per_token_loss(model, cfg, params, batch, loss_cfg.z_loss,
+                                        loss_cfg.vocab_tile, rngs)
+        sums = modality_sums(loss, best, batch, modality_index, num_modalities)
         return sums["loss"].sum(), sums
 
     grad_fn = jax.value_and_grad(microbatch_sums, has_aux=True)
@@ -202,7 +158,7 @@ class ShardedTrainStep:
     def abstract_batch(self, batch_size: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
         """ShapeDtypeStructs of one global batch, for lowering without data."""
         shape = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=self.batch_sharding)
-        return {k: shape for k in BATCH_KEYS}
+        return {k: shape for k in MODEL_FEATURES}
 
 
 def abstract_train_state(
@@ -242,7 +198,7 @@ def sharded_train_step(
     batch_sharding = partitioning.batch_sharding(mesh, rules)
     fn = jax.jit(
         make_train_step(cfg, tx, schedule, modality_index, loss_cfg, rules),
-        in_shardings=(state_shardings, {k: batch_sharding for k in BATCH_KEYS}),
+        in_shardings=(state_shardings, {k: batch_sharding for k in MODEL_FEATURES}),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
         compiler_options=runtime.training_compiler_options(mesh.devices.flat[0], cfg.dtype),

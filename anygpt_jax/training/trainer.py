@@ -21,13 +21,14 @@ import numpy as np
 import seqio
 
 from anygpt_jax import checkpointing, partitioning, storage, tasks
+from anygpt_jax.data.features import MODEL_FEATURES
 from anygpt_jax.data.pipeline import InputIterator, get_dataset, host_shard_info
 from anygpt_jax.model import ModelConfig, Transformer
 from anygpt_jax.training import metrics as metrics_lib
 from anygpt_jax.training.checkpoints import TrainCheckpointer
 from anygpt_jax.training.optimizer import learning_rate_schedule, make_optimizer
 from anygpt_jax.training.profiling import StepProfiler, check_profile_steps
-from anygpt_jax.training.step import BATCH_KEYS, LossConfig, init_train_state, sharded_train_step
+from anygpt_jax.training.step import LossConfig, init_train_state, sharded_train_step
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ def train(
                 k: jax.make_array_from_process_local_data(
                     batch_sharding, local[k], (batch_size, seq_len)
                 )
-                for k in BATCH_KEYS
+                for k in MODEL_FEATURES
             }
             profiler.before_step(step + 1)
             with jax.set_mesh(mesh):
@@ -441,9 +442,9 @@ class _DigestLog:
     def write(self, step: int, loss: float, local: dict[str, np.ndarray]) -> None:
         """Appends `step, loss (exact repr), one hash per local batch row`, tab-separated."""
         rows = []
-        for i in range(len(local[BATCH_KEYS[0]])):
+        for i in range(len(local[MODEL_FEATURES[0]])):
             h = hashlib.sha256()
-            for k in BATCH_KEYS:
+            for k in MODEL_FEATURES:
                 h.update(np.ascontiguousarray(local[k][i]).tobytes())
             rows.append(h.hexdigest()[:16])
         self._file.write(f"{step}\t{loss!r}\t{','.join(rows)}\n")

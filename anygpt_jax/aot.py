@@ -81,23 +81,26 @@ def run(
     """Compiles the gin-configured run (gin already parsed) for `topology_name`."""
     import gin
 
-    from anygpt_jax import aot_compile, partitioning, tpu_topology
-    from anygpt_jax.model import ModelConfig
-    from anygpt_jax.training.optimizer import learning_rate_schedule, make_optimizer
-    from anygpt_jax.training.step import LossConfig
+    from anygpt_jax import aot_compile, tpu_topology
+    from anygpt_jax.training.trainer import build_components
 
     topology = tpu_topology.parse_topology(topology_name)
+    # What gin passes to `train`, references built: the same components the trainer builds.
+    bound = gin.get_bindings("train")
+    missing = [k for k in ("train_steps", "batch_size", "seq_len") if k not in bound]
+    if missing:
+        raise ValueError(f"gin binds no {', '.join('train.' + k for k in missing)}")
+    components = build_components(bound["train_steps"], bound.get("model_config"),
+                                  bound.get("partitioner"), bound.get("optimizer"),
+                                  bound.get("loss_config"))
     if num_slices is None:
         num_slices = int(gin.get_bindings("make_mesh").get("num_slices", 1))
     devices = tpu_topology.topology_devices(topology, num_slices)
-    mesh = partitioning.make_mesh(devices=devices, num_slices=num_slices)
-    cfg = ModelConfig()
-    loss_cfg = LossConfig()
-    batch_size = int(gin.query_parameter("%BATCH_SIZE"))
-    seq_len = int(gin.query_parameter("%SEQ_LEN"))
-    schedule = learning_rate_schedule(int(gin.query_parameter("%TRAIN_STEPS")))
-    tx = make_optimizer(schedule)
-    rules = partitioning.logical_axis_rules()
+    mesh = components.partitioner.mesh(devices=devices, num_slices=num_slices)
+    cfg, loss_cfg = components.model_config, components.loss_config
+    rules = components.partitioner.rules
+    batch_size, seq_len = int(bound["batch_size"]), int(bound["seq_len"])
+    tx, schedule = components.tx, components.schedule
     steps = [
         aot_compile.compile_train(
             cfg,

@@ -105,6 +105,26 @@ def make_mesh(
     return Mesh(device_array, MESH_AXES)
 
 
+@gin.configurable
+class Partitioner:
+    """How a run is laid out: the logical-axis rules, and a device mesh built on demand.
+
+    The mesh is built when asked for (by `make_mesh`, gin-configured), so the same object
+    serves training on this host's devices and ahead-of-time compiles for a TPU topology.
+    """
+
+    def __init__(self, rules: Sequence[tuple[str, Any]] | None = None):
+        self.rules = logical_axis_rules() if rules is None else logical_axis_rules(rules)
+
+    def mesh(self, devices: Sequence[jax.Device] | None = None,
+             num_slices: int | None = None) -> Mesh:
+        """The mesh over `devices` (default: this process's view of every device)."""
+        kwargs: dict[str, Any] = {} if devices is None else {"devices": devices}
+        if num_slices is not None:
+            kwargs["num_slices"] = num_slices
+        return make_mesh(**kwargs)
+
+
 def hybrid_mesh_shapes(
     sizes: Sequence[int], num_slices: int
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -41,8 +41,11 @@ def parse_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
 
 def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
     """Parses files then bindings, and checks the required macros; raises ConfigError."""
-    # Registers every configurable the configs may name.
+    # Registers every configurable the configs may name, the hooks included.
+    import anygpt_jax.evaluation.hook  # noqa: F401
     import anygpt_jax.tasks  # noqa: F401
+    import anygpt_jax.training.digests  # noqa: F401
+    import anygpt_jax.training.profiling  # noqa: F401
     import anygpt_jax.training.trainer  # noqa: F401
     import anygpt_jax.vocab  # noqa: F401
 

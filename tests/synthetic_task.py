@@ -63,7 +63,7 @@ train.mixture_or_task_name = %MIXTURE_OR_TASK_NAME
 train.checkpoint_every = %CHECKPOINT_EVERY
 train.log_every = 1
 train.peak_flops_per_device = 1e9
-train.log_batch_digests = True
+train.hooks = [@BatchDigests()]
 
 ModelConfig.vocab_size = {vocab_size}
 ModelConfig.hidden_size = 32
@@ -78,7 +78,7 @@ learning_rate_schedule.warmup_steps = 1
 
 
 def read_digests(model_dir: str, process: int = 0) -> list[tuple[int, str, list[str]]]:
-    """The (step, loss repr, row hashes) lines that `train.log_batch_digests` wrote, in order."""
+    """The (step, loss repr, row hashes) lines that the BatchDigests hook wrote, in order."""
     import os
 
     path = os.path.join(model_dir, "batch_digests", f"process_{process}.tsv")

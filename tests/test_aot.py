@@ -210,6 +210,8 @@ def write_run(tmp_path, extra=""):
         "include 'models/tiny.gin'\n"
         "MODEL_DIR = 'unused'\nTRAIN_STEPS = 10\nBATCH_SIZE = 8\nSEQ_LEN = 128\n"
         "MIXTURE_OR_TASK_NAME = 'unused'\nCHECKPOINT_EVERY = 5\n"
+        "train.train_steps = %TRAIN_STEPS\ntrain.batch_size = %BATCH_SIZE\n"
+        "train.seq_len = %SEQ_LEN\n"
         "ModelConfig.vocab_size = 1000\nModelConfig.remat_policy = 'full'\n"
         "make_mesh.mesh_shape = {'fsdp': 2, 'tensor': 2}\n"
         "DecodeShape.max_length = 256\n" + extra

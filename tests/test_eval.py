@@ -23,6 +23,7 @@ from anygpt_jax.api import AnyGPT
 from anygpt_jax.data.shards import ShardExample, serialize
 from anygpt_jax.evaluation import loop
 from anygpt_jax.evaluation import tasks as eval_tasks
+from anygpt_jax.evaluation.hook import EvalHook
 from anygpt_jax.model import ModelConfig, Transformer
 from anygpt_jax.vocab import ModalitySpan
 
@@ -330,7 +331,7 @@ def test_trainer_evaluates_every_n_steps(merged_vocab, eval_sets, tmp_path):
     model_dir = tmp_path / "run"
     train(model_dir=str(model_dir), train_steps=3, batch_size=2, seq_len=32,
           mixture_or_task_name=TASK, checkpoint_every=3, model_config=tiny_config(merged_vocab),
-          register_tasks=False, peak_flops_per_device=1e9, eval_every=2)  # fmt: skip
+          register_tasks=False, peak_flops_per_device=1e9, hooks=[EvalHook(2)])  # fmt: skip
     written = sorted(os.listdir(model_dir / "eval"))
     assert "metrics-00000002.json" in written and "metrics-00000003.json" in written
     with open(model_dir / "eval" / "metrics-00000003.json") as f:
@@ -340,7 +341,8 @@ def test_trainer_evaluates_every_n_steps(merged_vocab, eval_sets, tmp_path):
     # Without eval data the run refuses to start rather than train blind.
     gin.clear_config()
     gin.bind_parameter("make_mesh.num_devices", 1)
-    with pytest.raises(ValueError, match="no eval task has data"):
+    with pytest.raises(ValueError, match="EvalHook is set but no eval task has data"):
         train(model_dir=str(tmp_path / "none"), train_steps=1, batch_size=2, seq_len=32,
               mixture_or_task_name=TASK, checkpoint_every=1,
-              model_config=tiny_config(merged_vocab), register_tasks=False, eval_every=1)
+              model_config=tiny_config(merged_vocab), register_tasks=False,
+              hooks=[EvalHook(1)])

@@ -17,6 +17,7 @@ from anygpt_jax import checkpointing, storage, tasks
 from anygpt_jax.data.pipeline import InputIterator, get_dataset
 from anygpt_jax.training import trainer
 from anygpt_jax.training.checkpoints import CHECKPOINTS_DIR, STATE_ITEM, TrainCheckpointer
+from anygpt_jax.training.digests import BatchDigests
 from anygpt_jax.training.trainer import TrainingError
 
 # The trainer tests' tiny model, synthetic task and fixtures.
@@ -80,9 +81,9 @@ def digests(model_dir):
 
 def test_rollback_restores_the_last_good_step_and_skips_the_batch(vocab, tmp_path, monkeypatch,
                                                                  capsys):
-    run(tmp_path / "straight", vocab, 6, log_batch_digests=True)
+    run(tmp_path / "straight", vocab, 6, hooks=[BatchDigests()])
     fired = inject_nan_at(monkeypatch, 4)
-    out = run(tmp_path / "rolled", vocab, 6, every=2, log_batch_digests=True,
+    out = run(tmp_path / "rolled", vocab, 6, every=2, hooks=[BatchDigests()],
               on_divergence="rollback")
     assert fired == [4] and np.isfinite(out["loss"])
     assert "at step 4: rolled back to step 2" in capsys.readouterr().out

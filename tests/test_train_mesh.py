@@ -7,6 +7,7 @@ from synthetic_task import read_digests
 from test_trainer import TASK, register_synthetic_task, tiny_config
 
 from anygpt_jax import partitioning
+from anygpt_jax.training.digests import BatchDigests
 from anygpt_jax.training.trainer import train
 from anygpt_jax.vocab import MergedVocabulary
 
@@ -39,7 +40,7 @@ def losses(model_dir, vocab, **mesh) -> list[float]:
             log_every=STEPS,
             register_tasks=False,
             peak_flops_per_device=1e9,
-            log_batch_digests=True,
+            hooks=[BatchDigests()],
         )
     finally:
         gin.clear_config()

@@ -15,6 +15,7 @@ from anygpt_jax import AnyGPT
 from anygpt_jax.model import ModelConfig
 from anygpt_jax.tasks import output_features
 from anygpt_jax.training.checkpoints import TrainCheckpointer
+from anygpt_jax.training.profiling import StepProfiler
 from anygpt_jax.training.trainer import TrainingError, train
 from anygpt_jax.vocab import MergedVocabulary
 
@@ -143,14 +144,14 @@ def test_non_finite_loss_stops_with_the_step_and_no_bad_checkpoint(vocab, tmp_pa
 
 
 def test_profile_steps_write_a_trace_for_tensorboard(vocab, tmp_path):
-    run(tmp_path / "p", vocab, 3, profile_steps=(2, 3))
+    run(tmp_path / "p", vocab, 3, hooks=[StepProfiler((2, 3))])
     traces = list((tmp_path / "p" / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
     assert traces and all(t.stat().st_size > 0 for t in traces)
 
 
 def test_bad_profile_steps_are_refused_before_any_work(vocab, tmp_path):
-    with pytest.raises(ValueError, match=r"train\.profile_steps=\(2, 9\).*train_steps=3"):
-        run(tmp_path / "bad", vocab, 3, profile_steps=(2, 9))
+    with pytest.raises(ValueError, match=r"StepProfiler\.steps=\(2, 9\).*train_steps=3"):
+        run(tmp_path / "bad", vocab, 3, hooks=[StepProfiler((2, 9))])
     assert not (tmp_path / "bad").exists()
 
 

@@ -7,6 +7,14 @@ import optax
 
 
 @gin.configurable
+def build_optimizer(train_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optax transformation, learning-rate schedule) of a run of `train_steps` steps: the
+    default `train.optimizer`; another is any function of train_steps returning the same."""
+    schedule = learning_rate_schedule(train_steps)
+    return make_optimizer(schedule), schedule
+
+
+@gin.configurable
 def learning_rate_schedule(
     total_steps: int,
     peak_learning_rate: float = 6e-5,

@@ -5,12 +5,12 @@ Everything is configured through gin (see tpu_configs/); `anygpt_jax.train` only
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import logging
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -18,6 +18,7 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import seqio
 
 from anygpt_jax import checkpointing, partitioning, storage, tasks
@@ -26,9 +27,14 @@ from anygpt_jax.data.pipeline import InputIterator, get_dataset, host_shard_info
 from anygpt_jax.model import ModelConfig, Transformer
 from anygpt_jax.training import metrics as metrics_lib
 from anygpt_jax.training.checkpoints import TrainCheckpointer
-from anygpt_jax.training.optimizer import learning_rate_schedule, make_optimizer
-from anygpt_jax.training.profiling import StepProfiler, check_profile_steps
-from anygpt_jax.training.step import LossConfig, init_train_state, sharded_train_step
+from anygpt_jax.training.hooks import TrainHook, TrainRun
+from anygpt_jax.training.optimizer import build_optimizer
+from anygpt_jax.training.step import (
+    LossConfig,
+    ShardedTrainStep,
+    init_train_state,
+    sharded_train_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +140,54 @@ def write_operative_config(model_dir: str) -> None:
                            gin.operative_config_str())
 
 
-@gin.configurable(denylist=["model_config"])
+@dataclasses.dataclass(frozen=True)
+class TrainComponents:
+    """The objects a run compiles from; `train` and `aot` build them with one function."""
+
+    model_config: ModelConfig
+    partitioner: partitioning.Partitioner
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    loss_config: LossConfig
+
+
+def build_components(
+    train_steps: int,
+    model_config: ModelConfig | None = None,
+    partitioner: partitioning.Partitioner | None = None,
+    optimizer: Callable[[int], tuple[optax.GradientTransformation, optax.Schedule]] | None = None,
+    loss_config: LossConfig | None = None,
+) -> TrainComponents:
+    """The components given, the rest as gin configures their defaults."""
+    tx, schedule = (optimizer or build_optimizer)(train_steps)
+    return TrainComponents(
+        model_config=model_config or ModelConfig(),
+        partitioner=partitioner or partitioning.Partitioner(),
+        tx=tx,
+        schedule=schedule,
+        loss_config=loss_config or LossConfig(),
+    )
+
+
+@dataclasses.dataclass
+class TrainSetup:
+    """A run ready to loop: checked, MODEL_DIR written, state restored or initialized."""
+
+    model_dir: str
+    train_steps: int
+    batch_size: int
+    seq_len: int
+    components: TrainComponents
+    mesh: Any
+    vocab: Any
+    step: ShardedTrainStep
+    inputs: InputIterator
+    checkpointer: TrainCheckpointer
+    state: Any
+    start: int
+
+
+@gin.configurable
 def train(
     model_dir: str = gin.REQUIRED,
     train_steps: int = gin.REQUIRED,
@@ -143,34 +196,34 @@ def train(
     mixture_or_task_name: str = gin.REQUIRED,
     checkpoint_every: int = gin.REQUIRED,
     model_config: ModelConfig | None = None,
+    partitioner: partitioning.Partitioner | None = None,
+    optimizer: Callable[[int], tuple[optax.GradientTransformation, optax.Schedule]] | None = None,
+    loss_config: LossConfig | None = None,
+    checkpointer: Callable[[str], TrainCheckpointer] | None = None,
+    hooks: Sequence[TrainHook] = (),
     init_from: str | None = None,
     seed: int = 0,
     log_every: int = 10,
     peak_flops_per_device: float | None = None,
-    loss_config: LossConfig | None = None,
     register_tasks: bool | Callable[[], Any] = True,
     stop_after_steps: int | None = None,
-    log_batch_digests: bool = False,
-    eval_every: int | None = None,
-    profile_steps: tuple[int, int] | None = None,
     on_divergence: str = "stop",
     max_rollbacks: int = 3,
 ) -> dict[str, float]:
     """Trains to `train_steps`, resuming from MODEL_DIR's latest checkpoint; returns last metrics.
 
+    The components are gin references, built by gin's defaults when unset: `model_config`
+    (@ModelConfig()), `partitioner` (@Partitioner(): mesh and logical-axis rules),
+    `optimizer` (@build_optimizer: train_steps -> (tx, schedule)), `loss_config`
+    (@LossConfig()), `checkpointer` (@TrainCheckpointer: model_dir -> checkpointer).
+    `hooks` run around the steps (training/hooks.py): e.g. [@EvalHook(), @StepProfiler(),
+    @BatchDigests()].
     `init_from` is a model directory (e.g. from `converters.llama import`) to fine-tune from
     when MODEL_DIR holds no checkpoint yet. `register_tasks` registers the seqio tasks
     over the shard directories gin names (tasks.register) before looking the mixture up;
     a callable registers them instead (e.g. a test's synthetic task). `stop_after_steps`
     ends this invocation (with a checkpoint) after that many steps, for time-sliced jobs;
-    the schedule still runs to `train_steps`. `log_batch_digests` appends each step's loss
-    and a hash of each local batch row to MODEL_DIR/batch_digests/process_<i>.tsv, so runs
-    can be checked for identical data order (resume, multi-host).
-    `eval_every` runs anygpt_jax.evaluation on the current parameters every that many steps
-    and at the end (eval tasks and options from gin: register_eval, EvalOptions), writing to
-    MODEL_DIR/eval; its tasks are registered before training, so a bad eval config fails first.
-    `profile_steps=(first, last)` traces those steps with jax.profiler into
-    MODEL_DIR/tensorboard (TensorBoard's profile tab).
+    the schedule still runs to `train_steps`.
     A step whose loss, parameters or optimizer state holds inf/NaN is never checkpointed.
     `on_divergence` says what follows: 'stop' raises TrainingError naming the last good
     checkpoint; 'rollback' restores that checkpoint and skips the batch of the step that
@@ -179,20 +232,40 @@ def train(
     """
     _check_arguments(train_steps=train_steps, batch_size=batch_size, seq_len=seq_len,
                      checkpoint_every=checkpoint_every, log_every=log_every,
-                     eval_every=eval_every, stop_after_steps=stop_after_steps,
-                     max_rollbacks=max_rollbacks)
+                     stop_after_steps=stop_after_steps, max_rollbacks=max_rollbacks)
     if on_divergence not in ON_DIVERGENCE:
         raise ValueError(f"train.on_divergence={on_divergence!r}; expected one of {ON_DIVERGENCE}")
-    check_profile_steps(profile_steps, train_steps)
+    components = build_components(train_steps, model_config, partitioner, optimizer, loss_config)
+    hooks = list(hooks)
+    setup = setup_training(model_dir, train_steps, batch_size, seq_len, mixture_or_task_name,
+                           components, hooks, checkpointer or TrainCheckpointer, init_from,
+                           seed, register_tasks)
+    return train_loop(setup, hooks, checkpoint_every, log_every, peak_flops_per_device,
+                      stop_after_steps, on_divergence, max_rollbacks)
+
+
+def setup_training(
+    model_dir: str,
+    train_steps: int,
+    batch_size: int,
+    seq_len: int,
+    mixture_or_task_name: str,
+    components: TrainComponents,
+    hooks: Sequence[TrainHook],
+    make_checkpointer: Callable[[str], TrainCheckpointer],
+    init_from: str | None,
+    seed: int,
+    register_tasks: bool | Callable[[], Any],
+) -> TrainSetup:
+    """Checks everything, then writes MODEL_DIR and restores (or initializes) the state."""
     if storage.isfile(model_dir):
         raise ValueError(f"MODEL_DIR {model_dir} is a file; it must be a directory (or absent)")
     storage.check_access(model_dir, write=True)
     if init_from is not None:
         storage.check_access(init_from)
-    cfg = model_config or ModelConfig()
-    loss_config = loss_config or LossConfig()
-    mesh = partitioning.make_mesh()
-    rules = partitioning.logical_axis_rules()
+    cfg = components.model_config
+    mesh = components.partitioner.mesh()
+    rules = components.partitioner.rules
     if callable(register_tasks):
         register_tasks()
     elif register_tasks:
@@ -203,30 +276,27 @@ def train(
             f"ModelConfig.vocab_size={cfg.vocab_size} but the task {mixture_or_task_name!r} "
             f"uses a vocabulary of {vocab.vocab_size} ids"
         )
-    evaluate = _eval_hook(model_dir, cfg, vocab, mesh) if eval_every else None
-    schedule = learning_rate_schedule(train_steps)
-    tx = make_optimizer(schedule)
-    sharded = sharded_train_step(
-        cfg, tx, schedule, vocab.id_modality_index(), loss_config, mesh, rules
-    )
-    step_fn, batch_sharding = sharded.fn, sharded.batch_sharding
-    abstract_state, state_shardings = sharded.abstract_state, sharded.state_shardings
-
-    shard_info = host_shard_info(batch_sharding, batch_size)
+    run = TrainRun(model_dir, train_steps, cfg, vocab, mesh)
+    for hook in hooks:
+        hook.setup(run)
+    tx = components.tx
+    sharded = sharded_train_step(cfg, tx, components.schedule, vocab.id_modality_index(),
+                                 components.loss_config, mesh, rules)
+    shard_info = host_shard_info(sharded.batch_sharding, batch_size)
     inputs = InputIterator(
         get_dataset(mixture_or_task_name, seq_len, batch_size, seed=seed, shard_info=shard_info)
     )
     _prepare_model_dir(model_dir, cfg, vocab)  # configuration and data checked: now write
-    checkpointer = TrainCheckpointer(model_dir)
+    checkpointer = make_checkpointer(model_dir)
     with jax.set_mesh(mesh):
-        state, latest = _restore_newest_usable(checkpointer, abstract_state, inputs)
+        state, latest = _restore_newest_usable(checkpointer, sharded.abstract_state, inputs)
         if latest is not None:
             print(f"resumed from step {latest} of {model_dir}", flush=True)
         elif init_from is not None:
             params, _ = checkpointing.load_params(init_from, cfg, mesh=mesh, rules=rules)
             state = jax.jit(
                 lambda p: init_train_state(p, tx, _training_rng(seed)),
-                out_shardings=state_shardings,
+                out_shardings=sharded.state_shardings,
             )(params)
         else:
 
@@ -234,25 +304,44 @@ def train(
                 params = Transformer(cfg).init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
                 return nn.meta.unbox(init_train_state(params, tx, _training_rng(seed)))
 
-            state = jax.jit(init, out_shardings=state_shardings)(jax.random.PRNGKey(seed))
-    start = int(latest or 0)
+            state = jax.jit(init, out_shardings=sharded.state_shardings)(
+                jax.random.PRNGKey(seed))
     write_operative_config(model_dir)
+    return TrainSetup(model_dir, train_steps, batch_size, seq_len, components, mesh, vocab,
+                      sharded, inputs, checkpointer, state, int(latest or 0))
 
+
+def train_loop(
+    setup: TrainSetup,
+    hooks: Sequence[TrainHook],
+    checkpoint_every: int,
+    log_every: int,
+    peak_flops_per_device: float | None,
+    stop_after_steps: int | None,
+    on_divergence: str,
+    max_rollbacks: int,
+) -> dict[str, float]:
+    """Steps `setup` to its train_steps (or a stop): logs, checkpoints, guards divergence."""
+    s = setup
+    cfg, mesh, checkpointer, inputs = s.components.model_config, s.mesh, s.checkpointer, s.inputs
+    batch_size, seq_len, train_steps = s.batch_size, s.seq_len, s.train_steps
+    step_fn, batch_sharding = s.step.fn, s.step.batch_sharding
+    state, start = s.state, s.start
     peak_per_device = peak_flops_per_device or metrics_lib.device_peak_flops(
         compute_dtype=cfg.dtype
     )
     peak = peak_per_device * jax.device_count()
     flops_per_step = metrics_lib.model_flops_per_token(cfg, seq_len) * batch_size * seq_len
-    tensorboard = storage.MirroredDir(storage.join(model_dir, "tensorboard"))
+    tensorboard = storage.MirroredDir(storage.join(s.model_dir, "tensorboard"))
     writer = _summary_writer(tensorboard.local)
     preemption = _Preemption()
-    digests = _DigestLog(model_dir) if log_batch_digests else None
-    profiler = StepProfiler(tensorboard, profile_steps)
     last: dict[str, float] = {}
     run_start, steps_timed, window_start = time.perf_counter(), 0, time.perf_counter()
     skip: set[int] = set()  # steps whose (diverging) batch is dropped once, after a rollback
     rollbacks, preempted = 0, False
     try:
+        for hook in hooks:
+            hook.start(start)
         step = start
         while step < train_steps:
             local = _next_batch(inputs, step + 1)
@@ -266,11 +355,11 @@ def train(
                 )
                 for k in MODEL_FEATURES
             }
-            profiler.before_step(step + 1)
+            for hook in hooks:
+                hook.before_step(step + 1)
             with jax.set_mesh(mesh):
                 new_state, step_metrics = step_fn(state, batch)
             step_metrics = jax.device_get(step_metrics)
-            profiler.after_step(step + 1)
             loss = float(step_metrics["loss"])
             if not math.isfinite(loss) or not bool(step_metrics["state_finite"]):
                 what = (f"non-finite loss {loss}" if not math.isfinite(loss)
@@ -289,8 +378,8 @@ def train(
                       f"will be skipped (rollback {rollbacks} of at most {max_rollbacks})",
                       flush=True)
                 with jax.set_mesh(mesh):
-                    state, good = _restore_newest_usable(checkpointer, abstract_state, inputs,
-                                                         newest=good)
+                    state, good = _restore_newest_usable(checkpointer, s.step.abstract_state,
+                                                         inputs, newest=good)
                 if good is None:
                     raise TrainingError(f"{what} at step {step + 1}; no usable checkpoint to "
                                         "roll back to")
@@ -299,11 +388,11 @@ def train(
             state, step = new_state, step + 1
             steps_timed += 1
             checkpointer.check()  # an async save that failed is reported now, not at the next
-            if digests is not None:
-                digests.write(step, float(step_metrics["loss"]), local)
+            for hook in hooks:
+                hook.after_step(step, state, step_metrics, local)
             if step % log_every == 0 or step == train_steps:
                 elapsed = time.perf_counter() - window_start
-                last = metrics_lib.summarize(step_metrics, vocab.modality_names)
+                last = metrics_lib.summarize(step_metrics, s.vocab.modality_names)
                 step_time = elapsed / steps_timed
                 last |= {
                     "step_time_s": step_time,
@@ -327,24 +416,21 @@ def train(
             stop = preemption.should_stop() or sliced
             if step % checkpoint_every == 0 or step == train_steps or stop:
                 checkpointer.save(step, state, inputs)
-                if digests is not None:
-                    digests.sync()
-            if evaluate is not None and (step % eval_every == 0 or step == train_steps):
-                evaluate(state.params, step)
+                for hook in hooks:
+                    hook.after_save(step)
             if stop:
                 reason = "time slice done" if sliced else "SIGTERM"
                 preempted = not sliced
                 print(f"{reason}: saved step {step}, exiting", flush=True)
                 break
     finally:
-        profiler.stop()
         try:
+            for hook in hooks:
+                hook.end()
             checkpointer.wait()
         finally:
             checkpointer.close()
             preemption.restore()
-            if digests is not None:
-                digests.close()
             if writer is not None:
                 writer.flush()
             tensorboard.close()
@@ -397,65 +483,6 @@ def _next_batch(inputs: InputIterator, step: int) -> dict[str, np.ndarray]:
         reason = (named[-1].split("Error: ", 1)[-1] if named else lines[0] if lines else
                   type(e).__name__)
         raise TrainingError(f"input pipeline failed before step {step}: {reason}") from None
-
-
-def _eval_hook(model_dir: str, cfg: ModelConfig, vocab, mesh) -> Callable[[Any, int], None]:
-    """`evaluate(params, step)` for this run; registers the eval tasks now (gin's dirs)."""
-    from anygpt_jax.api import AnyGPT
-    from anygpt_jax.evaluation import loop
-    from anygpt_jax.evaluation import tasks as eval_tasks
-
-    if not eval_tasks.register_eval(vocab):
-        raise ValueError(
-            "train.eval_every is set but no eval task has data: bind register_eval's "
-            "*_dirs (see tpu_configs/eval/)"
-        )
-
-    def evaluate(params: Any, step: int) -> None:
-        model = AnyGPT(params, AnyGPT.inference_config(cfg), vocab, mesh)
-        summary = loop.evaluate(model, storage.join(model_dir, "eval"), step)
-        if jax.process_index() == 0:
-            scores = ", ".join(f"{k} {v:.4g}" for k, v in sorted(summary["metrics"].items()))
-            print(f"eval at step {step}: {scores}", flush=True)
-
-    return evaluate
-
-
-class _DigestLog:
-    """MODEL_DIR/batch_digests/process_<i>.tsv: per step, the loss and a hash of each local
-    batch row, so runs can be checked for identical data order (resume, multi-host).
-
-    Appended locally, line-buffered, so a SIGKILLed run on a local MODEL_DIR keeps every step
-    it logged; on an object store the file is uploaded whole at each checkpoint (sync) and a
-    resumed run starts from the uploaded one.
-    """
-
-    def __init__(self, model_dir: str):
-        self._mirror = storage.MirroredDir(storage.join(model_dir, "batch_digests"))
-        name = f"process_{jax.process_index()}.tsv"
-        local = f"{self._mirror.local}/{name}"
-        remote = storage.join(model_dir, "batch_digests", name)
-        if storage.is_remote(remote) and storage.exists(remote):
-            storage.copy_file(remote, local)
-        self._file = open(local, "a", buffering=1)  # local: the mirror's local side
-
-    def write(self, step: int, loss: float, local: dict[str, np.ndarray]) -> None:
-        """Appends `step, loss (exact repr), one hash per local batch row`, tab-separated."""
-        rows = []
-        for i in range(len(local[MODEL_FEATURES[0]])):
-            h = hashlib.sha256()
-            for k in MODEL_FEATURES:
-                h.update(np.ascontiguousarray(local[k][i]).tobytes())
-            rows.append(h.hexdigest()[:16])
-        self._file.write(f"{step}\t{loss!r}\t{','.join(rows)}\n")
-
-    def sync(self) -> None:
-        self._file.flush()
-        self._mirror.sync()
-
-    def close(self) -> None:
-        self._file.close()
-        self._mirror.close()
 
 
 def _summary_writer(local_dir: str):

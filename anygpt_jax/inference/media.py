@@ -230,7 +230,7 @@ def _load(modality: str, spec: str) -> Any:
             raise ValueError(f"{FLAGS['image']} demo: the demo corpus's images use a pixel "
                              "code, not SEED; give a converted SEED directory")
         # The demo corpus (python -m data.demo) tokenized its audio with these seeded codecs.
-        from data.media import demo_codec
+        from anygpt_jax.modalities.demo_codec import demo_codec
 
         return demo_codec(modality)
     from anygpt_jax.modalities import ImageTokenizer, MusicTokenizer, SpeechTokenizer

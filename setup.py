@@ -69,13 +69,19 @@ EXTRAS_REQUIRE = {
     ],
 }
 
+# Checkout folder -> installed package name.
+INSTALLED_AS = {"data": "anygpt_jax.recipes", "converters": "anygpt_jax.converters"}
+
 setup(
     name="anygpt-jax",
     version="0.1.0",
     description="AnyGPT (any-to-any multimodal LLaMA) training and inference in JAX",
-    packages=find_packages(
-        include=["anygpt_jax", "anygpt_jax.*", "converters", "converters.*", "data", "data.*"]
-    ),
+    # The checkout's data/ and converters/ (run there as `python -m data.build`,
+    # `python -m converters.llama`) install inside the package, never as top-level `data`:
+    # `python -m anygpt_jax.recipes.build`, `python -m anygpt_jax.converters.llama`.
+    packages=[*find_packages(include=["anygpt_jax", "anygpt_jax.*"]),
+              *INSTALLED_AS.values()],
+    package_dir=dict(zip(INSTALLED_AS.values(), INSTALLED_AS, strict=True)),
     package_data={"anygpt_jax": ["py.typed"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,

@@ -27,7 +27,8 @@ import numpy as np
 from anygpt_jax import storage
 from anygpt_jax.modalities.audio_layers import SEANetConfig, seanet_layout
 from anygpt_jax.modalities.codec import check_params, save_codec
-from converters.common import (
+
+from .common import (
     ConversionError,
     SafetensorsFile,
     TensorReader,

@@ -25,8 +25,12 @@ import re
 import sys
 from typing import Any
 
+import gin
+
 from anygpt_jax import storage
-from converters.common import (
+from anygpt_jax.evaluation.models import HFClap, require_path
+
+from .common import (
     ConversionError,
     check_paths,
     load_torch_state_dict,
@@ -229,6 +233,24 @@ def convert(ckpt: str, out_dir: str | None = None, roberta_dir: str | None = Non
             model.save_pretrained(tmp)
             clap_processor.save_pretrained(tmp)
     return model
+
+
+@gin.configurable
+class LaionClap(HFClap):
+    """CLAP from a laion_clap checkpoint (e.g. music_audioset_epoch_15_esc_90.14.pt), converted
+    in memory to transformers' CLAP by `convert` (convert once with this module's CLI and use
+    HFClap to skip that); `roberta_dir` is the text tower's tokenizer (a local roberta-base)."""
+
+    def __init__(self, weights: str = gin.REQUIRED, roberta_dir: str | None = None,
+                 batch_size: int = 16):  # fmt: skip
+        weights = require_path(weights, "LaionClap.weights (a laion_clap checkpoint)")
+        roberta_dir = require_path(roberta_dir, "LaionClap.roberta_dir (a roberta-base tokenizer)")
+
+        with storage.local_copy(weights) as local:
+            model = convert(local)
+        vocab_size = model.config.text_config.vocab_size
+        with storage.local_copy(roberta_dir) as local:
+            self._use(model, processor(local, vocab_size), batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,8 @@ import orbax.checkpoint as ocp
 from anygpt_jax import checkpointing, integrity, storage
 from anygpt_jax.io_utils import write_json
 from anygpt_jax.model import ModelConfig, param_shapes
-from converters.common import (
+
+from .common import (
     USER_ERRORS,
     ConversionError,
     TensorReader,

@@ -30,10 +30,13 @@ import sys
 import zipfile
 from typing import Any
 
+import gin
 import numpy as np
 
 from anygpt_jax import storage
-from converters.common import (
+from anygpt_jax.evaluation.models import HFClip, require_path
+
+from .common import (
     ConversionError,
     check_paths,
     load_torch_state_dict,
@@ -328,7 +331,7 @@ def processor(tokenizer_dir: str, config, preprocess_cfg: dict | None = None):
     """CLIPProcessor: the BPE files in `tokenizer_dir`, open_clip's eval image preprocessing
     (shortest side to the image size, bicubic, centre crop, its mean and std). Its centre crop
     rounds an odd margin down where open_clip's rounds half to even, a one-pixel shift that
-    `eval_pixels` (used by evaluation.models.OpenClip) does not have."""
+    `eval_pixels` (used by OpenClip) does not have."""
     import transformers
 
     cfg = preprocess_cfg or {}
@@ -374,6 +377,26 @@ def convert(weights: str, out_dir: str | None = None, *, quick_gelu: bool | None
                 model.save_pretrained(tmp)
                 clip_processor.save_pretrained(tmp)
     return model, clip_processor
+
+
+@gin.configurable
+class OpenClip(HFClip):
+    """CLIP from open_clip weights (a checkpoint file, or a hub directory with
+    open_clip_config.json), converted in memory to transformers' CLIP by `convert` (convert
+    once with this module's CLI and use HFClip to skip that). `quick_gelu`: the activation,
+    for files without a config (True for OpenAI-trained CLIPs, False for LAION ViT-H / g /
+    bigG)."""
+
+    def __init__(self, weights: str = gin.REQUIRED, quick_gelu: bool | None = None,
+                 bpe_vocab: str | None = None, batch_size: int = 32):  # fmt: skip
+        weights = require_path(weights, "OpenClip.weights (open_clip weights)")
+
+        with storage.local_copy(weights) as local:
+            self._use(*convert(local, quick_gelu=quick_gelu, bpe_vocab=bpe_vocab), batch_size)
+
+    def _pixels(self, images: list) -> np.ndarray:
+        p = self.processor.image_processor
+        return eval_pixels(images, p.crop_size["height"], tuple(p.image_mean), tuple(p.image_std))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,8 @@ import sys
 import numpy as np
 
 from anygpt_jax.modalities.image_model import SeedConfig, expected_param_shapes, save_seed
-from converters.common import (
+
+from .common import (
     ConversionError,
     check_paths,
     load_torch_state_dict,

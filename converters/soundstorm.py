@@ -28,7 +28,8 @@ import numpy as np
 from anygpt_jax import storage
 from anygpt_jax.modalities.soundstorm import expected_param_shapes, save_soundstorm
 from anygpt_jax.modalities.soundstorm_model import SoundStormConfig
-from converters.common import (
+
+from .common import (
     ConversionError,
     TensorReader,
     check_paths,
@@ -36,7 +37,7 @@ from converters.common import (
     output_dir,
     run_conversion,
 )
-from converters.encodec import TorchTensors
+from .encodec import TorchTensors
 
 REFERENCE_REQUIREMENT = ("soundstorm-pytorch==0.6.1 with beartype and hyper-connections "
                          "(pip install --no-deps soundstorm-pytorch==0.6.1 beartype "

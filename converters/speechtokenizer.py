@@ -20,7 +20,8 @@ import types
 
 from anygpt_jax.modalities.audio_layers import SEANetConfig
 from anygpt_jax.modalities.codec import save_codec
-from converters.common import (
+
+from .common import (
     ConversionError,
     check_paths,
     load_torch_state_dict,
@@ -28,7 +29,7 @@ from converters.common import (
     read_json,
     run_conversion,
 )
-from converters.encodec import TorchNames, TorchTensors, seanet_params_from_torch
+from .encodec import TorchNames, TorchTensors, seanet_params_from_torch
 
 KIND = "speechtokenizer"
 REFERENCE_REQUIREMENT = "speechtokenizer==1.0.1 (pip install --no-deps speechtokenizer==1.0.1)"

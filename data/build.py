@@ -29,8 +29,8 @@ import numpy as np
 from anygpt_jax import storage
 from anygpt_jax.data import shards as shards_lib
 from anygpt_jax.vocab import MergedVocabulary, ModalitySpan
-from data import media as media_lib
-from data import readers
+from . import media as media_lib
+from . import readers
 
 log = logging.getLogger("data.build")
 KIND_MODALITIES = {"image_text": ("image",), "speech_text": ("speech",),

@@ -40,8 +40,8 @@ import numpy as np
 
 from anygpt_jax import storage
 from anygpt_jax.data import shards as shards_lib
-from data import build
-from data.demo_vocab import build_demo_vocab
+from . import build
+from .demo_vocab import build_demo_vocab
 
 SOUND_FONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 DEMO_TOKENIZERS = {"image": "digits_pixel_pairs"}

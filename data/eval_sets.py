@@ -39,7 +39,7 @@ import sys
 from collections.abc import Callable
 
 from anygpt_jax import storage
-from data import build, readers
+from . import build, readers
 
 ITEMS_FILE = "items.jsonl"
 VCTK_AUDIO = (

@@ -19,6 +19,7 @@ from torchvision_free import import_model_code  # noqa: E402
 
 from anygpt_jax.evaluation import models  # noqa: E402
 from converters import laion_clap as convert_clap  # noqa: E402
+from converters.laion_clap import LaionClap  # noqa: E402
 
 # laion_clap's model_configs/HTSAT-tiny.json audio_cfg (its dataclass defaults differ: hop 1024).
 HTSAT_TINY = dict(audio_length=1024, clip_samples=480000, mel_bins=64, sample_rate=48000,
@@ -88,7 +89,7 @@ def _clips() -> list[np.ndarray]:
 def test_text_and_audio_embeddings_equal_laion_claps(reference, checkpoint, roberta_dir):
     texts = ["a calm piano melody", "loud drums and bass, fast"]
     clips = _clips()
-    embedder = models.LaionClap(checkpoint, roberta_dir=roberta_dir)
+    embedder = LaionClap(checkpoint, roberta_dir=roberta_dir)
     tokenizer = transformers.RobertaTokenizer.from_pretrained(roberta_dir)
     tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=77,
                        return_tensors="pt")  # fmt: skip
@@ -112,7 +113,7 @@ def test_short_clips_are_repeat_padded_as_laion_clap_does(reference, checkpoint,
     with torch.no_grad():
         want = reference.get_audio_embedding(
             [{"waveform": torch.from_numpy(padded), "longer": torch.tensor([False])}])
-    got = models.LaionClap(checkpoint, roberta_dir=roberta_dir).embed_audio(
+    got = LaionClap(checkpoint, roberta_dir=roberta_dir).embed_audio(
         [clip], convert_clap.SAMPLE_RATE)  # fmt: skip
     np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
 
@@ -154,12 +155,12 @@ def test_cli_writes_a_transformers_directory_and_refuses_bad_input(
     assert not (tmp_path / "x").exists()
     (tmp_path / "empty").mkdir()  # transformers would build a tokenizer of specials alone
     with pytest.raises(convert_clap.ConversionError, match=r"empty: no RoBERTa tokenizer files"):
-        models.LaionClap(checkpoint, roberta_dir=str(tmp_path / "empty"))
+        LaionClap(checkpoint, roberta_dir=str(tmp_path / "empty"))
     other = tmp_path / "other"  # a bigger vocabulary than the text tower's embeddings
     other.mkdir()
     _bpe_files(str(other), ["<s>", "<pad>", "</s>", "<unk>"], ["<mask>"], suffix="</w>")
     with pytest.raises(convert_clap.ConversionError, match=r"other: \d+ tokens, more than"):
-        models.LaionClap(checkpoint, roberta_dir=str(other))
+        LaionClap(checkpoint, roberta_dir=str(other))
     state = reference.state_dict()
 
     def refused(bad: dict, name: str, match: str) -> None:

@@ -18,6 +18,7 @@ from torchvision_free import import_model_code  # noqa: E402
 
 from anygpt_jax.evaluation import models, scoring  # noqa: E402
 from converters import open_clip as convert_clip  # noqa: E402
+from converters.open_clip import OpenClip  # noqa: E402
 
 CONTEXT = 20
 TEXTS = ["a photo of a Cat!", "Two  dogs &amp; a ball", "ÉCOLE café — naïve résumé",
@@ -96,7 +97,7 @@ def test_converted_clip_embeds_as_open_clip(reference, tmp_path, quick_gelu):
     tokens = tokenizer_module.SimpleTokenizer(context_length=CONTEXT)(TEXTS)
     with torch.no_grad():
         want_text, want_image = clip.encode_text(tokens), clip.encode_image(pixels)
-    embedder = models.OpenClip(checkpoint, quick_gelu=quick_gelu)
+    embedder = OpenClip(checkpoint, quick_gelu=quick_gelu)
     got_text, got_image = embedder.embed_texts(TEXTS), embedder.embed_images(images)
     np.testing.assert_allclose(got_text, want_text.numpy(), atol=2e-5, rtol=1e-5)
     np.testing.assert_allclose(got_image, want_image.numpy(), atol=2e-5, rtol=1e-5)

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from anygpt_jax.evaluation import metrics, models, scoring
+from converters.laion_clap import LaionClap
+from converters.open_clip import OpenClip
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -228,9 +230,9 @@ def test_unbound_models_skip_and_missing_weights_fail(tmp_path):
                            (models.HFClap, "path", "HFClap.path"),
                            (models.HFWhisperAsr, "path", "HFWhisperAsr.path"),
                            (models.HFSpeakerEmbedder, "path", "HFSpeakerEmbedder.path"),
-                           (models.OpenClip, "weights", "OpenClip.weights"),
-                           (models.LaionClap, "weights", "LaionClap.weights")]:  # fmt: skip
+                           (OpenClip, "weights", "OpenClip.weights"),
+                           (LaionClap, "weights", "LaionClap.weights")]:  # fmt: skip
         with pytest.raises(FileNotFoundError, match=rf"{name} .*: .*nothing does not exist"):
             cls(**{arg: str(tmp_path / "nothing")})
     with pytest.raises(FileNotFoundError, match=r"LaionClap.roberta_dir .*: no path given"):
-        models.LaionClap(str(tmp_path))
+        LaionClap(str(tmp_path))

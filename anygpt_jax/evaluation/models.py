@@ -9,11 +9,11 @@ Protocols (anything with these methods plugs in, e.g. through gin):
     SpeakerEmbedder     embed_speakers(waveforms, rate) -> [n, d]
 
 Implementations: `HFClip` / `HFClap` (transformers CLIPModel / ClapModel directories, e.g.
-openai/clip-vit-large-patch14, laion/larger_clap_music); `OpenClip` (open_clip weights) and
-`LaionClap` (a laion_clap checkpoint), which `converters.open_clip` / `converters.laion_clap`
-turn into those transformers models, so neither package (nor the torchvision they import) is
-needed; `HFWhisperAsr` and `HFSpeakerEmbedder` (WavLMForXVector, e.g.
-microsoft/wavlm-base-plus-sv).
+openai/clip-vit-large-patch14, laion/larger_clap_music); `HFWhisperAsr` and
+`HFSpeakerEmbedder` (WavLMForXVector, e.g. microsoft/wavlm-base-plus-sv). open_clip and
+laion_clap weights are converted to HFClip / HFClap models by the converters, once (their
+CLIs) or in memory (`OpenClip`, `LaionClap` there: in gin, `import anygpt_jax.converters.
+open_clip` then `ClipScore.model = @OpenClip`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class SpeakerEmbedder(Protocol):
     def embed_speakers(self, waveforms: Sequence[np.ndarray], sample_rate: int) -> np.ndarray: ...
 
 
-def _existing(path: str | None, what: str) -> str:
+def require_path(path: str | None, what: str) -> str:
     """`path`, or FileNotFoundError naming the setting when it is unset or absent."""
     if not path:
         raise FileNotFoundError(f"{what}: no path given")
@@ -100,7 +100,7 @@ class HFClip:
     """CLIP from a transformers CLIPModel directory (model and processor files)."""
 
     def __init__(self, path: str = gin.REQUIRED, batch_size: int = 32):
-        path = _existing(path, "HFClip.path (a transformers CLIP directory)")
+        path = require_path(path, "HFClip.path (a transformers CLIP directory)")
         import transformers
 
         with storage.local_copy(path) as local:
@@ -135,33 +135,11 @@ class HFClip:
 
 
 @gin.configurable
-class OpenClip(HFClip):
-    """CLIP from open_clip weights (a checkpoint file, or a hub directory with
-    open_clip_config.json), converted in memory to transformers' CLIP by `converters.open_clip`
-    (convert once with its CLI and use HFClip to skip that). `quick_gelu`: the activation, for
-    files without a config (True for OpenAI-trained CLIPs, False for LAION ViT-H / g / bigG)."""
-
-    def __init__(self, weights: str = gin.REQUIRED, quick_gelu: bool | None = None,
-                 bpe_vocab: str | None = None, batch_size: int = 32):  # fmt: skip
-        weights = _existing(weights, "OpenClip.weights (open_clip weights)")
-        from converters.open_clip import convert
-
-        with storage.local_copy(weights) as local:
-            self._use(*convert(local, quick_gelu=quick_gelu, bpe_vocab=bpe_vocab), batch_size)
-
-    def _pixels(self, images: list) -> np.ndarray:
-        from converters.open_clip import eval_pixels
-
-        p = self.processor.image_processor
-        return eval_pixels(images, p.crop_size["height"], tuple(p.image_mean), tuple(p.image_std))
-
-
-@gin.configurable
 class HFClap:
     """CLAP from a transformers ClapModel directory (e.g. laion/larger_clap_music)."""
 
     def __init__(self, path: str = gin.REQUIRED, batch_size: int = 16):
-        path = _existing(path, "HFClap.path (a transformers CLAP directory)")
+        path = require_path(path, "HFClap.path (a transformers CLAP directory)")
         import transformers
 
         with storage.local_copy(path) as local:
@@ -195,30 +173,11 @@ class HFClap:
 
 
 @gin.configurable
-class LaionClap(HFClap):
-    """CLAP from a laion_clap checkpoint (e.g. music_audioset_epoch_15_esc_90.14.pt), converted
-    in memory to transformers' CLAP by `converters.laion_clap` (convert once with its CLI and use
-    HFClap to skip that); `roberta_dir` is the text tower's tokenizer (a local roberta-base)."""
-
-    def __init__(self, weights: str = gin.REQUIRED, roberta_dir: str | None = None,
-                 batch_size: int = 16):  # fmt: skip
-        weights = _existing(weights, "LaionClap.weights (a laion_clap checkpoint)")
-        roberta_dir = _existing(roberta_dir, "LaionClap.roberta_dir (a roberta-base tokenizer)")
-        from converters import laion_clap
-
-        with storage.local_copy(weights) as local:
-            model = laion_clap.convert(local)
-        vocab_size = model.config.text_config.vocab_size
-        with storage.local_copy(roberta_dir) as local:
-            self._use(model, laion_clap.processor(local, vocab_size), batch_size)
-
-
-@gin.configurable
 class HFWhisperAsr:
     """English ASR with a transformers Whisper directory (e.g. openai/whisper-large-v3)."""
 
     def __init__(self, path: str = gin.REQUIRED, batch_size: int = 8, max_new_tokens: int = 200):
-        path = _existing(path, "HFWhisperAsr.path (a transformers Whisper directory)")
+        path = require_path(path, "HFWhisperAsr.path (a transformers Whisper directory)")
         import transformers
 
         torch = _torch()
@@ -251,7 +210,8 @@ class HFSpeakerEmbedder:
     """Speaker embeddings (x-vectors) from a transformers WavLMForXVector directory."""
 
     def __init__(self, path: str = gin.REQUIRED):
-        path = _existing(path, "HFSpeakerEmbedder.path (a transformers WavLMForXVector directory)")
+        path = require_path(path,
+                            "HFSpeakerEmbedder.path (a transformers WavLMForXVector directory)")
         import transformers
 
         torch = _torch()

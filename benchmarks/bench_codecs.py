@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from anygpt_jax.modalities import MusicTokenizer, SpeechTokenizer
+from anygpt_jax.testing.references import import_speechtokenizer
 from benchmarks import allocator_description
 from converters.encodec import (
     ENCODEC_NAMES,
@@ -27,7 +28,6 @@ from converters.encodec import (
 )
 from converters.speechtokenizer import (
     SPEECHTOKENIZER_NAMES,
-    import_reference,
     seanet_config_from_speechtokenizer,
 )
 
@@ -55,7 +55,7 @@ def build(codec: str):
     """(reference torch model, our tokenizer, torch encode fn, torch decode fn)."""
     torch.manual_seed(0)
     if codec == "speech":
-        model = import_reference().SpeechTokenizer(SPEECHTOKENIZER_CONFIG).eval()
+        model = import_speechtokenizer().SpeechTokenizer(SPEECHTOKENIZER_CONFIG).eval()
         _random_codebooks((layer._codebook.embed for layer in model.quantizer.vq.layers),
                           model.encoder, 16000)
         config = seanet_config_from_speechtokenizer(SPEECHTOKENIZER_CONFIG, "benchmark")

@@ -57,7 +57,6 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=1536)
     args = parser.parse_args()
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
     import torch
     import transformers
 
@@ -103,11 +102,11 @@ def main() -> None:
 
 def _tokenizer_dir(root: str) -> str:
     """A real AnyGPT-style tokenizer directory (the tests' tiny SentencePiece recipe)."""
-    from test_vocab import _build_anygpt_dir, _train_spm
+    from anygpt_jax.testing.tokenizers import build_anygpt_dir, train_spm
 
     spm_path = os.path.join(root, "llama.model")
-    _train_spm(spm_path)
-    return _build_anygpt_dir(os.path.join(root, "tok"), spm_path)
+    train_spm(spm_path)
+    return build_anygpt_dir(os.path.join(root, "tok"), spm_path)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 Full-size SEED tokenizer v2 widths (EVA ViT-g 1408 wide, Q-Former 768, 8192 x 32 codes) with
 random weights (speed does not depend on the values); `--vit_depth` below 39 shortens the ViT
 for slow machines and is printed with the results. fp32 on this machine's default JAX backend;
-the reference (timm EVA + transformers Blip2QFormer + torch VQ, tests/seed_reference.py) runs
+the reference (timm EVA + transformers Blip2QFormer + torch VQ,
+anygpt_jax/testing/seed_reference.py) runs
 on PyTorch CPU. Each figure is the best of `--repeats` runs after a warm-up (JAX compilation
 reported separately); ours and the reference alternate within each repeat, so load from other
 processes hits both alike. Encode = preprocessed 224 px pixels -> 32 codes per image.
@@ -25,11 +26,9 @@ import torch
 
 from anygpt_jax.modalities.image import ImageTokenizer
 from anygpt_jax.modalities.image_model import SeedConfig
-from benchmarks import allocator_description, reference_path
+from anygpt_jax.testing.seed_reference import ReferenceSeed, seed_state_dict
+from benchmarks import allocator_description
 from converters.seed import params_from_state_dicts
-
-reference_path()
-from seed_reference import ReferenceSeed, seed_state_dict  # noqa: E402
 
 
 def build(config: SeedConfig) -> tuple[ReferenceSeed, ImageTokenizer]:

@@ -7,7 +7,8 @@ Both sides run AnyGPT's network at its real width (dim 1024, 8 heads x 128, conv
 7 x 1024 codes) with the same random weights in fp32, and the same decoding algorithm with the
 same number of steps (Gumbel sampling included): ours is the jitted JAX port; PyTorch's is
 soundstorm-pytorch's modules assembled as the fork's network, driven by the fork's decoding
-loop restated in torch (tests/soundstorm_reference.py). The full model has 12 layers; a smaller
+loop restated in torch (anygpt_jax/testing/soundstorm_reference.py). The full model has 12
+layers; a smaller
 `--depth` keeps a 2-core CPU run short, and both sides then run that depth. Each figure is the
 best of `--repeats` interleaved runs after a warm-up (JAX compilation is reported apart).
 """
@@ -24,15 +25,12 @@ import torch  # noqa: E402
 
 from anygpt_jax.modalities.soundstorm import SoundStorm  # noqa: E402
 from anygpt_jax.modalities.soundstorm_model import SoundStormConfig  # noqa: E402
-from benchmarks import reference_path  # noqa: E402
-from converters.soundstorm import convert  # noqa: E402
-
-reference_path()
-from soundstorm_reference import (  # noqa: E402
+from anygpt_jax.testing.soundstorm_reference import (  # noqa: E402
     anygpt_state_dict,
     build_reference,
     fork_generate,
 )
+from converters.soundstorm import convert  # noqa: E402
 
 FRAME_RATE = 50  # SpeechTokenizer frames per second
 

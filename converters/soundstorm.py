@@ -10,10 +10,6 @@ attention heads (`--heads`, 8 for AnyGPT's); a directory of safetensors or .bin 
 too. Two key layouts are read: AnyGPT's copy of the
 fork (`conv.net1` / `conv.ds_conv` / `conv.net2`) and the fork's own (`conv.net.N`). Missing,
 unknown or wrongly shaped tensors are refused with their names; nothing is left behind on error.
-
-`import_reference()` imports soundstorm-pytorch's model module without the training stack
-(audiolm-pytorch, spear-tts-pytorch, accelerate) that its package imports but the model never
-uses; its conformer is the fork's, which the parity tests check against.
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import types
 
 import numpy as np
 
@@ -39,9 +34,6 @@ from .common import (
 )
 from .encodec import TorchTensors
 
-REFERENCE_REQUIREMENT = ("soundstorm-pytorch==0.6.1 with beartype and hyper-connections "
-                         "(pip install --no-deps soundstorm-pytorch==0.6.1 beartype "
-                         "hyper-connections==0.1.15)")
 LAYER = "net.conformer.layers.{i}."
 
 # Per block: our name -> (torch key under the block, transform). Linear weights (out, in) are
@@ -232,33 +224,6 @@ def convert(ckpt: str, out: str, heads: int = 8) -> str:
         save_soundstorm(tmp, config, params,
                         {"checkpoint": storage.path(ckpt).name, "layout": layout})
     return out
-
-
-def import_reference() -> types.ModuleType:
-    """Imports `soundstorm_pytorch.soundstorm` (model code only) or says how to install it."""
-    # The package imports audiolm-pytorch (which needs torchaudio), spear-tts-pytorch and its
-    # trainer (accelerate) for names the model classes never use: stand-ins satisfy those
-    # imports and are removed again right after, so nothing else sees them.
-    stubs = {"spear_tts_pytorch": ["TextToSemantic"],
-             "audiolm_pytorch": ["SoundStream", "HubertWithKmeans", "FairseqVQWav2Vec"],
-             "soundstorm_pytorch.trainer": ["SoundStormTrainer"]}
-    added = []
-    for name, attrs in stubs.items():
-        if name not in sys.modules:
-            module = types.ModuleType(name)
-            for attr in attrs:  # classes, since type hints of the model code name them
-                setattr(module, attr, type(attr, (), {"__module__": name}))
-            sys.modules[name] = module
-            added.append(name)
-    try:
-        from soundstorm_pytorch import soundstorm
-    except ImportError as e:
-        raise ImportError(f"the reference SoundStorm is not installed: {REFERENCE_REQUIREMENT} "
-                          f"({e})") from e
-    finally:
-        for name in added:
-            sys.modules.pop(name, None)
-    return soundstorm
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,16 +7,12 @@ The output (config.json + params.safetensors) loads with
 style); the semantic-distillation head `transform.*` and the codebooks' training buffers are
 dropped, as encode/decode never use them. Missing, unknown or wrongly shaped tensors are
 refused with their names, and nothing is left behind on error.
-
-`import_reference()` imports the PyTorch reference package without its trainer, whose
-dependencies (torchaudio, accelerate, ...) the model itself never needs.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import types
 
 from anygpt_jax.modalities.audio_layers import SEANetConfig
 from anygpt_jax.modalities.codec import save_codec
@@ -32,7 +28,6 @@ from .common import (
 from .encodec import TorchNames, TorchTensors, seanet_params_from_torch
 
 KIND = "speechtokenizer"
-REFERENCE_REQUIREMENT = "speechtokenizer==1.0.1 (pip install --no-deps speechtokenizer==1.0.1)"
 
 SPEECHTOKENIZER_NAMES = TorchNames(
     encoder="encoder.model.", decoder="decoder.model.", conv="conv.conv", convtr="convtr.convtr",
@@ -80,27 +75,6 @@ def convert(config: str, ckpt: str, out: str) -> str:
     with output_dir(out) as tmp:
         save_codec(tmp, KIND, seanet, params, st_config)
     return out
-
-
-def import_reference() -> types.ModuleType:
-    """Imports the reference `speechtokenizer` package (model only) or says how to install it."""
-    trainer = "speechtokenizer.trainer"
-    had = trainer in sys.modules
-    if not had:
-        # The package's __init__ imports its trainer (torchaudio, accelerate, tensorboard, ...);
-        # a stand-in satisfies that import and is removed again right after.
-        stub = types.ModuleType(trainer)
-        stub.SpeechTokenizerTrainer = None
-        sys.modules[trainer] = stub
-    try:
-        import speechtokenizer
-    except ImportError as e:
-        raise ImportError(f"the reference SpeechTokenizer is not installed: "
-                          f"{REFERENCE_REQUIREMENT} ({e})") from e
-    finally:
-        if not had:
-            sys.modules.pop(trainer, None)
-    return speechtokenizer
 
 
 def main(argv: list[str] | None = None) -> int:

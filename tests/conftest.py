@@ -79,12 +79,12 @@ def make_hf_llama(variant: str, seed: int = 0, dtype=None, **overrides):
 @pytest.fixture(scope="session")
 def anygpt_tokenizer_dir(tmp_path_factory) -> str:
     """A tokenizer directory made the way AnyGPT makes its own (tiny SentencePiece base)."""
-    from test_vocab import _build_anygpt_dir, _train_spm
+    from anygpt_jax.testing.tokenizers import build_anygpt_dir, train_spm
 
     root = str(tmp_path_factory.mktemp("anygpt_tokenizer"))
     spm_path = os.path.join(root, "llama.model")
-    _train_spm(spm_path)
-    return _build_anygpt_dir(os.path.join(root, "tok"), spm_path)
+    train_spm(spm_path)
+    return build_anygpt_dir(os.path.join(root, "tok"), spm_path)
 
 
 def make_hf_anygpt_dir(root: str, tokenizer_dir: str, variant: str, dtype=None, **overrides) -> str:

@@ -12,9 +12,9 @@ import torch
 from jax import numpy as jnp
 
 from anygpt_jax.modalities import audio_layers as al
+from anygpt_jax.testing.references import import_speechtokenizer
 from converters.common import fold_weight_norm, torch_to_numpy
 from converters.encodec import TorchTensors, conv_params, lstm_params
-from converters.speechtokenizer import import_reference
 
 torch.set_float32_matmul_precision("highest")
 # The reference uses torch's deprecated weight_norm and torch.jit.script; both still work.
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:.*weight_norm.*is deprecated"),
 
 def reference_speechtokenizer():
     """The reference package; fails (never skips) with the pip line when it is missing."""
-    return import_reference()
+    return import_speechtokenizer()
 
 
 def fill_codebooks(codebooks, latents: torch.Tensor, noise: float = 0.01, seed: int = 0):

@@ -84,3 +84,21 @@ def test_the_library_does_not_import_the_data_or_converters_clis():
         or full.startswith(("anygpt_jax.recipes", "anygpt_jax.converters"))
     ]
     assert not found
+
+
+def test_only_tests_and_benchmarks_use_the_testing_package():
+    found = [
+        f"{path.relative_to(ROOT)}: {module}"
+        for path in LIBRARY.rglob("*.py")
+        if "testing" not in path.relative_to(LIBRARY).parts
+        for module, names in imports(path)
+        for full in [module, *(f"{module}.{n}" for n in names)]
+        if full.startswith("anygpt_jax.testing")
+    ]
+    assert not found
+
+
+def test_shipped_converters_hold_no_import_stubs():
+    """Stand-ins for the reference packages' training stacks live in anygpt_jax.testing."""
+    assert not [p.name for p in (ROOT / "converters").glob("*.py")
+                if "sys.modules" in p.read_text()]

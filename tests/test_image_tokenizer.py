@@ -12,14 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from seed_reference import (
-    ReferenceSeed,
-    fill_codebook,
-    randomize,
-    seed_state_dict,
-    to_nchw,
-    vit_state_dict,
-)
 
 from anygpt_jax.modalities.image import (
     ImageError,
@@ -38,6 +30,14 @@ from anygpt_jax.modalities.image_model import (
 )
 from anygpt_jax.modalities.image_qformer import QFormer
 from anygpt_jax.modalities.image_vit import EvaViT
+from anygpt_jax.testing.seed_reference import (
+    ReferenceSeed,
+    fill_codebook,
+    randomize,
+    seed_state_dict,
+    to_nchw,
+    vit_state_dict,
+)
 from converters.common import ConversionError
 from converters.seed import convert, params_from_state_dicts
 

@@ -11,14 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from soundstorm_reference import (
-    anygpt_state_dict,
-    build_reference,
-    randomize,
-    reference_block,
-    reference_logits,
-    reference_module,
-)
 
 from anygpt_jax.modalities.soundstorm import PARAMS_FILE, SoundStorm, load_soundstorm
 from anygpt_jax.modalities.soundstorm_model import (
@@ -26,6 +18,14 @@ from anygpt_jax.modalities.soundstorm_model import (
     ConvModule,
     SelfAttention,
     SoundStormConfig,
+)
+from anygpt_jax.testing.soundstorm_reference import (
+    anygpt_state_dict,
+    build_reference,
+    randomize,
+    reference_block,
+    reference_logits,
+    reference_module,
 )
 from converters.common import ConversionError
 from converters.encodec import TorchTensors

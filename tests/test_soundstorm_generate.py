@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from soundstorm_reference import anygpt_state_dict, build_reference, fork_generate
 
 from anygpt_jax.modalities import AudioError, SpeechTokenizer
 from anygpt_jax.modalities.audio_layers import SEANetConfig
@@ -23,6 +22,11 @@ from anygpt_jax.modalities.soundstorm_generate import (
     top_k_threshold,
 )
 from anygpt_jax.modalities.soundstorm_model import SoundStormConfig
+from anygpt_jax.testing.soundstorm_reference import (
+    anygpt_state_dict,
+    build_reference,
+    fork_generate,
+)
 from converters.soundstorm import convert
 
 # Real model: dim 1024, depth 12, 8 heads x 128, kernel 31, 7 x 1024 codes, 1024 semantic.

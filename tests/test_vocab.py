@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import seqio
 
+from anygpt_jax.testing.tokenizers import build_anygpt_dir, train_spm
 from anygpt_jax.vocab import (
     AUDIO,
     IMAGE,
@@ -26,12 +27,7 @@ from anygpt_jax.vocab import (
     anygpt_layout,
 )
 from anygpt_jax.vocab.layout import Layout
-from anygpt_jax.vocab.spm_training import train_llama_like_spm
 
-WORDS = (
-    "the a cat dog image speech music sings draws picture of sunny beach hello world please "
-    "generate describe given text Übung naïve café 日本語 テスト 42 2024 3.14"
-).split()
 TEXT_POOL = (
     "hello world",
     " the cat",
@@ -55,53 +51,6 @@ TEXT_POOL = (
     "<eoh",
     "🎶",
 )
-
-
-def _train_spm(path: str) -> None:
-    rng = random.Random(0)
-
-    def sentence():
-        out = []
-        for _ in range(rng.randint(3, 12)):
-            out += [rng.choice(WORDS), rng.choice([" "] * 8 + ["  ", "   ", "\n", "\t"])]
-        return "".join(out).strip()
-
-    model = train_llama_like_spm(
-        [sentence() for _ in range(600)], vocab_size=400, character_coverage=0.9995
-    )
-    with open(path, "wb") as f:
-        f.write(model)
-
-
-def _build_anygpt_dir(
-    root: str,
-    spm_path: str,
-    audio: bool = True,
-    sft: bool = False,
-    modalities=(IMAGE, SPEECH, MUSIC),
-) -> str:
-    """A tokenizer dir made like stage1_pretrain.py / stage2_sft.py make theirs."""
-    from transformers import LlamaTokenizer
-
-    base = os.path.join(root, "llama")
-    os.makedirs(base, exist_ok=True)
-    shutil.copy(spm_path, os.path.join(base, "tokenizer.model"))
-    tok = LlamaTokenizer.from_pretrained(base)
-    for t in TEXT_MARKERS:  # one add_tokens call per marker
-        if t not in tok.get_vocab():
-            tok.add_tokens([t])
-    for m in modalities + ((AUDIO,) if audio else ()):  # codes, start, end in one call
-        if m.start not in tok.get_vocab():
-            tok.add_tokens([f"<{m.glyph}{i}>" for i in range(m.count)] + [m.start, m.end])
-    if sft:  # stage 2 starts from the stage-1 tokenizer, so these land last
-        for t in SFT_MARKERS:
-            if t not in tok.get_vocab():
-                tok.add_tokens([t])
-    out = os.path.join(root, "anygpt")
-    tok.save_pretrained(out)
-    # transformers 5 writes tokenizer.json only; released AnyGPT dirs carry tokenizer.model.
-    shutil.copy(spm_path, os.path.join(out, "tokenizer.model"))
-    return out
 
 
 def _write_old_style_dir(root: str, spm_path: str, strip: bool, legacy: bool) -> str:
@@ -159,10 +108,10 @@ def env(tmp_path_factory):
 
     root = str(tmp_path_factory.mktemp("vocab"))
     spm_path = os.path.join(root, "llama.model")
-    _train_spm(spm_path)
+    train_spm(spm_path)
     dirs = {
-        "hf5": _build_anygpt_dir(os.path.join(root, "hf5"), spm_path),
-        "hf5_sft": _build_anygpt_dir(os.path.join(root, "sft"), spm_path, audio=False, sft=True),
+        "hf5": build_anygpt_dir(os.path.join(root, "hf5"), spm_path),
+        "hf5_sft": build_anygpt_dir(os.path.join(root, "sft"), spm_path, audio=False, sft=True),
         "old_strip": _write_old_style_dir(os.path.join(root, "old"), spm_path, True, False),
         "old_legacy": _write_old_style_dir(os.path.join(root, "leg"), spm_path, False, True),
     }
@@ -553,7 +502,7 @@ def test_conflicting_files(env, tmp_path):
 
 
 def test_missing_modality_block(env, tmp_path):
-    d = _build_anygpt_dir(str(tmp_path), env["spm"], audio=False, modalities=(IMAGE, SPEECH))
+    d = build_anygpt_dir(str(tmp_path), env["spm"], audio=False, modalities=(IMAGE, SPEECH))
     with pytest.raises(ValueError, match="the music block is missing"):
         MergedVocabulary.from_tokenizer_dir(d)
     vocab = MergedVocabulary.from_tokenizer_dir(d, required_modalities=("image", "speech"))

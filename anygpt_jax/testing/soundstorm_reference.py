@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from anygpt_jax.modalities.soundstorm_model import SoundStormConfig
-from converters.soundstorm import import_reference
+from anygpt_jax.testing.references import import_soundstorm
 
 
 def reference_module():
     """soundstorm_pytorch.soundstorm (model code only)."""
-    return import_reference()
+    return import_soundstorm()
 
 
 def _block_kwargs(cfg: SoundStormConfig) -> dict:

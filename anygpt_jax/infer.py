@@ -69,8 +69,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="diffusers StableUnCLIPImg2ImgPipeline directory to render images")
     parser.add_argument("--soundstorm", metavar="DIR",
                         help="converted SoundStorm directory to turn speech units into WAV")
-    parser.add_argument("--render_steps", type=int, default=20,
-                        help="unCLIP denoising steps (SEED uses 20)")
+    parser.add_argument("--render_steps", type=int, default=None,
+                        help="unCLIP denoising steps (default MediaSettings.render_steps, 20)")
     parser.add_argument("--seed", type=int, default=0, help="sampling and instruction seed")
     parser.add_argument("--unconstrained", action="store_true",
                         help="do not constrain decoding to well-formed modality spans")
@@ -80,7 +80,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     args, bindings = gin_utils.parse_flags(parser, argv)
     if args.requests and not args.out:
         parser.error("--requests needs --out DIR for results.jsonl and media")
-    if args.render_steps < 1:
+    if args.render_steps is not None and args.render_steps < 1:
         parser.error(f"--render_steps must be >= 1, got {args.render_steps}")
     return args, bindings
 
@@ -88,6 +88,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
     """Parses gin files then bindings for inference; raises ConfigError naming the fault."""
     # Registers every configurable the inference configs may name.
+    import anygpt_jax.inference.media  # noqa: F401
     import anygpt_jax.inference.session  # noqa: F401
     import anygpt_jax.modalities.soundstorm  # noqa: F401
     import anygpt_jax.partitioning  # noqa: F401
@@ -130,14 +131,16 @@ def main(argv: list[str] | None = None, stdin: IO[str] | None = None,
     except gin_utils.ConfigError as e:
         print(f"error: {e}", file=stderr)
         return 1
-    from anygpt_jax.inference.media import MediaCodecs
+    from anygpt_jax.inference.media import MediaCodecs, MediaSettings
     from anygpt_jax.inference.session import Engine, load_model, run_batch, run_interactive
 
     try:
         model = load_model(args.ckpt)
         dirs = {m: getattr(args, f"{m}_tokenizer") for m in ("image", "speech", "music")}
-        codecs = MediaCodecs(model.vocab, dirs, args.unclip_pipeline, args.render_steps,
-                             args.soundstorm)
+        media = MediaSettings().overridden(dirs, unclip_pipeline=args.unclip_pipeline,
+                                           soundstorm=args.soundstorm,
+                                           render_steps=args.render_steps)
+        codecs = MediaCodecs(model.vocab, media)
         engine = Engine(model, codecs, seed=args.seed, constrain=not args.unconstrained,
                         max_prompt_tokens=args.max_prompt_tokens)
         if args.requests:

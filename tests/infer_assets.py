@@ -16,7 +16,7 @@ import soundfile as sf
 from PIL import Image
 
 from anygpt_jax import AnyGPT, checkpointing
-from anygpt_jax.inference.media import MediaCodecs
+from anygpt_jax.inference.media import MediaCodecs, MediaSettings
 from anygpt_jax.inference.session import Engine
 from anygpt_jax.modalities import codec, image_model
 from anygpt_jax.modalities.audio_layers import SEANetConfig
@@ -97,7 +97,8 @@ def make_engine(root: pathlib.Path) -> Engine:
     """The tiny model with every tokenizer and SoundStorm (no unCLIP: images stay codes)."""
     model = AnyGPT.load(str(root / "model"))
     dirs = {m: str(root / m) for m in ("image", "speech", "music")}
-    return Engine(model, MediaCodecs(model.vocab, dirs, soundstorm=str(root / "soundstorm")))
+    media = MediaSettings(dirs, soundstorm=str(root / "soundstorm"))
+    return Engine(model, MediaCodecs(model.vocab, media))
 
 
 def fast_gin_bindings():

@@ -24,6 +24,7 @@ from anygpt_jax.data.shards import ShardExample, serialize
 from anygpt_jax.evaluation import loop
 from anygpt_jax.evaluation import tasks as eval_tasks
 from anygpt_jax.evaluation.hook import EvalHook
+from anygpt_jax.inference.media import MediaCodecs, MediaSettings
 from anygpt_jax.model import ModelConfig, Transformer
 from anygpt_jax.vocab import ModalitySpan
 
@@ -259,9 +260,9 @@ def test_music_generation_decoded_and_clap_scored(model, merged_vocab, eval_sets
     _register(merged_vocab, eval_sets)
     music = {"max_new_tokens": 26, "min_new_tokens": 0, "do_sample": True, "top_k": 0}
     options = loop.EvalOptions(tasks=["anygpt_eval_musiccaps_music"], teacher_forced=False,
-                               max_examples=2, generation={"music": music},
-                               tokenizer_dirs={"music": "demo"})  # fmt: skip
-    summary = loop.evaluate(model, str(tmp_path), step=3, options=options)
+                               max_examples=2, generation={"music": music})  # fmt: skip
+    codecs = MediaCodecs(model.vocab, MediaSettings({"music": "demo"}))
+    summary = loop.evaluate(model, str(tmp_path), step=3, options=options, codecs=codecs)
     metrics = summary["metrics"]
     assert summary["skipped"] == {}
     assert -1.0 <= metrics["anygpt_eval_musiccaps_music/clap_score"] <= 1.0

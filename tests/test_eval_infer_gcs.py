@@ -17,6 +17,7 @@ from test_eval import TEXT_ONLY, _register, clean_gin, eval_sets, model  # noqa:
 from anygpt_jax import infer, storage
 from anygpt_jax.evaluation import loop
 from anygpt_jax.inference import session
+from anygpt_jax.inference.media import MediaCodecs, MediaSettings
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 NO_BUCKET = "gs://no-such-bucket-anygpt"
@@ -65,10 +66,10 @@ def test_evaluate_writes_media_to_gcs(model, merged_vocab, eval_sets, gs_dir,  #
     monkeypatch.setattr(anygpt_jax.inference, "generate",
                         lambda model, prompts, settings, **kw: [answers[tuple(p)]
                                                                 for p in prompts])
-    options = loop.EvalOptions(tasks=[task], teacher_forced=False, max_examples=2,
-                               tokenizer_dirs={"music": "demo"})
+    options = loop.EvalOptions(tasks=[task], teacher_forced=False, max_examples=2)
+    codecs = MediaCodecs(model.vocab, MediaSettings({"music": "demo"}))
     out = storage.join(gs_dir, "eval")
-    summary = loop.evaluate(model, out, step=3, options=options)
+    summary = loop.evaluate(model, out, step=3, options=options, codecs=codecs)
     assert summary["skipped"] == {}
     lines = storage.read_text(storage.join(out, "predictions-00000003.jsonl")).splitlines()
     made = [r["prediction"] for r in map(json.loads, lines) if r["prediction"].endswith(".wav")]

@@ -31,7 +31,7 @@ from PIL import Image
 
 from anygpt_jax import gin_utils, infer, prompts, storage
 from anygpt_jax.inference import session
-from anygpt_jax.inference.media import SPEECH_WAV_UNAVAILABLE, MediaCodecs
+from anygpt_jax.inference.media import SPEECH_WAV_UNAVAILABLE, MediaCodecs, MediaSettings
 from anygpt_jax.inference.requests import parse_base
 from anygpt_jax.inference.session import Engine
 from anygpt_jax.modalities import codec
@@ -145,7 +145,7 @@ def test_cli_batch_writes_results_and_media(assets, engine, unclip_dir, tmp_path
 
 def test_missing_tokenizer_names_its_flag(assets, engine, tmp_path, fast_gin):
     model = engine.model
-    bare = Engine(model, MediaCodecs(model.vocab, {"image": str(assets / "image")}))
+    bare = Engine(model, MediaCodecs(model.vocab, MediaSettings({"image": str(assets / "image")})))
     [rec] = bare.run_base([parse_base(f"speech|text|{assets}/media/hello.wav")], str(tmp_path),
                           ["x"])
     assert rec["error"] == "this request needs the speech tokenizer: give --speech_tokenizer DIR"
@@ -162,24 +162,25 @@ def test_missing_tokenizer_names_its_flag(assets, engine, tmp_path, fast_gin):
     assert rec["note"] == SPEECH_WAV_UNAVAILABLE
     assert read_codes(str(tmp_path), rec) == list(range(9))
     with pytest.raises(ValueError, match="--music_tokenizer .*nowhere: not a directory"):
-        MediaCodecs(model.vocab, {"music": str(tmp_path / "nowhere")})
+        MediaCodecs(model.vocab, MediaSettings({"music": str(tmp_path / "nowhere")}))
     with pytest.raises(ValueError, match="--music_tokenizer .*speech: .*kind 'encodec'"):
-        MediaCodecs(model.vocab, {"music": str(assets / "speech")}).tokenizer("music")
+        codecs = MediaCodecs(model.vocab, MediaSettings({"music": str(assets / "speech")}))
+        codecs.tokenizer("music")
     # a music codec whose codebooks do not fit the vocabulary's music block
     shapes = {k: jax.ShapeDtypeStruct(s, np.float32)
               for k, s in codec.expected_param_shapes(SPEECH).items()}
     codec.save_codec(str(tmp_path), "encodec", SPEECH, random_params(shapes, 3), {})
     with pytest.raises(ValueError, match=r"4 codebook\(s\) of 1024 codes, but the model's "
                        r"vocabulary needs 4 of 2048"):
-        MediaCodecs(model.vocab, {"music": str(tmp_path)}).tokenizer("music")
+        MediaCodecs(model.vocab, MediaSettings({"music": str(tmp_path)})).tokenizer("music")
     # a SoundStorm that completes other layers than the SpeechTokenizer has
     two = SEANetConfig(**{**SPEECH.__dict__, "n_q": 2})
     shapes = {k: jax.ShapeDtypeStruct(s, np.float32)
               for k, s in codec.expected_param_shapes(two).items()}
     os.makedirs(tmp_path / "st2")
     codec.save_codec(str(tmp_path / "st2"), "speechtokenizer", two, random_params(shapes, 4), {})
-    codecs = MediaCodecs(model.vocab, {"speech": str(tmp_path / "st2")},
-                         soundstorm=str(assets / "soundstorm"))
+    codecs = MediaCodecs(model.vocab, MediaSettings({"speech": str(tmp_path / "st2")},
+                                                    soundstorm=str(assets / "soundstorm")))
     with pytest.raises(ValueError, match=r"--soundstorm .* completes 3 RVQ layers, but "
                        r"--speech_tokenizer .*st2 has 2 \(needs 4\)"):
         codecs.soundstorm()
@@ -257,3 +258,18 @@ def test_real_command_batch_and_interactive(assets, tmp_path):
         cwd=REPO, timeout=900)
     assert chat.returncode == 1 and "image file not found: nowhere.png" in chat.stderr
     assert "history cleared" in chat.stdout
+
+
+def test_media_settings_are_one_configurable_that_flags_override(merged_vocab):
+    gin.clear_config()
+    gin.bind_parameter("MediaSettings.tokenizer_dirs", {"music": "demo", "image": "img"})
+    gin.bind_parameter("MediaSettings.render_steps", 5)
+    try:
+        media = MediaSettings().overridden({"image": None, "speech": "demo"}, soundstorm=None,
+                                           render_steps=None, unclip_pipeline="unclip")
+    finally:
+        gin.clear_config()
+    assert media == MediaSettings({"music": "demo", "image": "img", "speech": "demo"},
+                                  unclip_pipeline="unclip", render_steps=5)
+    with pytest.raises(ValueError, match=r"MediaSettings.render_steps=0"):
+        MediaCodecs(merged_vocab, MediaSettings(render_steps=0))

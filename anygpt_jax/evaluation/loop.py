@@ -60,11 +60,6 @@ class EvalOptions:
     generation: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     seed: int = 0
     vocab_tile: int | None = None
-    # Tokenizer directories per modality for decoding generated spans, and the diffusers
-    # unCLIP directory that renders SEED codes to images (anygpt_jax.inference.media).
-    tokenizer_dirs: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    unclip_pipeline: str | None = None
-    render_steps: int = 20
 
 
 def _task_names(options: EvalOptions) -> list[str]:
@@ -121,9 +116,9 @@ def _decoder_problem(codecs: Any, output: str) -> str | None:
     from anygpt_jax.inference import media
 
     if output not in codecs.dirs:
-        return f"decoding {output} needs its tokenizer: EvalOptions.tokenizer_dirs[{output!r}]"
+        return f"decoding {output} needs its tokenizer: MediaSettings.tokenizer_dirs[{output!r}]"
     if output == "image" and codecs.unclip_pipeline is None:
-        return "rendering SEED codes needs EvalOptions.unclip_pipeline (a diffusers unCLIP dir)"
+        return "rendering SEED codes needs MediaSettings.unclip_pipeline (a diffusers unCLIP dir)"
     if output == "speech":
         tok = codecs.tokenizer("speech")
         if media.speech_to_wav(np.zeros(4, np.int32), None, tok) is None:
@@ -263,8 +258,7 @@ def evaluate(
     if codecs is None:
         from anygpt_jax.inference.media import MediaCodecs
 
-        codecs = MediaCodecs(model.vocab, dict(options.tokenizer_dirs), options.unclip_pipeline,
-                             options.render_steps)  # fmt: skip
+        codecs = MediaCodecs(model.vocab)  # gin's MediaSettings()
     writer = jax.process_index() == 0
     media_dir = os.path.join(output_dir, f"media-{step:08d}")
     results: dict[str, float] = {}

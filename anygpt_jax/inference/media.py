@@ -10,12 +10,14 @@ cannot be rendered is written as its codes (`NAME.MODALITY.json`) with a note th
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import gin
 import numpy as np
 
 from anygpt_jax import storage
@@ -51,18 +53,43 @@ def speech_to_wav(units: np.ndarray, voice_prompt: str | None = None,
     return speak(np.asarray(units), speech_tokenizer, soundstorm, voice_prompt, seed=seed)
 
 
-class MediaCodecs:
-    """The modality tokenizers of a session, loaded on first use from their directories.
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MediaSettings:
+    """Where the media tokenizers and renderers are: the one setting infer and eval share.
 
-    `dirs` maps modality -> a converted tokenizer directory (or 'demo' for the demo corpus's
-    random speech/music codecs); `unclip_pipeline` is a diffusers StableUnCLIPImg2Img
-    directory for rendering images, `soundstorm` a converted SoundStorm directory for speech.
-    A request needing a tokenizer that was not given gets an error naming its flag (FLAGS).
+    `tokenizer_dirs` maps modality -> a converted tokenizer directory ('demo' for the demo
+    corpus's random speech/music codecs); `unclip_pipeline` is a diffusers
+    StableUnCLIPImg2Img directory that renders SEED codes to images (`render_steps` denoising
+    steps; SEED uses 20); `soundstorm` a converted SoundStorm directory for speech WAVs.
+    infer's --image/speech/music_tokenizer, --unclip_pipeline, --soundstorm and --render_steps
+    override these fields.
     """
 
-    def __init__(self, vocab: MergedVocabulary, dirs: dict[str, str | None] | None = None,
-                 unclip_pipeline: str | None = None, render_steps: int = 20,
-                 soundstorm: str | None = None):
+    tokenizer_dirs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    unclip_pipeline: str | None = None
+    soundstorm: str | None = None
+    render_steps: int = 20
+
+    def overridden(self, tokenizer_dirs: Mapping[str, str | None] | None = None,
+                   **fields: Any) -> MediaSettings:
+        """A copy with the given non-None values in place (tokenizer_dirs merged per key)."""
+        dirs = {**self.tokenizer_dirs, **{m: d for m, d in (tokenizer_dirs or {}).items() if d}}
+        return dataclasses.replace(self, tokenizer_dirs=dirs,
+                                   **{k: v for k, v in fields.items() if v is not None})
+
+
+class MediaCodecs:
+    """The modality tokenizers of a session, loaded on first use from `settings` (default:
+    gin's MediaSettings()). A request needing a tokenizer that was not given gets an error
+    naming its flag (FLAGS)."""
+
+    def __init__(self, vocab: MergedVocabulary, settings: MediaSettings | None = None):
+        settings = MediaSettings() if settings is None else settings
+        dirs, unclip_pipeline = settings.tokenizer_dirs, settings.unclip_pipeline
+        render_steps, soundstorm = settings.render_steps, settings.soundstorm
+        if not isinstance(render_steps, int) or render_steps < 1:
+            raise ValueError(f"MediaSettings.render_steps={render_steps!r}: must be >= 1")
         self.vocab = vocab
         self.dirs = {m: d for m, d in (dirs or {}).items() if d}
         unknown = sorted(set(self.dirs) - set(FLAGS))

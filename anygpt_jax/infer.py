@@ -44,6 +44,7 @@ import sys
 from typing import IO
 
 from anygpt_jax import gin_utils, storage
+from anygpt_jax.modalities.registry import media_modalities, media_modality
 
 DEFAULT_INTERACTIVE_OUT = "infer_output"
 
@@ -61,10 +62,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--requests", help="JSONL file of requests (batch mode)")
     parser.add_argument("--out", help="output directory (batch: required, must not exist or "
                         f"be empty; interactive: default {DEFAULT_INTERACTIVE_OUT})")
-    for m in ("image", "speech", "music"):
+    for m in media_modalities():
         parser.add_argument(f"--{m}_tokenizer", metavar="DIR",
                             help=f"converted {m} tokenizer directory"
-                            + (" (or 'demo')" if m != "image" else ""))
+                            + (" (or 'demo')" if media_modality(m).demo else ""))
     parser.add_argument("--unclip_pipeline", metavar="DIR",
                         help="diffusers StableUnCLIPImg2ImgPipeline directory to render images")
     parser.add_argument("--soundstorm", metavar="DIR",
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None, stdin: IO[str] | None = None,
 
     try:
         model = load_model(args.ckpt)
-        dirs = {m: getattr(args, f"{m}_tokenizer") for m in ("image", "speech", "music")}
+        dirs = {m: getattr(args, f"{m}_tokenizer") for m in media_modalities()}
         media = MediaSettings().overridden(dirs, unclip_pipeline=args.unclip_pipeline,
                                            soundstorm=args.soundstorm,
                                            render_steps=args.render_steps)

@@ -28,13 +28,16 @@ import numpy as np
 
 from anygpt_jax import storage
 from anygpt_jax.data import shards as shards_lib
+from anygpt_jax.modalities.registry import media_modalities
 from anygpt_jax.vocab import MergedVocabulary, ModalitySpan
+
 from . import media as media_lib
 from . import readers
 
 log = logging.getLogger("data.build")
+# Shard kinds in build order -> the media modalities their items hold (dialogue: any).
 KIND_MODALITIES = {"image_text": ("image",), "speech_text": ("speech",),
-                   "music_text": ("music",), "dialogue": readers.MODALITIES}  # fmt: skip
+                   "music_text": ("music",), "dialogue": None}  # fmt: skip
 
 _worker: dict = {}
 # (modality, spec) -> Encoder, kept for the process: building several kinds in one process
@@ -160,7 +163,7 @@ def build(
         raise readers.InputError(f"{', '.join(inputs)}: no {kind} items")
     missing = [
         m
-        for m in KIND_MODALITIES[kind]
+        for m in KIND_MODALITIES[kind] or media_modalities()
         if m not in tokenizers and any(md.modality == m for it in items for md in it.media)
     ]
     if missing:
@@ -257,9 +260,9 @@ def _tokenizer_args(values: list[str]) -> dict[str, str]:
     out = {}
     for v in values:
         m, sep, spec = v.partition("=")
-        if not sep or m not in readers.MODALITIES or not spec:
+        if not sep or m not in media_modalities() or not spec:
             raise ValueError(
-                f"--tokenizer {v!r}: expected MODALITY=SPEC with MODALITY in {readers.MODALITIES}"
+                f"--tokenizer {v!r}: expected MODALITY=SPEC with MODALITY in {media_modalities()}"
             )
         out[m] = spec
     return out

@@ -25,9 +25,8 @@ import numpy as np
 
 from anygpt_jax import storage
 from anygpt_jax.data.shards import TokenizerInfo
-from anygpt_jax.modalities.demo_codec import demo_codec
+from anygpt_jax.modalities.registry import media_modality
 
-MUSIC_SEGMENT_SECONDS = 5.0
 CODE_CACHE_FILES = 20_000  # per audio encoder; a few tens of MB of codes at most
 
 
@@ -90,15 +89,16 @@ def local_media(path: str) -> Iterator[str]:
         raise OSError(f"{path}: {e}") from e
 
 
-def _audio_encoder(modality: str, codec, info: TokenizerInfo) -> Encoder:
-    from anygpt_jax.modalities import audio_io
-
+def _media_encoder(modality: str, tokenizer, info: TokenizerInfo) -> Encoder:
+    """Encodes files through `tokenizer` as the registry's record of `modality` says (speech:
+    RVQ layer 1; music: the first 5 s segment, every codebook; image: SEED's 32 codes)."""
+    record = media_modality(modality)
     # Codes of files already encoded, so a corpus that reuses clips (dialogues quoting the
     # speech and music sets) encodes each once. An item's codes do not depend on its batch.
     cache: dict[tuple, np.ndarray] = {}
 
     def encode_files(paths):
-        out, waves, slots, keys = [None] * len(paths), [], [], []
+        out, items, slots, keys = [None] * len(paths), [], [], []
         for i, p in enumerate(paths):
             try:
                 key = _file_key(p)
@@ -106,24 +106,21 @@ def _audio_encoder(modality: str, codec, info: TokenizerInfo) -> Encoder:
                     out[i] = cache[key]
                     continue
                 with local_media(p) as local:
-                    w = audio_io.load_audio(local, codec.sample_rate)
-                if modality == "music":  # AnyGPT tokenizes one 5 s segment of a music clip
-                    w = w[: int(MUSIC_SEGMENT_SECONDS * codec.sample_rate)]
-                waves.append(w)
+                    items.append(tokenizer.read(local))
                 slots.append(i)
                 keys.append(key)
-            except (audio_io.AudioError, OSError, ValueError) as e:
-                out[i] = e
-        if waves:
+            except (OSError, ValueError) as e:  # AudioError / ImageError are ValueErrors
+                out[i] = e if p in str(e) else OSError(f"{p}: {e}")
+        if items:
             # Batches padded to a power of two: fewer shapes, fewer compilations.
-            pad = [waves[0]] * ((1 << (len(waves) - 1).bit_length()) - len(waves))
-            codes = codec.encode_arrays(waves + pad, n_q=1 if modality == "speech" else None)
+            pad = [items[0]] * ((1 << (len(items) - 1).bit_length()) - len(items))
+            codes = record.llm_codes(tokenizer, items + pad)
             for i, key, c in zip(slots, keys, codes, strict=False):
-                out[i] = c[0] if modality == "speech" else c
+                out[i] = c
                 if len(cache) >= CODE_CACHE_FILES:  # bounded: drop the oldest entry
                     del cache[next(iter(cache))]
                 if key is not None:
-                    cache[key] = out[i]
+                    cache[key] = c
         return out
 
     return Encoder(modality, info, encode_files)
@@ -152,44 +149,17 @@ def make_encoder(modality: str, spec: str) -> Encoder:
         if not name:
             raise ValueError(f"--tokenizer {modality}={spec}: name the tokenizer after ':'")
         return Encoder(modality, TokenizerInfo(name, f"precomputed:{name}"))
+    record = media_modality(modality)
     if spec == "demo":
-        if modality == "image":
+        if record.demo is None:  # the demo's images: a lossless pixel code, not SEED
             info = TokenizerInfo("digits_pixel_pairs", "digits_pixel_pairs/1")
             return Encoder(modality, info, digits_pixel_pairs)
-        codec = demo_codec(modality)
-        name = {"speech": "speechtokenizer_rvq1", "music": "encodec_32khz"}[modality]
-        info = TokenizerInfo(name, f"demo-random-seed0/{modality}", random_init=True)
-        return _audio_encoder(modality, codec, info)
+        info = TokenizerInfo(record.shard_tokenizer, f"demo-random-seed0/{modality}",
+                             random_init=True)
+        return _media_encoder(modality, record.load("demo"), info)
     if not storage.isdir(spec):
         raise ValueError(
             f"--tokenizer {modality}={spec}: not a directory, 'demo' or 'precomputed:NAME'"
         )
-    if modality == "image":
-        from anygpt_jax.modalities.image import ImageTokenizer
-
-        tok = ImageTokenizer.load(spec)
-        info = TokenizerInfo("seed_tokenizer_v2", _dir_identity(spec))
-        return Encoder(modality, info, lambda paths: _image_codes(tok, paths))
-    from anygpt_jax.modalities.music import MusicTokenizer
-    from anygpt_jax.modalities.speech import SpeechTokenizer
-
-    cls = SpeechTokenizer if modality == "speech" else MusicTokenizer
-    name = {"speech": "speechtokenizer_rvq1", "music": "encodec_32khz"}[modality]
-    return _audio_encoder(modality, cls.load(spec), TokenizerInfo(name, _dir_identity(spec)))
-
-
-def _image_codes(tok, paths: list[str]) -> list[np.ndarray | Exception]:
-    """SEED codes [32] per path in one batched call; unreadable files fail alone."""
-    from anygpt_jax.modalities.image import ImageError, load_image
-
-    out: list = []
-    images = []
-    for p in paths:
-        try:
-            with local_media(p) as local:
-                images.append(load_image(local, name=p))
-            out.append(None)
-        except (ImageError, OSError) as e:
-            out.append(e)
-    codes = iter(tok.encode(images)) if images else iter(())
-    return [next(codes) if o is None else o for o in out]
+    info = TokenizerInfo(record.shard_tokenizer, _dir_identity(spec))
+    return _media_encoder(modality, record.load(spec), info)

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from anygpt_jax import storage
+from anygpt_jax.modalities.registry import media_modalities
 
-MODALITIES = ("image", "speech", "music")
 ROLES = {"human": "human", "user": "human", "assistant": "assistant", "gpt": "assistant",
          "anygpt": "assistant", "mmgpt": "assistant"}  # fmt: skip
 
@@ -211,7 +211,7 @@ def read_dialogues(path: str) -> Iterator[RawItem]:
                 if isinstance(item, str):
                     out.append(item)
                     continue
-                mods = [m for m in MODALITIES if isinstance(item, dict) and m in item]
+                mods = [m for m in media_modalities() if isinstance(item, dict) and m in item]
                 if len(mods) != 1:
                     raise InputError(f"{where}: turn {t} item {item!r} names no single modality")
                 media.append(_media(base, mods[0], item[mods[0]], f"{where} turn {t}"))

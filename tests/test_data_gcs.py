@@ -136,10 +136,15 @@ def test_gs_readers_librispeech_and_media(gs_dir, tmp_path):
     class Codec:
         sample_rate = 16000
 
+        def read(self, path):
+            from anygpt_jax.modalities.audio_io import load_audio
+
+            return load_audio(path, self.sample_rate)
+
         def encode_arrays(self, waves, n_q=None):
             return [np.round(w[None, ::160] * 100).astype(np.int32) + 100 for w in waves]
 
-    enc = media._audio_encoder("speech", Codec(), media.TokenizerInfo("t", "t"))
+    enc = media._media_encoder("speech", Codec(), media.TokenizerInfo("t", "t"))
     missing = storage.join(gs_dir, "missing.wav")
     got, err = enc.encode([storage.join(gs_dir, "a.wav"), missing])
     assert np.array_equal(got, enc.encode([wav])[0])

@@ -69,6 +69,11 @@ class _CountingCodec:
     def __init__(self):
         self.encoded = 0
 
+    def read(self, path):
+        from anygpt_jax.modalities.audio_io import load_audio
+
+        return load_audio(path, self.sample_rate)
+
     def encode_arrays(self, waves, n_q=None):
         self.encoded += len(waves)
         return [np.round(w[None, ::160] * 100).astype(np.int32) + 100 for w in waves]
@@ -83,7 +88,7 @@ def test_audio_encoder_reuses_codes_of_files_seen(tmp_path):
         paths.append(str(tmp_path / f"a{i}.wav"))
         sf.write(paths[-1], rng.uniform(-0.5, 0.5, n).astype(np.float32), 16000)
     codec = _CountingCodec()
-    enc = media._audio_encoder("speech", codec, media.TokenizerInfo("t", "t"))
+    enc = media._media_encoder("speech", codec, media.TokenizerInfo("t", "t"))
     first = enc.encode(paths[:2])
     calls = codec.encoded
     again = enc.encode([paths[1], paths[0], paths[2]])

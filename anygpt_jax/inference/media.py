@@ -22,9 +22,10 @@ import numpy as np
 
 from anygpt_jax import storage
 from anygpt_jax.inference.requests import MediaRef, RequestError
+from anygpt_jax.modalities.registry import media_modalities, media_modality
 from anygpt_jax.vocab import MergedVocabulary, ModalitySpan
 
-FLAGS = {m: f"--{m}_tokenizer" for m in ("image", "speech", "music")}
+FLAGS = {m: f"--{m}_tokenizer" for m in media_modalities()}
 SPEECH_WAV_UNAVAILABLE = (
     "wrote the speech units (RVQ layer 1) only: a WAV needs acoustic completion of RVQ layers "
     "2-8 by SoundStorm (--soundstorm DIR) and the SpeechTokenizer (--speech_tokenizer DIR)"
@@ -143,8 +144,7 @@ class MediaCodecs:
         # A tokenizer whose codebooks differ from the vocabulary's would make ids that mean
         # nothing to the model, or codes the tokenizer cannot decode.
         spec = self.vocab.modality(modality)
-        size = tok.codebook_size if modality == "image" else tok.config.codebook_size
-        books = 1 if modality == "image" else tok.n_q
+        size, books = tok.codebook_size, tok.n_q
         if size != spec.codebook_size or books < spec.num_codebooks:
             raise ValueError(
                 f"{FLAGS[modality]} {self.dirs[modality]}: {books} codebook(s) of {size} codes, "
@@ -167,14 +167,15 @@ class MediaCodecs:
             loaded, good = [], []
             for i in slots:
                 try:
-                    loaded.append(_read(modality, tok, refs[i].path))
+                    loaded.append(tok.read(refs[i].path))
                     good.append(i)
                 except (ValueError, OSError) as e:  # AudioError / ImageError are ValueErrors
                     out[i] = e
             if good:
                 books = self.vocab.modality(modality).num_codebooks
-                for i, span in zip(good, _encode(modality, tok, loaded, books), strict=True):
-                    out[i] = span
+                codes = media_modality(modality).llm_codes(tok, loaded, books)
+                for i, c in zip(good, codes, strict=True):
+                    out[i] = ModalitySpan(modality, c)
         return out  # type: ignore[return-value]
 
     def check_voice(self, path: str) -> None:
@@ -210,7 +211,7 @@ class MediaCodecs:
         else:
             note = f"no renderer for {m}"
         if note is None:
-            ext = "png" if m == "image" else "wav"
+            ext = media_modality(m).extension
             return {"modality": m, "path": f"{name}.{ext}", "format": ext}
         path = f"{name}.{m}.json"
         record = {"modality": m, "codes": codes.tolist(), "note": note}
@@ -252,19 +253,9 @@ class MediaCodecs:
 
 
 def _load(modality: str, spec: str) -> Any:
-    if spec == "demo":
-        if modality == "image":
-            raise ValueError(f"{FLAGS['image']} demo: the demo corpus's images use a pixel "
-                             "code, not SEED; give a converted SEED directory")
-        # The demo corpus (python -m data.demo) tokenized its audio with these seeded codecs.
-        from anygpt_jax.modalities.demo_codec import demo_codec
-
-        return demo_codec(modality)
-    from anygpt_jax.modalities import ImageTokenizer, MusicTokenizer, SpeechTokenizer
-
-    cls = {"image": ImageTokenizer, "speech": SpeechTokenizer, "music": MusicTokenizer}[modality]
     try:
-        return cls.load(spec)
+        # 'demo': the seeded codecs the demo corpus (python -m data.demo) was tokenized with.
+        return media_modality(modality).load(spec)
     except (OSError, ValueError) as e:
         raise ValueError(f"{FLAGS[modality]} {spec}: {e}") from e
 
@@ -277,23 +268,3 @@ def wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
     sf.write(buf, np.clip(np.asarray(wav, np.float32), -1.0, 1.0), int(sample_rate),
              format="WAV", subtype="PCM_16")
     return buf.getvalue()
-
-
-def _read(modality: str, tok: Any, path: str) -> Any:
-    """The image or waveform of a local or gs:// media file; errors name `path`."""
-    from anygpt_jax.modalities.audio_io import load_audio
-    from anygpt_jax.modalities.image import load_image
-
-    if modality == "image":
-        return load_image(path, name=path)
-    wav = load_audio(path, tok.sample_rate)
-    # AnyGPT tokenizes music as one segment (5 s) from the start of the clip.
-    return tok.segment(wav) if modality == "music" else wav
-
-
-def _encode(modality: str, tok: Any, items: list, num_codebooks: int) -> list[ModalitySpan]:
-    if modality == "image":
-        return [ModalitySpan("image", c) for c in tok.encode(items)]
-    if modality == "speech":  # the LLM sees RVQ layer 1 only
-        return [ModalitySpan("speech", c[0]) for c in tok.encode_arrays(items, n_q=1)]
-    return [ModalitySpan("music", c) for c in tok.encode_arrays(items, n_q=num_codebooks)]

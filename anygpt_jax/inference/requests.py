@@ -33,9 +33,8 @@ import re
 from collections.abc import Iterator
 
 from anygpt_jax import storage
+from anygpt_jax.modalities.registry import media_modalities
 
-MEDIA_MODALITIES = ("image", "speech", "music")
-MODALITIES = ("text", *MEDIA_MODALITIES)
 BASE_FORMS = (
     "text|image|{caption}",
     "image|text|{image path}",
@@ -103,8 +102,10 @@ class ChatRequest:
 Request = BaseRequest | ChatRequest
 
 
-def check_modality(word: str, where: str, allowed: tuple[str, ...] = MODALITIES) -> str:
-    """`word` lower-cased if it is one of `allowed`, else a RequestError naming it."""
+def check_modality(word: str, where: str, allowed: tuple[str, ...] | None = None) -> str:
+    """`word` lower-cased if it is one of `allowed` (default: text and the registered media
+    modalities), else a RequestError naming it."""
+    allowed = ("text", *media_modalities()) if allowed is None else allowed
     m = word.strip().lower()
     if m not in allowed:
         raise RequestError(f"{where}: unknown modality {word.strip()!r}; expected one of "
@@ -186,7 +187,7 @@ def parse_chat_message(text: str, base_dir: str | None = None, where: str = "mes
 
 def _media_or_text(m: re.Match, base_dir: str | None, where: str) -> MediaRef | None:
     word, path = m.group(1), m.group(2)
-    if word.lower() in MEDIA_MODALITIES:
+    if word.lower() in media_modalities():
         return MediaRef(word.lower(), _media_path(path, word.lower(), base_dir, where))
     # Brackets are ordinary text ("[note: see above]"), but a file-like argument means a
     # mistyped media tag, which should not silently become text.

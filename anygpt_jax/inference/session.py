@@ -32,7 +32,6 @@ from anygpt_jax.inference.chat import (
 from anygpt_jax.inference.generate import check_length
 from anygpt_jax.inference.media import MediaCodecs
 from anygpt_jax.inference.requests import (
-    MEDIA_MODALITIES,
     BaseRequest,
     ChatMessage,
     ChatRequest,
@@ -362,7 +361,7 @@ def _to_hint(arg: str) -> str | None:
     arg = arg.strip().lower()
     if arg in ("", "chat"):
         return None
-    return check_modality(arg, "/to", ("text", *MEDIA_MODALITIES))
+    return check_modality(arg, "/to")
 
 
 def _print_reply(rec: dict, out_dir: str, stdout: IO[str]) -> None:

@@ -113,6 +113,15 @@ class AudioCodec:
         return self.config.sample_rate / self.config.hop_length
 
     @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    def read(self, path: str) -> np.ndarray:
+        """The mono waveform of a local or gs:// audio file at the model rate, as
+        `encode_arrays` takes it; errors name the file."""
+        return audio_io.load_audio(path, self.sample_rate)
+
+    @property
     def n_q(self) -> int:
         return self.config.n_q
 

@@ -183,6 +183,21 @@ class ImageTokenizer:
     def codebook_size(self) -> int:
         return self.config.codebook_size
 
+    @property
+    def n_q(self) -> int:
+        """Codebooks per code position: one (the registry's common tokenizer interface)."""
+        return 1
+
+    def read(self, path: str) -> Any:
+        """The image of a local or gs:// file, as `encode_arrays` takes it; errors name it."""
+        return load_image(path, name=path)
+
+    def encode_arrays(self, images: Sequence[Any], n_q: int | None = None) -> list[np.ndarray]:
+        """Images -> int32 codes (1, 32) each: `encode` in the registry's common interface."""
+        if n_q not in (None, 1):
+            raise ValueError(f"SEED has one codebook; n_q={n_q}")
+        return [c[None] for c in self.encode(list(images))]
+
     def encode(self, images: Sequence[Any]) -> np.ndarray:
         """Images (paths, PIL images or uint8/float arrays, any size/mode) -> int32 (batch, 32)."""
         if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "mode"):

@@ -32,6 +32,10 @@ class MusicTokenizer(AudioCodec):
             raise ValueError(f"segment_seconds must be positive, got {segment_seconds}")
         self.segment_seconds = segment_seconds
 
+    def read(self, path: str) -> np.ndarray:
+        """The first segment of an audio file: AnyGPT tokenizes music as one 5 s window."""
+        return self.segment(super().read(path))
+
     def segment(self, waveform: np.ndarray, start_seconds: float = 0.0) -> np.ndarray:
         """The `segment_seconds` window from `start_seconds` of mono audio at the model rate."""
         start = int(round(start_seconds * self.sample_rate))

@@ -1,0 +1,71 @@
+"""The media modality registry: one record per modality; the lists of modalities derive from it."""
+
+import numpy as np
+import pytest
+
+from anygpt_jax.inference.requests import RequestError, check_modality
+from anygpt_jax.modalities import registry
+from anygpt_jax.modalities.registry import MediaModality, media_modalities, media_modality
+
+
+class ToyTokenizer:
+    """A 'video' tokenizer: frames of 2 codes each from an array, two codebooks of 16."""
+
+    codebook_size = 16
+    n_q = 2
+
+    @classmethod
+    def load(cls, directory):
+        return cls()
+
+    def read(self, path):
+        return np.load(path)
+
+    def encode_arrays(self, items, n_q=None):
+        return [np.stack([np.asarray(x, np.int32) % 16] * (n_q or self.n_q)) for x in items]
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    record = MediaModality("video", f"{__name__}:ToyTokenizer", None, "toy_video", "npy",
+                           demo=ToyTokenizer)
+    monkeypatch.setitem(registry._REGISTRY, "video", record)
+    return record
+
+
+def test_the_paper_modalities_and_their_tokenizers_share_one_interface():
+    assert media_modalities()[:3] == ("image", "speech", "music")
+    for name in ("image", "speech", "music"):
+        cls = media_modality(name).tokenizer_class()
+        for attr in ("load", "read", "encode_arrays", "codebook_size", "n_q"):
+            assert hasattr(cls, attr), (name, attr)
+    with pytest.raises(ValueError, match=r"unknown media modality 'smell'; known: "):
+        media_modality("smell")
+    with pytest.raises(ValueError, match="image has no demo tokenizer"):
+        media_modality("image").load("demo")
+
+
+def test_llm_codes_keep_the_codebooks_the_vocabulary_holds():
+    speech, music = media_modality("speech").load("demo"), media_modality("music").load("demo")
+    wave = np.random.default_rng(0).uniform(-0.5, 0.5, 16000).astype(np.float32)
+    [units] = media_modality("speech").llm_codes(speech, [wave])
+    assert units.ndim == 1 and units.shape[0] == speech.num_frames(16000)  # RVQ layer 1
+    music_wave = np.random.default_rng(1).uniform(-0.5, 0.5, 32000).astype(np.float32)
+    [codes] = media_modality("music").llm_codes(music, [music_wave])
+    assert codes.shape == (music.n_q, music.num_frames(32000))
+    [two] = media_modality("music").llm_codes(music, [music_wave], num_codebooks=2)
+    np.testing.assert_array_equal(two, codes[:2])
+
+
+def test_a_registered_modality_reaches_requests_and_the_cli_flags(toy, tmp_path):
+    from anygpt_jax import infer
+
+    assert "video" in media_modalities() and check_modality("Video", "where") == "video"
+    with pytest.raises(RequestError, match="unknown modality 'smell'"):
+        check_modality("smell", "where")
+    args, _ = infer.parse_args(["--ckpt", "m", "--video_tokenizer", "demo"])
+    assert args.video_tokenizer == "demo"
+    np.save(tmp_path / "clip.npy", np.arange(6))
+    tok = toy.load("demo")
+    [codes] = toy.llm_codes(tok, [tok.read(str(tmp_path / "clip.npy"))])
+    assert codes.shape == (2, 6)

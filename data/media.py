@@ -154,12 +154,12 @@ def make_encoder(modality: str, spec: str) -> Encoder:
         if record.demo is None:  # the demo's images: a lossless pixel code, not SEED
             info = TokenizerInfo("digits_pixel_pairs", "digits_pixel_pairs/1")
             return Encoder(modality, info, digits_pixel_pairs)
-        info = TokenizerInfo(record.shard_tokenizer, f"demo-random-seed0/{modality}",
+        info = TokenizerInfo(record.spec.tokenizer, f"demo-random-seed0/{modality}",
                              random_init=True)
         return _media_encoder(modality, record.load("demo"), info)
     if not storage.isdir(spec):
         raise ValueError(
             f"--tokenizer {modality}={spec}: not a directory, 'demo' or 'precomputed:NAME'"
         )
-    info = TokenizerInfo(record.shard_tokenizer, _dir_identity(spec))
+    info = TokenizerInfo(record.spec.tokenizer, _dir_identity(spec))
     return _media_encoder(modality, record.load(spec), info)

@@ -6,6 +6,7 @@ import pytest
 from anygpt_jax.inference.requests import RequestError, check_modality
 from anygpt_jax.modalities import registry
 from anygpt_jax.modalities.registry import MediaModality, media_modalities, media_modality
+from anygpt_jax.vocab import ModalitySpec
 
 
 class ToyTokenizer:
@@ -27,8 +28,8 @@ class ToyTokenizer:
 
 @pytest.fixture
 def toy(monkeypatch):
-    record = MediaModality("video", f"{__name__}:ToyTokenizer", None, "toy_video", "npy",
-                           demo=ToyTokenizer)
+    spec = ModalitySpec("video", "\U0001f39e", "<sovi>", "<eovi>", 16, 2, "toy_video")
+    record = MediaModality(spec, f"{__name__}:ToyTokenizer", "npy", demo=ToyTokenizer)
     monkeypatch.setitem(registry._REGISTRY, "video", record)
     return record
 
@@ -52,7 +53,7 @@ def test_llm_codes_keep_the_codebooks_the_vocabulary_holds():
     assert units.ndim == 1 and units.shape[0] == speech.num_frames(16000)  # RVQ layer 1
     music_wave = np.random.default_rng(1).uniform(-0.5, 0.5, 32000).astype(np.float32)
     [codes] = media_modality("music").llm_codes(music, [music_wave])
-    assert codes.shape == (music.n_q, music.num_frames(32000))
+    assert codes.shape == (4, music.num_frames(32000))  # the vocabulary's music block: 4
     [two] = media_modality("music").llm_codes(music, [music_wave], num_codebooks=2)
     np.testing.assert_array_equal(two, codes[:2])
 

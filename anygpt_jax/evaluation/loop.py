@@ -39,6 +39,7 @@ from anygpt_jax.evaluation import tasks as eval_tasks
 from anygpt_jax.evaluation.metrics import MetricSkipped
 from anygpt_jax.evaluation.scoring import Audio
 from anygpt_jax.evaluation.teacher_forced import make_eval_step, teacher_forced_eval
+from anygpt_jax.modalities.registry import media_modality
 from anygpt_jax.vocab import ModalitySpan
 
 log = logging.getLogger(__name__)
@@ -220,8 +221,8 @@ def inference_eval(
                 path = os.path.join(media_dir, task_name, _safe(ex_id))
                 value = _render(codecs, value, meta, path, options.seed + b + k)
                 if value is not None:  # shown relative to the output directory
-                    ext = ".png" if spec.output == "image" else ".wav"
-                    shown = f"{os.path.basename(media_dir)}/{task_name}/{_safe(ex_id)}{ext}"
+                    ext = media_modality(spec.output).extension
+                    shown = f"{os.path.basename(media_dir)}/{task_name}/{_safe(ex_id)}.{ext}"
             record["prediction"] = shown
             predictions.append(value)
             records.append(record)

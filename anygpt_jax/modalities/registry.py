@@ -2,10 +2,10 @@
 
 Every media tokenizer has one interface (`ModalityTokenizer`): files are `read` into items,
 items become int32 codes [Q, T] by `encode_arrays`, and `load` reads a converted directory.
-A record names its tokenizer class, how many of its codebooks the LLM sees, the name shard
-manifests record, the file a generated span becomes, and the demo corpus's tokenizer.
-`register_modality` adds one (a test adds a toy modality without editing the library);
-`media_modalities()` lists the names in registration order.
+A record holds its vocabulary block (vocab.ModalitySpec: markers, codebooks the LLM sees, the
+tokenizer name shard manifests record), its tokenizer class, the file a generated span
+becomes, and the demo corpus's tokenizer. `register_modality` adds one (a test adds a toy
+modality without editing the library); `media_modalities()` lists the names in order.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+
+from anygpt_jax.vocab.layout import IMAGE, MUSIC, SPEECH, ModalitySpec
 
 
 class ModalityTokenizer(Protocol):
@@ -38,18 +40,19 @@ class ModalityTokenizer(Protocol):
 class MediaModality:
     """What is specific to one media modality."""
 
-    name: str
+    # Its vocabulary block; its num_codebooks are the codebooks the LLM sees (speech: RVQ
+    # layer 1 of 8), its tokenizer the name shard manifests record.
+    spec: ModalitySpec
     # "module:Class" of its ModalityTokenizer, imported on first use.
     tokenizer: str
-    # Codebooks of the tokenizer the LLM sees: 1 keeps the first (speech: RVQ layer 1) and
-    # gives codes [T]; None keeps all, [Q, T].
-    llm_codebooks: int | None
-    # The tokenizer name shard manifests record for codes made by a converted directory.
-    shard_tokenizer: str
     # The extension of the file a generated span is rendered to.
     extension: str
     # The demo corpus's tokenizer (no converted weights needed), if it has one.
     demo: Callable[[], ModalityTokenizer] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     def tokenizer_class(self) -> type:
         module, name = self.tokenizer.split(":")
@@ -67,8 +70,8 @@ class MediaModality:
     def llm_codes(self, tokenizer: ModalityTokenizer, items: Sequence[Any],
                   num_codebooks: int | None = None) -> list[np.ndarray]:
         """The codes a span of this modality holds, per item: [T] when one codebook is kept,
-        else [Q, T]. `num_codebooks`: the vocabulary block's (default `llm_codebooks`)."""
-        n = self.llm_codebooks if num_codebooks is None else num_codebooks
+        else [Q, T]. `num_codebooks`: a vocabulary's block (default this record's spec)."""
+        n = self.spec.num_codebooks if num_codebooks is None else num_codebooks
         codes = tokenizer.encode_arrays(list(items), n_q=n)
         return [c[0] for c in codes] if n == 1 else list(codes)
 
@@ -104,9 +107,8 @@ def _demo_codec(name: str) -> Callable[[], ModalityTokenizer]:
     return make
 
 
-register_modality(MediaModality("image", "anygpt_jax.modalities.image:ImageTokenizer", 1,
-                                "seed_tokenizer_v2", "png"))
-register_modality(MediaModality("speech", "anygpt_jax.modalities.speech:SpeechTokenizer", 1,
-                                "speechtokenizer_rvq1", "wav", _demo_codec("speech")))
-register_modality(MediaModality("music", "anygpt_jax.modalities.music:MusicTokenizer", None,
-                                "encodec_32khz", "wav", _demo_codec("music")))
+register_modality(MediaModality(IMAGE, "anygpt_jax.modalities.image:ImageTokenizer", "png"))
+register_modality(MediaModality(SPEECH, "anygpt_jax.modalities.speech:SpeechTokenizer", "wav",
+                                _demo_codec("speech")))
+register_modality(MediaModality(MUSIC, "anygpt_jax.modalities.music:MusicTokenizer", "wav",
+                                _demo_codec("music")))

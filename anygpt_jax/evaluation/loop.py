@@ -20,7 +20,6 @@ and TensorBoard scalars in `tensorboard/`. Metric names are `TASK/NAME`, e.g.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -114,17 +113,13 @@ def _decoder_problem(codecs: Any, output: str) -> str | None:
     """Why generated `output` spans cannot be turned into media here, or None."""
     if output == "text":
         return None
-    from anygpt_jax.inference import media
-
     if output not in codecs.dirs:
         return f"decoding {output} needs its tokenizer: MediaSettings.tokenizer_dirs[{output!r}]"
     if output == "image" and codecs.unclip_pipeline is None:
         return "rendering SEED codes needs MediaSettings.unclip_pipeline (a diffusers unCLIP dir)"
-    if output == "speech":
-        tok = codecs.tokenizer("speech")
-        if media.speech_to_wav(np.zeros(4, np.int32), None, tok) is None:
-            return ("speech waveforms need acoustic completion of RVQ layers 2-8 (SoundStorm), "
-                    "which anygpt_jax.inference.media.speech_to_wav does not provide here")
+    if output == "speech" and codecs.soundstorm() is None:
+        return ("speech waveforms need acoustic completion of RVQ layers 2-8: "
+                "MediaSettings.soundstorm (a converted SoundStorm directory)")
     return None
 
 
@@ -147,27 +142,15 @@ def _decode(vocab, ids: list[int], output: str, stop_ids: set[int]) -> tuple[Any
 
 
 def _render(codecs: Any, span: ModalitySpan, meta: dict, path: str, seed: int) -> Any:
-    """A generated span -> PIL image or Audio, also written to `path` (+ .png / .wav)."""
-    from anygpt_jax.inference import media
-
-    codes = np.asarray(span.codes)
-    if span.modality == "image":
-        tok = codecs.tokenizer("image")
-        if codes.shape != (tok.num_codes,):
-            return None  # a truncated image span: nothing to render
-        [image] = tok.render(codes[None], seed=seed, pipeline=codecs.unclip_pipeline,
-                             num_inference_steps=codecs.render_steps)  # fmt: skip
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        storage.write_bytes(path + ".png", buf.getvalue())
-        return image
-    tok = codecs.tokenizer(span.modality)
-    if span.modality == "speech":
-        wav = media.speech_to_wav(codes, meta.get("prompt_audio"), tok)
-    else:
-        wav = tok.decode(codes)
-    storage.write_bytes(path + ".wav", media.wav_bytes(wav, tok.sample_rate))
-    return Audio(np.asarray(wav, np.float32), int(tok.sample_rate))
+    """A generated span -> PIL image or Audio, also written to `path` (+ .png / .wav); None
+    when it cannot be rendered (e.g. a truncated image span)."""
+    rendered = codecs.render(span, seed, meta.get("prompt_audio"))
+    if isinstance(rendered, str):
+        return None
+    storage.write_bytes(f"{path}.{rendered.extension}", rendered.to_bytes())
+    if rendered.sample_rate is None:
+        return rendered.value
+    return Audio(np.asarray(rendered.value, np.float32), int(rendered.sample_rate))
 
 
 def _safe(name: str) -> str:

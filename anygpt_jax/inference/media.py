@@ -186,37 +186,41 @@ class MediaCodecs:
 
     # ----- out --------------------------------------------------------------------------------
 
+    def render(self, span: ModalitySpan, seed: int = 0,
+               voice: str | None = None) -> Rendered | str:
+        """A generated span as media (an image, or a waveform), or a note saying why it cannot
+        be (the caller then keeps its codes). `voice`: a speech prompt to clone."""
+        m = span.modality
+        codes = np.asarray(span.codes)
+        if (codes.shape[-1] if codes.ndim else 0) == 0:
+            return f"the generated {m} span is empty"
+        if m == "image":
+            return self._render_image(codes, seed)
+        if m == "music":
+            tok = self._optional("music")
+            if tok is None:
+                return f"wrote the Encodec codes: decoding needs {FLAGS['music']} DIR"
+            return Rendered(tok.decode(codes), tok.sample_rate)
+        if m == "speech":
+            tok = self._optional("speech")
+            wav = speech_to_wav(codes, voice, tok, self.soundstorm(), seed=seed)
+            return SPEECH_WAV_UNAVAILABLE if wav is None else Rendered(wav, tok.sample_rate)
+        return f"no renderer for {m}"
+
     def write(self, span: ModalitySpan, out_dir: str, name: str, seed: int = 0,
               voice: str | None = None) -> dict:
         """Writes a generated span as NAME.png / NAME.wav, or its codes as NAME.MODALITY.json;
         returns {"modality", "path" (relative to out_dir), "format", "note"?}."""
         m = span.modality
-        codes = np.asarray(span.codes)
-        frames = codes.shape[-1] if codes.ndim else 0
-        note = None
-        if frames == 0:
-            note = f"the generated {m} span is empty"
-        elif m == "image":
-            note = self._write_image(codes, out_dir, name, seed)
-        elif m == "music":
-            note = self._write_music(codes, out_dir, name)
-        elif m == "speech":
-            tok = self._optional("speech")
-            wav = speech_to_wav(codes, voice, tok, self.soundstorm(), seed=seed)
-            if wav is not None:
-                storage.write_bytes(os.path.join(out_dir, name + ".wav"),
-                                    wav_bytes(wav, tok.sample_rate))
-            else:
-                note = SPEECH_WAV_UNAVAILABLE
-        else:
-            note = f"no renderer for {m}"
-        if note is None:
-            ext = media_modality(m).extension
-            return {"modality": m, "path": f"{name}.{ext}", "format": ext}
+        rendered = self.render(span, seed, voice)
+        if isinstance(rendered, Rendered):
+            path = f"{name}.{rendered.extension}"
+            storage.write_bytes(os.path.join(out_dir, path), rendered.to_bytes())
+            return {"modality": m, "path": path, "format": rendered.extension}
         path = f"{name}.{m}.json"
-        record = {"modality": m, "codes": codes.tolist(), "note": note}
+        record = {"modality": m, "codes": np.asarray(span.codes).tolist(), "note": rendered}
         storage.write_text(os.path.join(out_dir, path), json.dumps(record) + "\n")
-        return {"modality": m, "path": path, "format": "codes", "note": note}
+        return {"modality": m, "path": path, "format": "codes", "note": rendered}
 
     def _optional(self, modality: str) -> Any:
         try:
@@ -224,7 +228,7 @@ class MediaCodecs:
         except RequestError:
             return None
 
-    def _write_image(self, codes: np.ndarray, out_dir: str, name: str, seed: int) -> str | None:
+    def _render_image(self, codes: np.ndarray, seed: int) -> Rendered | str:
         tok = self._optional("image")
         if tok is None:
             return f"wrote the SEED codes: rendering needs {FLAGS['image']} DIR"
@@ -238,18 +242,27 @@ class MediaCodecs:
                                  num_inference_steps=self.render_steps)
         except ImportError as e:
             return f"wrote the SEED codes: {e}"
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        storage.write_bytes(os.path.join(out_dir, name + ".png"), buf.getvalue())
-        return None
+        return Rendered(image)
 
-    def _write_music(self, codes: np.ndarray, out_dir: str, name: str) -> str | None:
-        tok = self._optional("music")
-        if tok is None:
-            return f"wrote the Encodec codes: decoding needs {FLAGS['music']} DIR"
-        storage.write_bytes(os.path.join(out_dir, name + ".wav"),
-                            wav_bytes(tok.decode(codes), tok.sample_rate))
-        return None
+
+@dataclasses.dataclass(frozen=True)
+class Rendered:
+    """A generated span as media: a PIL image, or a waveform with its sample rate."""
+
+    value: Any
+    sample_rate: int | None = None
+
+    @property
+    def extension(self) -> str:
+        return "png" if self.sample_rate is None else "wav"
+
+    def to_bytes(self) -> bytes:
+        """The PNG or 16-bit WAV file's bytes."""
+        if self.sample_rate is not None:
+            return wav_bytes(self.value, self.sample_rate)
+        buf = io.BytesIO()
+        self.value.save(buf, format="PNG")
+        return buf.getvalue()
 
 
 def _load(modality: str, spec: str) -> Any:

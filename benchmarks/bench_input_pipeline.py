@@ -31,7 +31,6 @@ from anygpt_jax.vocab import MergedVocabulary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DIR = os.path.join("runs", "demo_corpus")  # relative to the repo root, as in the gin file
-KINDS = ("image_text", "speech_text", "music_text", "dialogue")
 # tok/s of `python -m anygpt_jax.train --gin_file=tpu_configs/cpu_default.gin` on the 2-core
 # development machine under its usual load (1,200-1,500 measured); pass your own figure.
 CPU_DEFAULT_TRAIN_TOKENS_PER_S = 1350.0
@@ -39,7 +38,8 @@ CPU_DEFAULT_TRAIN_TOKENS_PER_S = 1350.0
 
 def ensure_demo(demo_dir: str, vocab_dir: str | None) -> str:
     """Builds the demo corpus into demo_dir unless all four kinds are finished; returns vocab."""
-    if any(not os.path.isfile(os.path.join(demo_dir, k, shards_lib.MANIFEST)) for k in KINDS):
+    if any(not os.path.isfile(os.path.join(demo_dir, k, shards_lib.MANIFEST))
+           for k in shards_lib.kinds()):
         from data import demo
 
         print(f"building the demo corpus in {demo_dir} (python -m data.demo) ...", flush=True)
@@ -71,7 +71,7 @@ def measure(name: str, length: int, batch: int, steps: int) -> dict:
 def bytes_per_token(demo_dir: str) -> float:
     """Shard bytes over tokens (codes + text) across the corpus's manifests."""
     size = tokens = 0
-    for k in KINDS:
+    for k in shards_lib.kinds():
         m = shards_lib.read_manifest(storage.join(demo_dir, k))
         size += sum(e["bytes"] for e in m["shards"])
         tokens += sum(m["tokens"].values())
@@ -133,7 +133,7 @@ def main() -> None:
         os.environ.update(emulator.env)
         try:
             root = emulator.uri("demo_corpus")
-            for k in KINDS:
+            for k in shards_lib.kinds():
                 storage.copy_tree(os.path.join(a.demo, k), storage.join(root, k))
             remote = run_all(vocab, a, root, "gs://")
         finally:
@@ -145,7 +145,7 @@ def main() -> None:
 
 def run_all(vocab, a, corpus: str, where: str) -> dict[str, float]:
     """Registers the tasks over `corpus` and measures both; returns name -> tokens/s."""
-    d = {k: [storage.join(corpus, k)] for k in KINDS}
+    d = {k: [storage.join(corpus, k)] for k in shards_lib.kinds()}
     tasks.register(
         vocab,
         image_caption_dirs=d["image_text"],

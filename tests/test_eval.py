@@ -9,7 +9,6 @@ import math
 import os
 import subprocess
 import sys
-import types
 
 import gin
 import jax
@@ -224,7 +223,8 @@ def test_bound_metric_weights_missing_fail_before_generation(model, merged_vocab
     [clip] = task.predict_metric_fns
     assert isinstance(clip, scoring.ClipScore)
     # Decoders configured (image tokenizer and unCLIP directories), so scoring is next.
-    codecs = types.SimpleNamespace(dirs={"image": str(tmp_path)}, unclip_pipeline=str(tmp_path))
+    codecs = MediaCodecs(model.vocab, MediaSettings({"image": str(tmp_path)},
+                                                    unclip_pipeline=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match=r"HFClip.path .*no_clip does not exist"):
         loop.inference_eval(model, "anygpt_eval_coco_text_to_image", loop.EvalOptions(),
                             codecs=codecs, media_dir=str(tmp_path))  # fmt: skip

@@ -70,3 +70,15 @@ def test_a_registered_modality_reaches_requests_and_the_cli_flags(toy, tmp_path)
     tok = toy.load("demo")
     [codes] = toy.llm_codes(tok, [tok.read(str(tmp_path / "clip.npy"))])
     assert codes.shape == (2, 6)
+
+
+def test_a_registered_modality_is_a_shard_kind(toy):
+    from anygpt_jax.data import shards
+    from anygpt_jax.vocab import ModalitySpan
+
+    assert shards.kinds() == ("image_text", "speech_text", "music_text", "video_text",
+                              "dialogue")
+    ex = shards.ShardExample("v1", "video_text", "a clip", (ModalitySpan("video", [[1, 2]] * 2),))
+    assert shards.pair_modality(ex.kind) == "video"
+    with pytest.raises(ValueError, match="video_text needs one video span"):
+        shards.ShardExample("v2", "video_text", "a clip", ())

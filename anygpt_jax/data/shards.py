@@ -38,12 +38,24 @@ from google.protobuf.message import DecodeError
 from anygpt_jax import storage
 from anygpt_jax.data import records as records_lib
 from anygpt_jax.io_utils import read_json
+from anygpt_jax.modalities.registry import media_modalities
 from anygpt_jax.vocab import MergedVocabulary, ModalitySpan
 
 FORMAT = "anygpt_jax.shards/1"
 MANIFEST = "manifest.json"
-KINDS = ("image_text", "speech_text", "music_text", "dialogue")
-PAIR_MODALITY = {"image_text": "image", "speech_text": "speech", "music_text": "music"}
+DIALOGUE = "dialogue"
+PAIR_SUFFIX = "_text"
+
+
+def kinds() -> tuple[str, ...]:
+    """The shard kinds: '<modality>_text' pairs of every registered media modality (in the
+    registry's order), then 'dialogue'."""
+    return (*(m + PAIR_SUFFIX for m in media_modalities()), DIALOGUE)
+
+
+def pair_modality(kind: str) -> str | None:
+    """The media modality of a pair kind ('speech_text' -> 'speech'); None for dialogues."""
+    return None if kind == DIALOGUE else kind.removesuffix(PAIR_SUFFIX)
 ROLES = ("human", "assistant")
 
 
@@ -75,10 +87,11 @@ class ShardExample:
     def __post_init__(self):
         object.__setattr__(self, "spans", tuple(self.spans))
         object.__setattr__(self, "turns", tuple(self.turns))
-        if self.kind not in KINDS:
-            raise ValueError(f"example {self.id!r}: kind {self.kind!r}, expected one of {KINDS}")
-        if self.kind in PAIR_MODALITY:
-            want = PAIR_MODALITY[self.kind]
+        if self.kind not in kinds():
+            raise ValueError(f"example {self.id!r}: kind {self.kind!r}, expected one of "
+                             f"{kinds()}")
+        want = pair_modality(self.kind)
+        if want is not None:
             if len(self.spans) != 1 or self.spans[0].modality != want:
                 got = [s.modality for s in self.spans]
                 raise ValueError(
@@ -133,7 +146,7 @@ def serialize(ex: ShardExample) -> bytes:
     """ShardExample -> serialized tf.train.Example."""
     codes = [np.asarray(s.codes) for s in ex.spans]
     shapes = [(1, c.shape[0]) if c.ndim == 1 else c.shape for c in codes]
-    text = ex.text if ex.kind != "dialogue" else json.dumps(list(ex.turns), ensure_ascii=False)
+    text = ex.text if ex.kind != DIALOGUE else json.dumps(list(ex.turns), ensure_ascii=False)
     feats = {
         "id": _bytes([ex.id.encode()]),
         "kind": _bytes([ex.kind.encode()]),
@@ -173,8 +186,8 @@ def deserialize(record: bytes, where: str = "record") -> ShardExample:
         c = flat[at : at + q * t].reshape(q, t).astype(np.int32)
         spans.append(ModalitySpan(m, c[0] if q == 1 else c))
         at += q * t
-    turns = json.loads(text) if kind == "dialogue" else ()
-    return ShardExample(ex_id, kind, "" if kind == "dialogue" else text, spans, turns, meta)
+    turns = json.loads(text) if kind == DIALOGUE else ()
+    return ShardExample(ex_id, kind, "" if kind == DIALOGUE else text, spans, turns, meta)
 
 
 def example_tokens(ex: ShardExample, vocab: MergedVocabulary) -> dict[str, int]:
@@ -184,7 +197,7 @@ def example_tokens(ex: ShardExample, vocab: MergedVocabulary) -> dict[str, int]:
         out[s.modality] = out.get(s.modality, 0) + int(np.asarray(s.codes).size)
     texts = (
         [ex.text]
-        if ex.kind != "dialogue"
+        if ex.kind != DIALOGUE
         else [i for t in ex.turns for i in t.get("content", ()) if isinstance(i, str)]
     )
     out["text"] = sum(len(vocab.encode(s)) for s in texts if s)

@@ -109,20 +109,6 @@ def _unscorable(task: seqio.Task) -> dict[str, str]:
     return out
 
 
-def _decoder_problem(codecs: Any, output: str) -> str | None:
-    """Why generated `output` spans cannot be turned into media here, or None."""
-    if output == "text":
-        return None
-    if output not in codecs.dirs:
-        return f"decoding {output} needs its tokenizer: MediaSettings.tokenizer_dirs[{output!r}]"
-    if output == "image" and codecs.unclip_pipeline is None:
-        return "rendering SEED codes needs MediaSettings.unclip_pipeline (a diffusers unCLIP dir)"
-    if output == "speech" and codecs.soundstorm() is None:
-        return ("speech waveforms need acoustic completion of RVQ layers 2-8: "
-                "MediaSettings.soundstorm (a converted SoundStorm directory)")
-    return None
-
-
 def _decode(vocab, ids: list[int], output: str, stop_ids: set[int]) -> tuple[Any, str]:
     """New ids -> (text or the first span of `output`, its printable form).
 
@@ -169,7 +155,7 @@ def inference_eval(
 
     spec = eval_tasks.eval_spec(task_name)
     task = seqio.get_mixture_or_task(task_name)
-    problem = _decoder_problem(codecs, spec.output)
+    problem = codecs.missing(spec.output)
     unscorable = {} if problem else _unscorable(task)
     if problem or len(unscorable) == len(task.predict_metric_fns):
         reason = problem or "; ".join(unscorable.values())

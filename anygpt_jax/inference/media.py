@@ -186,6 +186,22 @@ class MediaCodecs:
 
     # ----- out --------------------------------------------------------------------------------
 
+    def missing(self, modality: str) -> str | None:
+        """What this session lacks to render `modality` spans as media (naming the setting
+        and its infer flag), or None; text needs nothing."""
+        if modality == "text":
+            return None
+        if modality not in self.dirs:
+            return (f"decoding {modality} needs its tokenizer: "
+                    f"MediaSettings.tokenizer_dirs[{modality!r}] ({FLAGS[modality]} DIR)")
+        if modality == "image" and self.unclip_pipeline is None:
+            return ("rendering SEED codes needs a diffusers unCLIP directory: "
+                    "MediaSettings.unclip_pipeline (--unclip_pipeline DIR)")
+        if modality == "speech" and self.soundstorm() is None:
+            return ("speech waveforms need acoustic completion of RVQ layers 2-8: "
+                    "MediaSettings.soundstorm (--soundstorm DIR)")
+        return None
+
     def render(self, span: ModalitySpan, seed: int = 0,
                voice: str | None = None) -> Rendered | str:
         """A generated span as media (an image, or a waveform), or a note saying why it cannot

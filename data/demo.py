@@ -40,6 +40,7 @@ import numpy as np
 
 from anygpt_jax import storage
 from anygpt_jax.data import shards as shards_lib
+
 from . import build
 from .demo_vocab import build_demo_vocab
 

@@ -39,6 +39,7 @@ import sys
 from collections.abc import Callable
 
 from anygpt_jax import storage
+
 from . import build, readers
 
 ITEMS_FILE = "items.jsonl"

@@ -82,3 +82,17 @@ def test_a_registered_modality_is_a_shard_kind(toy):
     assert shards.pair_modality(ex.kind) == "video"
     with pytest.raises(ValueError, match="video_text needs one video span"):
         shards.ShardExample("v2", "video_text", "a clip", ())
+
+
+def test_a_registered_modality_brings_its_prompt_directions(toy, monkeypatch):
+    from anygpt_jax import prompts
+
+    record = MediaModality(toy.spec, toy.tokenizer, "npy", toy.demo,
+                           ("Describe this clip.",), ("Make a clip of this.",))
+    monkeypatch.setitem(registry._REGISTRY, "video", record)
+    pools = prompts.instruction_pools()
+    assert list(pools)[-2:] == ["video_to_text", "text_to_video"]
+    assert prompts.direction_of("video", to_text=False) == "text_to_video"
+    rng = np.random.default_rng(0)
+    assert prompts.pick_instruction("video_to_text", rng) == "Describe this clip."
+    assert prompts.DIRECTIONS == tuple(pools)[:6]  # the paper's, as registered at import

@@ -50,8 +50,9 @@ def render_and_tokenize(
     style: prompts.ChatStyle | None = None,
 ) -> tf.data.Dataset:
     """seqio preprocessor: {"record"} -> {"targets", "loss_weights"} for `direction`."""
-    if direction != DIALOGUE and direction not in prompts.DIRECTIONS:
-        raise ValueError(f"direction {direction!r}; expected {DIALOGUE!r} or {prompts.DIRECTIONS}")
+    if direction != DIALOGUE and direction not in prompts.instruction_pools():
+        raise ValueError(f"direction {direction!r}; expected {DIALOGUE!r} or "
+                         f"{tuple(prompts.instruction_pools())}")
     vocab = output_features["targets"].vocabulary
     fn = functools.partial(render_record, vocab=vocab, direction=direction, style=style)
 

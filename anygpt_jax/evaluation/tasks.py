@@ -143,7 +143,7 @@ def register_eval(
     (default: the first phrasing of each pool). tokenizers / verify: see tasks.register."""
     dirs = {"coco_dirs": coco_dirs, "librispeech_dirs": librispeech_dirs,
             "vctk_dirs": vctk_dirs, "musiccaps_dirs": musiccaps_dirs}  # fmt: skip
-    chosen = {d: pool[0] for d, pool in prompts.INSTRUCTION_POOLS.items()}
+    chosen = {d: pool[0] for d, pool in prompts.instruction_pools().items()}
     unknown = sorted(set(instructions or {}) - set(chosen))
     if unknown:
         raise ValueError(f"register_eval.instructions: unknown directions {unknown}")

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from anygpt_jax.modalities import instructions
 from anygpt_jax.vocab.layout import IMAGE, MUSIC, SPEECH, ModalitySpec
 
 
@@ -49,6 +50,9 @@ class MediaModality:
     extension: str
     # The demo corpus's tokenizer (no converted weights needed), if it has one.
     demo: Callable[[], ModalityTokenizer] | None = None
+    # Instruction pools of its directions: '<name>_to_text' and 'text_to_<name>' prompts.
+    to_text_instructions: tuple[str, ...] = ()
+    from_text_instructions: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -107,8 +111,19 @@ def _demo_codec(name: str) -> Callable[[], ModalityTokenizer]:
     return make
 
 
-register_modality(MediaModality(IMAGE, "anygpt_jax.modalities.image:ImageTokenizer", "png"))
-register_modality(MediaModality(SPEECH, "anygpt_jax.modalities.speech:SpeechTokenizer", "wav",
-                                _demo_codec("speech")))
-register_modality(MediaModality(MUSIC, "anygpt_jax.modalities.music:MusicTokenizer", "wav",
-                                _demo_codec("music")))
+def _lines(block: str) -> tuple[str, ...]:
+    return tuple(block.splitlines())
+
+
+register_modality(MediaModality(
+    IMAGE, "anygpt_jax.modalities.image:ImageTokenizer", "png",
+    to_text_instructions=_lines(instructions.IMAGE_TO_TEXT),
+    from_text_instructions=_lines(instructions.TEXT_TO_IMAGE)))
+register_modality(MediaModality(
+    SPEECH, "anygpt_jax.modalities.speech:SpeechTokenizer", "wav", _demo_codec("speech"),
+    to_text_instructions=_lines(instructions.SPEECH_TO_TEXT),
+    from_text_instructions=_lines(instructions.TEXT_TO_SPEECH)))
+register_modality(MediaModality(
+    MUSIC, "anygpt_jax.modalities.music:MusicTokenizer", "wav", _demo_codec("music"),
+    to_text_instructions=_lines(instructions.MUSIC_TO_TEXT),
+    from_text_instructions=_lines(instructions.TEXT_TO_MUSIC)))

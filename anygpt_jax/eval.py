@@ -40,6 +40,7 @@ def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str]
     import anygpt_jax.evaluation.tasks  # noqa: F401
     import anygpt_jax.inference  # noqa: F401
     import anygpt_jax.inference.media  # noqa: F401
+    import anygpt_jax.modalities.soundstorm  # noqa: F401
     import anygpt_jax.partitioning  # noqa: F401
     import anygpt_jax.tasks  # noqa: F401
     import anygpt_jax.training.trainer  # noqa: F401

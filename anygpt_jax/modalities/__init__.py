@@ -1,37 +1,45 @@
 """Media tokenizers in JAX: speech (SpeechTokenizer), music (Encodec 32 kHz), images (SEED),
-and SoundStorm, which completes speech codes so the model can speak.
+and SoundStorm, which completes speech codes so the model can speak; registry.py holds one
+record per media modality.
 
 `SpeechTokenizer.load(dir)` / `MusicTokenizer.load(dir)` read directories written by
 `python -m converters.speechtokenizer` / `python -m converters.encodec`; both give
 `encode(waveform, sample_rate) -> int32 codes (n_q, frames)` and `decode(codes) -> waveform`.
+
+The names below import on first use, so importing a submodule (the registry, audio_io) does
+not load JAX and every model.
 """
 
-from anygpt_jax.modalities.audio_io import AudioError, load_audio
-from anygpt_jax.modalities.music import MusicTokenizer, music_codes_from_ids, music_ids
-from anygpt_jax.modalities.speech import SpeechTokenizer, speech_ids, speech_units_from_ids
+import importlib
 
-__all__ = [
-    "AudioError",
-    "MusicTokenizer",
-    "SpeechTokenizer",
-    "load_audio",
-    "music_codes_from_ids",
-    "music_ids",
-    "speech_ids",
-    "speech_units_from_ids",
-]
+_EXPORTS = {
+    "AudioError": "audio_io",
+    "load_audio": "audio_io",
+    "MusicTokenizer": "music",
+    "music_codes_from_ids": "music",
+    "music_ids": "music",
+    "SpeechTokenizer": "speech",
+    "speech_ids": "speech",
+    "speech_units_from_ids": "speech",
+    # SEED image tokenizer (images <-> 32 codes; unCLIP rendering with the `render` extra).
+    "ImageError": "image",
+    "ImageTokenizer": "image",
+    "image_codes_from_ids": "image",
+    "image_ids": "image",
+    # SoundStorm: speech RVQ layers 2-8 from layer-1 units, voice cloning; speak() renders.
+    "SoundStorm": "soundstorm",
+    "speak": "soundstorm",
+}
+__all__ = sorted(_EXPORTS)
 
-# SEED image tokenizer (images <-> 32 codes; unCLIP rendering with the `render` extra).
-from anygpt_jax.modalities.image import (  # noqa: E402
-    ImageError,
-    ImageTokenizer,
-    image_codes_from_ids,
-    image_ids,
-)
 
-__all__ += ["ImageError", "ImageTokenizer", "image_codes_from_ids", "image_ids"]
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
 
-# SoundStorm: speech RVQ layers 2-8 from layer-1 units, voice cloning; speak() renders speech.
-from anygpt_jax.modalities.soundstorm import SoundStorm, speak  # noqa: E402
 
-__all__ += ["SoundStorm", "speak"]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

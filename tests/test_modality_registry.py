@@ -96,3 +96,14 @@ def test_a_registered_modality_brings_its_prompt_directions(toy, monkeypatch):
     rng = np.random.default_rng(0)
     assert prompts.pick_instruction("video_to_text", rng) == "Describe this clip."
     assert prompts.DIRECTIONS == tuple(pools)[:6]  # the paper's, as registered at import
+
+
+def test_a_registered_modality_brings_its_generation_defaults(toy, monkeypatch):
+    from anygpt_jax.inference import GenerationSettings
+
+    record = MediaModality(toy.spec, toy.tokenizer, "npy", toy.demo,
+                           generation_defaults={"do_sample": False, "max_new_tokens": 12})
+    monkeypatch.setitem(registry._REGISTRY, "video", record)
+    settings = GenerationSettings.for_output("video")
+    assert (settings.do_sample, settings.max_new_tokens) == (False, 12)
+    assert GenerationSettings.for_output("music").top_k == 200  # the release's row, unchanged

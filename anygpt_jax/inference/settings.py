@@ -24,42 +24,26 @@ EARLY_STOPPING = (True, False, "never")
 
 # The released AnyGPT inference settings (all sampling, min_new_tokens 10); "chat" is the
 # instruction-tuned model's default (beam sampling with 5 beams).
-RELEASE_DEFAULTS: Mapping[str, Mapping[str, Any]] = types.MappingProxyType(
-    {
-        "text": dict(
-            do_sample=True, temperature=1.0, top_p=1.0, min_new_tokens=10, max_new_tokens=100
-        ),
-        "image": dict(
-            do_sample=True, temperature=1.0, top_p=1.0, min_new_tokens=10, max_new_tokens=200
-        ),
-        "speech": dict(
-            do_sample=True,
-            temperature=1.0,
-            top_p=1.0,
-            repetition_penalty=1.05,
-            min_new_tokens=10,
-            max_new_tokens=1500,
-        ),
-        "music": dict(
-            do_sample=True,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=200,
-            repetition_penalty=1.15,
-            min_new_tokens=10,
-            max_new_tokens=2000,
-        ),
-        "chat": dict(
-            do_sample=True,
-            temperature=1.0,
-            top_p=1.0,
-            repetition_penalty=1.0,
-            min_new_tokens=10,
-            max_new_tokens=500,
-            num_beams=5,
-        ),
-    }
-)
+# The released AnyGPT inference settings (all sampling, min_new_tokens 10) for text and for the
+# instruction-tuned model's default, "chat" (beam sampling with 5 beams); each media
+# modality's row is its registry record's `generation_defaults`.
+_TEXT = dict(do_sample=True, temperature=1.0, top_p=1.0, min_new_tokens=10, max_new_tokens=100)
+_CHAT = dict(do_sample=True, temperature=1.0, top_p=1.0, repetition_penalty=1.0,
+             min_new_tokens=10, max_new_tokens=500, num_beams=5)
+
+
+def release_defaults() -> Mapping[str, Mapping[str, Any]]:
+    """Output -> the release's settings: text, every registered media modality, chat."""
+    from anygpt_jax.modalities.registry import media_modalities, media_modality
+
+    rows = {"text": _TEXT}
+    rows |= {m: media_modality(m).generation_defaults for m in media_modalities()}
+    rows["chat"] = _CHAT
+    return types.MappingProxyType(rows)
+
+
+# The rows of the modalities registered at import (the paper's); for_output looks them up live.
+RELEASE_DEFAULTS: Mapping[str, Mapping[str, Any]] = release_defaults()
 
 
 @gin.configurable
@@ -116,11 +100,12 @@ class GenerationSettings:
         RELEASE_DEFAULTS gives the values; a gin binding of a field, scoped to `output` or
         global, wins over them.
         """
-        if output not in RELEASE_DEFAULTS:
+        defaults = release_defaults()
+        if output not in defaults:
             raise ValueError(
-                f"no generation settings for output {output!r}; known: {sorted(RELEASE_DEFAULTS)}"
+                f"no generation settings for output {output!r}; known: {sorted(defaults)}"
             )
-        explicit = {k: v for k, v in RELEASE_DEFAULTS[output].items() if not _gin_bound(output, k)}
+        explicit = {k: v for k, v in defaults[output].items() if not _gin_bound(output, k)}
         with gin.config_scope(output):
             return cls(**explicit)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -53,6 +53,8 @@ class MediaModality:
     # Instruction pools of its directions: '<name>_to_text' and 'text_to_<name>' prompts.
     to_text_instructions: tuple[str, ...] = ()
     from_text_instructions: tuple[str, ...] = ()
+    # GenerationSettings fields for generating it (the released AnyGPT's row).
+    generation_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -115,15 +117,22 @@ def _lines(block: str) -> tuple[str, ...]:
     return tuple(block.splitlines())
 
 
+# The released inference settings share these: all sampling, at least 10 new tokens.
+_SAMPLED = dict(do_sample=True, temperature=1.0, top_p=1.0, min_new_tokens=10)
+
 register_modality(MediaModality(
     IMAGE, "anygpt_jax.modalities.image:ImageTokenizer", "png",
     to_text_instructions=_lines(instructions.IMAGE_TO_TEXT),
-    from_text_instructions=_lines(instructions.TEXT_TO_IMAGE)))
+    from_text_instructions=_lines(instructions.TEXT_TO_IMAGE),
+    generation_defaults=dict(_SAMPLED, max_new_tokens=200)))
 register_modality(MediaModality(
     SPEECH, "anygpt_jax.modalities.speech:SpeechTokenizer", "wav", _demo_codec("speech"),
     to_text_instructions=_lines(instructions.SPEECH_TO_TEXT),
-    from_text_instructions=_lines(instructions.TEXT_TO_SPEECH)))
+    from_text_instructions=_lines(instructions.TEXT_TO_SPEECH),
+    generation_defaults=dict(_SAMPLED, repetition_penalty=1.05, max_new_tokens=1500)))
 register_modality(MediaModality(
     MUSIC, "anygpt_jax.modalities.music:MusicTokenizer", "wav", _demo_codec("music"),
     to_text_instructions=_lines(instructions.MUSIC_TO_TEXT),
-    from_text_instructions=_lines(instructions.TEXT_TO_MUSIC)))
+    from_text_instructions=_lines(instructions.TEXT_TO_MUSIC),
+    generation_defaults=dict(_SAMPLED, top_k=200, repetition_penalty=1.15,
+                             max_new_tokens=2000)))

@@ -44,6 +44,7 @@ import sys
 from typing import IO
 
 from anygpt_jax import gin_utils, storage
+from anygpt_jax.inference.media import tokenizer_flag
 from anygpt_jax.modalities.registry import media_modalities, media_modality
 
 DEFAULT_INTERACTIVE_OUT = "infer_output"
@@ -63,7 +64,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--out", help="output directory (batch: required, must not exist or "
                         f"be empty; interactive: default {DEFAULT_INTERACTIVE_OUT})")
     for m in media_modalities():
-        parser.add_argument(f"--{m}_tokenizer", metavar="DIR",
+        parser.add_argument(tokenizer_flag(m), metavar="DIR",
                             help=f"converted {m} tokenizer directory"
                             + (" (or 'demo')" if media_modality(m).demo else ""))
     parser.add_argument("--unclip_pipeline", metavar="DIR",

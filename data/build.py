@@ -35,10 +35,6 @@ from . import media as media_lib
 from . import readers
 
 log = logging.getLogger("data.build")
-# Shard kinds in build order -> the media modalities their items hold (dialogue: any).
-KIND_MODALITIES = {"image_text": ("image",), "speech_text": ("speech",),
-                   "music_text": ("music",), "dialogue": None}  # fmt: skip
-
 _worker: dict = {}
 # (modality, spec) -> Encoder, kept for the process: building several kinds in one process
 # (data.demo) then loads weights and compiles each codec once, and its code cache spans kinds.
@@ -163,7 +159,7 @@ def build(
         raise readers.InputError(f"{', '.join(inputs)}: no {kind} items")
     missing = [
         m
-        for m in KIND_MODALITIES[kind] or media_modalities()
+        for m in media_modalities()
         if m not in tokenizers and any(md.modality == m for it in items for md in it.media)
     ]
     if missing:

@@ -297,7 +297,7 @@ def build_demo(
             stack.callback(mirror.close)
             # Built from the local files just made, not from downloads of their uploads.
             inputs = {k: os.path.join(mirror.local, n) for k, n in names.items()}
-        inputs = {k: inputs[k] for k in build.KIND_MODALITIES if k in inputs}  # build order
+        inputs = {k: inputs[k] for k in shards_lib.kinds() if k in inputs}  # build order
         if vocab_dir is None:
             vocab_dir = os.path.join(out, "vocab")
             build_demo_vocab(vocab_dir, inputs.values())

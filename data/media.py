@@ -142,6 +142,12 @@ def digits_pixel_pairs(paths: list[str]) -> list[np.ndarray | Exception]:
     return out
 
 
+# Modalities the demo corpus codes without a tokenizer: modality -> (info, encode_files).
+DEMO_PIXEL_CODES = {
+    "image": (TokenizerInfo("digits_pixel_pairs", "digits_pixel_pairs/1"), digits_pixel_pairs),
+}
+
+
 def make_encoder(modality: str, spec: str) -> Encoder:
     """An Encoder from a tokenizer spec (see module docstring)."""
     if spec.startswith("precomputed:"):
@@ -151,9 +157,8 @@ def make_encoder(modality: str, spec: str) -> Encoder:
         return Encoder(modality, TokenizerInfo(name, f"precomputed:{name}"))
     record = media_modality(modality)
     if spec == "demo":
-        if record.demo is None:  # the demo's images: a lossless pixel code, not SEED
-            info = TokenizerInfo("digits_pixel_pairs", "digits_pixel_pairs/1")
-            return Encoder(modality, info, digits_pixel_pairs)
+        if modality in DEMO_PIXEL_CODES:  # the demo's images: a lossless pixel code, not SEED
+            return Encoder(modality, *DEMO_PIXEL_CODES[modality])
         info = TokenizerInfo(record.spec.tokenizer, f"demo-random-seed0/{modality}",
                              random_init=True)
         return _media_encoder(modality, record.load("demo"), info)

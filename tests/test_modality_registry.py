@@ -29,7 +29,7 @@ class ToyTokenizer:
 @pytest.fixture
 def toy(monkeypatch):
     spec = ModalitySpec("video", "\U0001f39e", "<sovi>", "<eovi>", 16, 2, "toy_video")
-    record = MediaModality(spec, f"{__name__}:ToyTokenizer", "npy", demo=ToyTokenizer)
+    record = MediaModality(spec, f"{__name__}:ToyTokenizer", demo=ToyTokenizer)
     monkeypatch.setitem(registry._REGISTRY, "video", record)
     return record
 
@@ -87,7 +87,7 @@ def test_a_registered_modality_is_a_shard_kind(toy):
 def test_a_registered_modality_brings_its_prompt_directions(toy, monkeypatch):
     from anygpt_jax import prompts
 
-    record = MediaModality(toy.spec, toy.tokenizer, "npy", toy.demo,
+    record = MediaModality(toy.spec, toy.tokenizer, toy.demo,
                            ("Describe this clip.",), ("Make a clip of this.",))
     monkeypatch.setitem(registry._REGISTRY, "video", record)
     pools = prompts.instruction_pools()
@@ -101,7 +101,7 @@ def test_a_registered_modality_brings_its_prompt_directions(toy, monkeypatch):
 def test_a_registered_modality_brings_its_generation_defaults(toy, monkeypatch):
     from anygpt_jax.inference import GenerationSettings
 
-    record = MediaModality(toy.spec, toy.tokenizer, "npy", toy.demo,
+    record = MediaModality(toy.spec, toy.tokenizer, toy.demo,
                            generation_defaults={"do_sample": False, "max_new_tokens": 12})
     monkeypatch.setitem(registry._REGISTRY, "video", record)
     settings = GenerationSettings.for_output("video")

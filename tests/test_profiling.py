@@ -49,3 +49,8 @@ def test_bad_windows_are_refused_naming_the_binding(window):
         check_profile_steps(window, train_steps=10)
     check_profile_steps(None, train_steps=10)
     check_profile_steps((1, 10), train_steps=10)
+
+
+def test_a_malformed_window_is_refused_naming_the_binding_when_built():
+    with pytest.raises(ValueError, match=r"StepProfiler\.steps=\('a', 2\): expected"):
+        StepProfiler(("a", 2))

@@ -45,6 +45,7 @@ FORMAT = "anygpt_jax.shards/1"
 MANIFEST = "manifest.json"
 DIALOGUE = "dialogue"
 PAIR_SUFFIX = "_text"
+ROLES = ("human", "assistant")
 
 
 def kinds() -> tuple[str, ...]:
@@ -54,9 +55,9 @@ def kinds() -> tuple[str, ...]:
 
 
 def pair_modality(kind: str) -> str | None:
-    """The media modality of a pair kind ('speech_text' -> 'speech'); None for dialogues."""
-    return None if kind == DIALOGUE else kind.removesuffix(PAIR_SUFFIX)
-ROLES = ("human", "assistant")
+    """The media modality of a pair kind ('speech_text' -> 'speech'); None for any other."""
+    modality = kind.removesuffix(PAIR_SUFFIX)
+    return modality if kind.endswith(PAIR_SUFFIX) and modality in media_modalities() else None
 
 
 class ShardError(ValueError):

@@ -38,7 +38,6 @@ from anygpt_jax.evaluation import tasks as eval_tasks
 from anygpt_jax.evaluation.metrics import MetricSkipped
 from anygpt_jax.evaluation.scoring import Audio
 from anygpt_jax.evaluation.teacher_forced import make_eval_step, teacher_forced_eval
-from anygpt_jax.modalities.registry import media_modality
 from anygpt_jax.vocab import ModalitySpan
 
 log = logging.getLogger(__name__)
@@ -127,16 +126,18 @@ def _decode(vocab, ids: list[int], output: str, stop_ids: set[int]) -> tuple[Any
     return span, f"<{output} span {tuple(np.asarray(span.codes).shape)}>"
 
 
-def _render(codecs: Any, span: ModalitySpan, meta: dict, path: str, seed: int) -> Any:
-    """A generated span -> PIL image or Audio, also written to `path` (+ .png / .wav); None
-    when it cannot be rendered (e.g. a truncated image span)."""
+def _render(codecs: Any, span: ModalitySpan, meta: dict, path: str,
+            seed: int) -> tuple[Any, str] | None:
+    """A generated span -> (PIL image or Audio, the file's extension), also written to `path`
+    (+ .png / .wav); None when it cannot be rendered (e.g. a truncated image span)."""
     rendered = codecs.render(span, seed, meta.get("prompt_audio"))
     if isinstance(rendered, str):
         return None
     storage.write_bytes(f"{path}.{rendered.extension}", rendered.to_bytes())
     if rendered.sample_rate is None:
-        return rendered.value
-    return Audio(np.asarray(rendered.value, np.float32), int(rendered.sample_rate))
+        return rendered.value, rendered.extension
+    audio = Audio(np.asarray(rendered.value, np.float32), int(rendered.sample_rate))
+    return audio, rendered.extension
 
 
 def _safe(name: str) -> str:
@@ -188,9 +189,10 @@ def inference_eval(
                       "references": meta["references"], "num_generated": len(ids)}  # fmt: skip
             if isinstance(value, ModalitySpan):
                 path = os.path.join(media_dir, task_name, _safe(ex_id))
-                value = _render(codecs, value, meta, path, options.seed + b + k)
-                if value is not None:  # shown relative to the output directory
-                    ext = media_modality(spec.output).extension
+                rendered = _render(codecs, value, meta, path, options.seed + b + k)
+                value = None
+                if rendered is not None:  # shown relative to the output directory
+                    value, ext = rendered
                     shown = f"{os.path.basename(media_dir)}/{task_name}/{_safe(ex_id)}.{ext}"
             record["prediction"] = shown
             predictions.append(value)

@@ -25,7 +25,11 @@ from anygpt_jax.inference.requests import MediaRef, RequestError
 from anygpt_jax.modalities.registry import media_modalities, media_modality
 from anygpt_jax.vocab import MergedVocabulary, ModalitySpan
 
-FLAGS = {m: f"--{m}_tokenizer" for m in media_modalities()}
+
+def tokenizer_flag(modality: str) -> str:
+    """infer's flag naming `modality`'s tokenizer directory (MediaSettings.tokenizer_dirs)."""
+    return f"--{modality}_tokenizer"
+
 SPEECH_WAV_UNAVAILABLE = (
     "wrote the speech units (RVQ layer 1) only: a WAV needs acoustic completion of RVQ layers "
     "2-8 by SoundStorm (--soundstorm DIR) and the SpeechTokenizer (--speech_tokenizer DIR)"
@@ -83,7 +87,7 @@ class MediaSettings:
 class MediaCodecs:
     """The modality tokenizers of a session, loaded on first use from `settings` (default:
     gin's MediaSettings()). A request needing a tokenizer that was not given gets an error
-    naming its flag (FLAGS)."""
+    naming its flag (tokenizer_flag)."""
 
     def __init__(self, vocab: MergedVocabulary, settings: MediaSettings | None = None):
         settings = MediaSettings() if settings is None else settings
@@ -93,12 +97,13 @@ class MediaCodecs:
             raise ValueError(f"MediaSettings.render_steps={render_steps!r}: must be >= 1")
         self.vocab = vocab
         self.dirs = {m: d for m, d in (dirs or {}).items() if d}
-        unknown = sorted(set(self.dirs) - set(FLAGS))
+        unknown = sorted(set(self.dirs) - set(media_modalities()))
         if unknown:
-            raise ValueError(f"no tokenizer for modalities {unknown}; known: {sorted(FLAGS)}")
+            raise ValueError(f"no tokenizer for modalities {unknown}; "
+                             f"known: {sorted(media_modalities())}")
         for m, d in self.dirs.items():
             if d != "demo" and not storage.isdir(d):
-                raise ValueError(f"{FLAGS[m]} {d}: not a directory")
+                raise ValueError(f"{tokenizer_flag(m)} {d}: not a directory")
         if unclip_pipeline is not None and not storage.isdir(unclip_pipeline):
             raise ValueError(f"--unclip_pipeline {unclip_pipeline}: not a directory")
         if soundstorm is not None and not storage.isdir(soundstorm):
@@ -114,7 +119,7 @@ class MediaCodecs:
             return self._loaded[modality]
         if modality not in self.dirs:
             raise RequestError(f"this request needs the {modality} tokenizer: give "
-                               f"{FLAGS[modality]} DIR")
+                               f"{tokenizer_flag(modality)} DIR")
         tok = _load(modality, self.dirs[modality])
         self._check_fits(modality, tok)
         self._loaded[modality] = tok
@@ -135,7 +140,7 @@ class MediaCodecs:
             if tok is not None and tok.n_q != 1 + model.num_quantizers:
                 raise ValueError(
                     f"--soundstorm {self.soundstorm_dir} completes {model.num_quantizers} RVQ "
-                    f"layers, but {FLAGS['speech']} {self.dirs['speech']} has {tok.n_q} "
+                    f"layers, but {tokenizer_flag('speech')} {self.dirs['speech']} has {tok.n_q} "
                     f"(needs {1 + model.num_quantizers})")
             self._loaded["soundstorm"] = model
         return self._loaded["soundstorm"]
@@ -147,8 +152,9 @@ class MediaCodecs:
         size, books = tok.codebook_size, tok.n_q
         if size != spec.codebook_size or books < spec.num_codebooks:
             raise ValueError(
-                f"{FLAGS[modality]} {self.dirs[modality]}: {books} codebook(s) of {size} codes, "
-                f"but the model's vocabulary needs {spec.num_codebooks} of {spec.codebook_size}")
+                f"{tokenizer_flag(modality)} {self.dirs[modality]}: {books} codebook(s) of "
+                f"{size} codes, but the model's vocabulary needs {spec.num_codebooks} of "
+                f"{spec.codebook_size}")
 
     # ----- in ---------------------------------------------------------------------------------
 
@@ -193,7 +199,7 @@ class MediaCodecs:
             return None
         if modality not in self.dirs:
             return (f"decoding {modality} needs its tokenizer: "
-                    f"MediaSettings.tokenizer_dirs[{modality!r}] ({FLAGS[modality]} DIR)")
+                    f"MediaSettings.tokenizer_dirs[{modality!r}] ({tokenizer_flag(modality)} DIR)")
         if modality == "image" and self.unclip_pipeline is None:
             return ("rendering SEED codes needs a diffusers unCLIP directory: "
                     "MediaSettings.unclip_pipeline (--unclip_pipeline DIR)")
@@ -215,7 +221,7 @@ class MediaCodecs:
         if m == "music":
             tok = self._optional("music")
             if tok is None:
-                return f"wrote the Encodec codes: decoding needs {FLAGS['music']} DIR"
+                return f"wrote the Encodec codes: decoding needs {tokenizer_flag('music')} DIR"
             return Rendered(tok.decode(codes), tok.sample_rate)
         if m == "speech":
             tok = self._optional("speech")
@@ -247,7 +253,7 @@ class MediaCodecs:
     def _render_image(self, codes: np.ndarray, seed: int) -> Rendered | str:
         tok = self._optional("image")
         if tok is None:
-            return f"wrote the SEED codes: rendering needs {FLAGS['image']} DIR"
+            return f"wrote the SEED codes: rendering needs {tokenizer_flag('image')} DIR"
         if codes.shape != (tok.num_codes,):
             return f"wrote the codes: SEED renders {tok.num_codes} codes, the span has {codes.size}"
         if self.unclip_pipeline is None:
@@ -286,7 +292,7 @@ def _load(modality: str, spec: str) -> Any:
         # 'demo': the seeded codecs the demo corpus (python -m data.demo) was tokenized with.
         return media_modality(modality).load(spec)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{FLAGS[modality]} {spec}: {e}") from e
+        raise ValueError(f"{tokenizer_flag(modality)} {spec}: {e}") from e
 
 
 def wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:

@@ -22,8 +22,6 @@ import gin
 
 EARLY_STOPPING = (True, False, "never")
 
-# The released AnyGPT inference settings (all sampling, min_new_tokens 10); "chat" is the
-# instruction-tuned model's default (beam sampling with 5 beams).
 # The released AnyGPT inference settings (all sampling, min_new_tokens 10) for text and for the
 # instruction-tuned model's default, "chat" (beam sampling with 5 beams); each media
 # modality's row is its registry record's `generation_defaults`.

@@ -3,8 +3,8 @@
 Every media tokenizer has one interface (`ModalityTokenizer`): files are `read` into items,
 items become int32 codes [Q, T] by `encode_arrays`, and `load` reads a converted directory.
 A record holds its vocabulary block (vocab.ModalitySpec: markers, codebooks the LLM sees, the
-tokenizer name shard manifests record), its tokenizer class, the file a generated span
-becomes, and the demo corpus's tokenizer. `register_modality` adds one (a test adds a toy
+tokenizer name shard manifests record), its tokenizer class, the demo corpus's tokenizer, its
+instruction pools and generation defaults. `register_modality` adds one (a test adds a toy
 modality without editing the library); `media_modalities()` lists the names in order.
 """
 
@@ -46,8 +46,6 @@ class MediaModality:
     spec: ModalitySpec
     # "module:Class" of its ModalityTokenizer, imported on first use.
     tokenizer: str
-    # The extension of the file a generated span is rendered to.
-    extension: str
     # The demo corpus's tokenizer (no converted weights needed), if it has one.
     demo: Callable[[], ModalityTokenizer] | None = None
     # Instruction pools of its directions: '<name>_to_text' and 'text_to_<name>' prompts.
@@ -121,17 +119,17 @@ def _lines(block: str) -> tuple[str, ...]:
 _SAMPLED = dict(do_sample=True, temperature=1.0, top_p=1.0, min_new_tokens=10)
 
 register_modality(MediaModality(
-    IMAGE, "anygpt_jax.modalities.image:ImageTokenizer", "png",
+    IMAGE, "anygpt_jax.modalities.image:ImageTokenizer",
     to_text_instructions=_lines(instructions.IMAGE_TO_TEXT),
     from_text_instructions=_lines(instructions.TEXT_TO_IMAGE),
     generation_defaults=dict(_SAMPLED, max_new_tokens=200)))
 register_modality(MediaModality(
-    SPEECH, "anygpt_jax.modalities.speech:SpeechTokenizer", "wav", _demo_codec("speech"),
+    SPEECH, "anygpt_jax.modalities.speech:SpeechTokenizer", _demo_codec("speech"),
     to_text_instructions=_lines(instructions.SPEECH_TO_TEXT),
     from_text_instructions=_lines(instructions.TEXT_TO_SPEECH),
     generation_defaults=dict(_SAMPLED, repetition_penalty=1.05, max_new_tokens=1500)))
 register_modality(MediaModality(
-    MUSIC, "anygpt_jax.modalities.music:MusicTokenizer", "wav", _demo_codec("music"),
+    MUSIC, "anygpt_jax.modalities.music:MusicTokenizer", _demo_codec("music"),
     to_text_instructions=_lines(instructions.MUSIC_TO_TEXT),
     from_text_instructions=_lines(instructions.TEXT_TO_MUSIC),
     generation_defaults=dict(_SAMPLED, top_k=200, repetition_penalty=1.15,

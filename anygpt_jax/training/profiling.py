@@ -11,16 +11,25 @@ from anygpt_jax import storage
 from anygpt_jax.training.hooks import TrainHook, TrainRun
 
 
-def check_profile_steps(profile_steps: tuple[int, int] | None, train_steps: int) -> None:
-    """Refuses a step window that is not 1 <= first <= last <= train_steps."""
+def _window(profile_steps: tuple[int, int] | None) -> tuple[int, int] | None:
+    """(first, last) as ints, or ValueError naming the binding when it is not two numbers."""
     if profile_steps is None:
-        return
+        return None
     try:
         first, last = (int(s) for s in profile_steps)
     except (TypeError, ValueError):
         raise ValueError(
             f"StepProfiler.steps={profile_steps!r}: expected (first, last) step numbers"
         ) from None
+    return first, last
+
+
+def check_profile_steps(profile_steps: tuple[int, int] | None, train_steps: int) -> None:
+    """Refuses a step window that is not 1 <= first <= last <= train_steps."""
+    window = _window(profile_steps)
+    if window is None:
+        return
+    first, last = window
     if not 1 <= first <= last <= train_steps:
         raise ValueError(
             f"StepProfiler.steps={profile_steps!r}: needs 1 <= first <= last <= "
@@ -42,7 +51,7 @@ class StepProfiler(TrainHook):
     def __init__(self, steps: tuple[int, int] | None = None,
                  log_dir: storage.PathLike | None = None):
         self.steps = steps
-        self.window = None if steps is None else tuple(int(s) for s in steps)
+        self.window = _window(steps)
         self._log_dir = log_dir
         self.log_dir: storage.MirroredDir | None = None
         self.active = False
@@ -58,7 +67,6 @@ class StepProfiler(TrainHook):
 
     def before_step(self, step: int) -> None:
         if self.window and not self.active and self.window[0] <= step <= self.window[1]:
-            self.start(step)
             jax.profiler.start_trace(self.log_dir.local)
             self.active = True
 

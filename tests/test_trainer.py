@@ -250,3 +250,29 @@ def test_cli_arguments_other_than_gin_bindings_are_usage_errors(capsys):
         gin_bindings(parser, ["--gin.TRAIN_STEPS=3", "--train_steps=3"])
     assert e.value.code == 2
     assert "unrecognized argument '--train_steps=3'" in capsys.readouterr().err
+
+
+def test_checkpointing_is_a_hook_saving_every_nth_the_last_and_a_stopping_step(tmp_path):
+    from anygpt_jax.training.checkpoints import CheckpointHook
+    from anygpt_jax.training.hooks import TrainHook
+
+    class Saves(TrainHook):
+        def __init__(self):
+            self.steps = []
+
+        def after_save(self, step):
+            self.steps.append(step)
+
+    listener = Saves()
+    checkpointer = TrainCheckpointer(str(tmp_path), keep_last=10)
+    hook = CheckpointHook(checkpointer, None, every=3, train_steps=7, listeners=[listener])
+    state = {"w": np.arange(4, dtype=np.float32)}
+    try:
+        for step in range(1, 8):
+            hook.stop_after_this_step = step == 4
+            hook.after_step(step, state)
+        hook.end()
+    finally:
+        checkpointer.close()
+    assert listener.steps == [3, 4, 6, 7]
+    assert TrainCheckpointer(str(tmp_path)).all_steps() == [3, 4, 6, 7]

@@ -14,6 +14,7 @@ targets the current mesh's shardings, so a run may resume on another device coun
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import gin
@@ -27,6 +28,7 @@ from anygpt_jax.checkpointing import (
     STATE_ITEM,
     fingerprint_record,
 )
+from anygpt_jax.training.hooks import TrainHook
 
 INPUT_DIR = "input"
 
@@ -148,3 +150,31 @@ class TrainCheckpointer:
         for name in storage.listdir(root):
             if name.isdigit() and int(name) not in kept and int(name) < newest:
                 storage.rmtree(root / name)
+
+
+class CheckpointHook(TrainHook):
+    """The loop's saving, as a hook: saves the state and input positions after every
+    `every`-th step, the last step, and a step after which the invocation stops (the loop sets
+    `stop_after_this_step`: preemption, time slice), then calls `after_save` of `listeners`.
+
+    It runs after the other hooks, so what they log of a step is on disk before its save
+    starts; a failed async save is reported at the next step (CheckpointSaveError)."""
+
+    def __init__(self, checkpointer: TrainCheckpointer, input_iterator: Any, every: int,
+                 train_steps: int, listeners: Sequence[TrainHook] = ()):
+        self.checkpointer = checkpointer
+        self.input_iterator = input_iterator
+        self.every = every
+        self.train_steps = train_steps
+        self.listeners = tuple(listeners)
+        self.stop_after_this_step = False
+
+    def after_step(self, step: int, state: Any, metrics: Any = None, batch: Any = None) -> None:
+        self.checkpointer.check()  # an async save that failed is reported now, not at the next
+        if step % self.every == 0 or step == self.train_steps or self.stop_after_this_step:
+            self.checkpointer.save(step, state, self.input_iterator)
+            for hook in self.listeners:
+                hook.after_save(step)
+
+    def end(self) -> None:
+        self.checkpointer.wait()

@@ -7,7 +7,8 @@
   after_step(...)  step s is done and its metrics are on the host, before any save of it
   after_save(s)    a checkpoint of step s has been started (orbax saves asynchronously)
   end()            always, last, also after an error
-Eval (evaluation/hook.py), profiling (profiling.py) and batch digests (digests.py) are hooks.
+Eval (evaluation/hook.py), profiling (profiling.py), batch digests (digests.py) and saving
+checkpoints (checkpoints.CheckpointHook, which the loop runs after the others) are hooks.
 """
 
 from __future__ import annotations

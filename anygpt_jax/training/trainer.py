@@ -26,7 +26,7 @@ from anygpt_jax.data.features import MODEL_FEATURES
 from anygpt_jax.data.pipeline import InputIterator, get_dataset, host_shard_info
 from anygpt_jax.model import ModelConfig, Transformer
 from anygpt_jax.training import metrics as metrics_lib
-from anygpt_jax.training.checkpoints import TrainCheckpointer
+from anygpt_jax.training.checkpoints import CheckpointHook, TrainCheckpointer
 from anygpt_jax.training.hooks import TrainHook, TrainRun
 from anygpt_jax.training.optimizer import build_optimizer
 from anygpt_jax.training.step import (
@@ -335,6 +335,9 @@ def train_loop(
     tensorboard = storage.MirroredDir(storage.join(s.model_dir, "tensorboard"))
     writer = _summary_writer(tensorboard.local)
     preemption = _Preemption()
+    # Saving is the last hook: what the others log of a step is written before its save.
+    saving = CheckpointHook(checkpointer, inputs, checkpoint_every, train_steps, listeners=hooks)
+    hooks = [*hooks, saving]
     last: dict[str, float] = {}
     run_start, steps_timed, window_start = time.perf_counter(), 0, time.perf_counter()
     skip: set[int] = set()  # steps whose (diverging) batch is dropped once, after a rollback
@@ -387,7 +390,9 @@ def train_loop(
                 continue
             state, step = new_state, step + 1
             steps_timed += 1
-            checkpointer.check()  # an async save that failed is reported now, not at the next
+            sliced = stop_after_steps is not None and step - start >= stop_after_steps
+            stop = preemption.should_stop() or sliced
+            saving.stop_after_this_step = stop
             for hook in hooks:
                 hook.after_step(step, state, step_metrics, local)
             if step % log_every == 0 or step == train_steps:
@@ -412,12 +417,6 @@ def train_loop(
                     writer.flush()
                     tensorboard.sync()
                 steps_timed, window_start = 0, time.perf_counter()
-            sliced = stop_after_steps is not None and step - start >= stop_after_steps
-            stop = preemption.should_stop() or sliced
-            if step % checkpoint_every == 0 or step == train_steps or stop:
-                checkpointer.save(step, state, inputs)
-                for hook in hooks:
-                    hook.after_save(step)
             if stop:
                 reason = "time slice done" if sliced else "SIGTERM"
                 preempted = not sliced
@@ -427,7 +426,6 @@ def train_loop(
         try:
             for hook in hooks:
                 hook.end()
-            checkpointer.wait()
         finally:
             checkpointer.close()
             preemption.restore()

@@ -106,8 +106,16 @@ def isdir(p: PathLike) -> bool:
 
 
 def isfile(p: PathLike) -> bool:
+    """Whether `p` is a file (an object on gs://), asked in one request.
+
+    Not `exists() and not is_dir()`: on a MODEL_DIR every host shares, another host's write
+    probe (check_access) can appear before the first request and vanish before the second,
+    and a directory read as a file.
+    """
     q = path(p)
-    return q.exists() and not q.is_dir()
+    if is_remote(q):
+        return _fs().isfile(os.fspath(q))  # epath's is_file is exists() and not is_dir()
+    return q.is_file()
 
 
 def listdir(p: PathLike) -> list[str]:

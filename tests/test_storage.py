@@ -117,3 +117,28 @@ def test_local_outputs_get_the_umask_modes_not_the_temp_files(tmp_path):
     assert f.stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "out" / "x").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_directory_whose_objects_come_and_go_is_never_a_file(gs_dir):
+    """Every host's write probe appears and vanishes in the shared MODEL_DIR while the others
+    ask whether it is a file; the answer must never be yes (it once was, and a host quit)."""
+    import threading
+
+    model_dir = storage.join(gs_dir, "shared")
+    stop = threading.Event()
+
+    def probe_forever():
+        while not stop.is_set():
+            storage.check_access(model_dir, write=True)
+
+    prober = threading.Thread(target=probe_forever)
+    prober.start()
+    try:
+        answers = {storage.isfile(model_dir) for _ in range(150)}
+    finally:
+        stop.set()
+        prober.join()
+    assert answers == {False}
+    storage.write_bytes(storage.join(gs_dir, "a_file"), b"x")
+    assert storage.isfile(storage.join(gs_dir, "a_file"))
+    assert not storage.isfile(storage.join(gs_dir, "absent"))

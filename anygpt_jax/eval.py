@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from anygpt_jax import gin_utils, runtime, storage
 
@@ -66,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_eval()
     except (ValueError, FileNotFoundError, ImportError, storage.StorageError) as e:
         print(f"error: {gin_utils.error_line(e)}", file=sys.stderr)
-        return 1
+        return runtime.exit_status(1)
+    except Exception:  # noqa: BLE001 - a bug: its traceback, and no peer left waiting
+        traceback.print_exc()
+        return runtime.exit_status(1)
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from anygpt_jax import gin_utils, runtime
 
@@ -67,11 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         train()
     except Preempted as e:
         print(str(e), file=sys.stderr)
-        return EXIT_PREEMPTED
+        return EXIT_PREEMPTED  # every host stops at the same step: no peer is left waiting
     # Bad values, missing files, unreachable buckets, divergence, corrupt shards.
     except (ValueError, OSError, TrainingError) as e:
         print(f"error: {gin_utils.error_line(e)}", file=sys.stderr)
-        return 1
+        return runtime.exit_status(1)
+    except Exception:  # noqa: BLE001 - a bug: its traceback, and no peer left waiting
+        traceback.print_exc()
+        return runtime.exit_status(1)
     return 0
 
 

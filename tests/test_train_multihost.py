@@ -146,3 +146,32 @@ def test_hosts_holding_the_same_rows_load_the_same_rows(
             assert host_step == step
             assert host_rows == rows, f"step {step}: a host did not load the whole batch"
             np.testing.assert_allclose(float(host_loss), float(loss), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_one_host_refusing_its_configuration_ends_every_host(
+    tmp_path, anygpt_tokenizer_dir, merged_vocab
+):
+    """Host 0's MODEL_DIR is a file: it exits 1 naming it, and host 1, left waiting for its
+    peer at the model-dir barrier, exits non-zero too instead of holding the slice."""
+    (tmp_path / "bad").write_text("not a directory")
+    env = dict(
+        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}",
+        JAX_NUM_PROCESSES="2",
+        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+    )
+    procs = [
+        launch(tmp_path, name, cli_env(2, JAX_PROCESS_ID=str(i), **env),
+               anygpt_tokenizer_dir, merged_vocab)
+        for i, name in enumerate(["bad", "good"])
+    ]
+    outs = []
+    try:
+        outs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("a host kept waiting for a peer that had quit")
+    assert procs[0].returncode == 1
+    assert f"MODEL_DIR {tmp_path / 'bad'} is a file" in outs[0]
+    assert procs[1].returncode != 0, outs[1][-2000:]

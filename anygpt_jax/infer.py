@@ -44,7 +44,7 @@ import sys
 from typing import IO
 
 from anygpt_jax import gin_utils, storage
-from anygpt_jax.inference.media import tokenizer_flag
+from anygpt_jax.inference.renderers import tokenizer_flag
 from anygpt_jax.modalities.registry import media_modalities, media_modality
 
 DEFAULT_INTERACTIVE_OUT = "infer_output"

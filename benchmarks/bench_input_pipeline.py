@@ -148,10 +148,7 @@ def run_all(vocab, a, corpus: str, where: str) -> dict[str, float]:
     d = {k: [storage.join(corpus, k)] for k in shards_lib.kinds()}
     tasks.register(
         vocab,
-        image_caption_dirs=d["image_text"],
-        speech_dirs=d["speech_text"],
-        music_dirs=d["music_text"],
-        dialogue_dirs=d["dialogue"],
+        shard_dirs={k: d[k] for k in ("image_text", "speech_text", "music_text", "dialogue")},
         tokenizers={"image": "digits_pixel_pairs"},
     )
     rates = {}

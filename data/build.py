@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--kind", required=True, choices=sorted(readers.READERS))
+    p.add_argument("--kind", required=True, choices=shards_lib.kinds())
     p.add_argument(
         "--input",
         required=True,

@@ -10,6 +10,8 @@ file are relative to that file's directory, unless absolute or gs://):
 - music_text: .jsonl {"audio": path | "music_codes": [[ints] x 4], "caption": str}.
 - dialogue: .json (a list) or .jsonl of {"id", "turns": [{"role": "human"|"user"|"assistant"|
   "gpt"|"anygpt", "content": str | [str | {"image"|"speech"|"music": path | {"codes": ...}}]}]}.
+- any other registered modality M: M_text from .jsonl {"M": path | "M_codes": codes,
+  "caption" | "text": str} (read_pairs); the file is read by M's tokenizer.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import io
 import json
 import os
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from anygpt_jax import storage
+from anygpt_jax.data.shards import DIALOGUE, PAIR_SUFFIX, kinds, pair_modality
 from anygpt_jax.modalities.registry import media_modalities
 
 ROLES = {"human": "human", "user": "human", "assistant": "assistant", "gpt": "assistant",
@@ -230,19 +233,38 @@ def read_dialogues(path: str) -> Iterator[RawItem]:
         )
 
 
+def read_pairs(path: str, modality: str) -> Iterator[RawItem]:
+    """'<modality>_text' pairs of any registered modality from .jsonl: {"<modality>": path |
+    "<modality>_codes": codes, "caption" | "text": str}."""
+    kind = modality + PAIR_SUFFIX
+    for n, obj in _jsonl(path):
+        yield _pair(path, n, obj, kind, modality, ("caption", "text"),
+                    (modality, modality + "_codes"))
+
+
+# Kinds with formats of their own; every other registered '<m>_text' kind reads read_pairs'.
 READERS = {"image_text": read_image_text, "speech_text": read_speech_text,
-           "music_text": read_music_text, "dialogue": read_dialogues}  # fmt: skip
+           "music_text": read_music_text, DIALOGUE: read_dialogues}  # fmt: skip
+
+
+def reader(kind: str) -> Callable[[str], Iterator[RawItem]]:
+    """The reader of shard kind `kind` (one of shards.kinds()); InputError otherwise."""
+    if kind in READERS:
+        return READERS[kind]
+    modality = pair_modality(kind)
+    if modality is None:
+        raise InputError(f"kind {kind!r}; expected one of {list(kinds())}")
+    return lambda path: read_pairs(path, modality)
 
 
 def read_inputs(kind: str, paths: list[str]) -> list[RawItem]:
     """All items of `paths` for `kind`, in input order; ids must be unique."""
-    if kind not in READERS:
-        raise InputError(f"kind {kind!r}; expected one of {sorted(READERS)}")
+    read = reader(kind)
     items, seen = [], {}
     for p in paths:
         if not storage.exists(p):
             raise InputError(f"{p}: no such file or directory")
-        for item in READERS[kind](p):
+        for item in read(p):
             if item.id in seen:
                 raise InputError(f"{p}: id {item.id!r} repeats one from {seen[item.id]}")
             seen[item.id] = p

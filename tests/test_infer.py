@@ -31,7 +31,8 @@ from PIL import Image
 
 from anygpt_jax import gin_utils, infer, prompts, storage
 from anygpt_jax.inference import session
-from anygpt_jax.inference.media import SPEECH_WAV_UNAVAILABLE, MediaCodecs, MediaSettings
+from anygpt_jax.inference.media import MediaCodecs, MediaSettings
+from anygpt_jax.inference.renderers import SPEECH_WAV_UNAVAILABLE
 from anygpt_jax.inference.requests import parse_base
 from anygpt_jax.inference.session import Engine
 from anygpt_jax.modalities import codec

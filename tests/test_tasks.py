@@ -18,10 +18,7 @@ from anygpt_jax.vocab import MergedVocabulary, ModalitySpan, anygpt_layout
 def registered(shard_corpus, merged_vocab):
     names = tasks.register(
         merged_vocab,
-        image_caption_dirs=[shard_corpus["image_text"][0]],
-        speech_dirs=[shard_corpus["speech_text"][0]],
-        music_dirs=[shard_corpus["music_text"][0]],
-        dialogue_dirs=[shard_corpus["dialogue"][0]],
+        shard_dirs={kind: [dirs[0]] for kind, dirs in shard_corpus.items()},
     )
     assert set(names) == set(tasks.TASKS) | {tasks.PRETRAIN, tasks.SFT}
     return shard_corpus
@@ -134,7 +131,7 @@ def test_task_refuses_other_vocabulary(shard_corpus, anygpt_tokenizer_dir, merge
     spm = os.path.join(anygpt_tokenizer_dir, "tokenizer.model")
     other = MergedVocabulary.from_layout(spm, anygpt_layout(include_sft=True))
     try:
-        tasks.register(other, music_dirs=[shard_corpus["music_text"][0]])
+        tasks.register(other, shard_dirs={"music_text": [shard_corpus["music_text"][0]]})
         with pytest.raises(ShardError, match="music_text.*manifest.json: made with vocabulary"):
             _rows("anygpt_music_caption")
         with pytest.raises(ValueError, match="unknown tasks"):
@@ -142,8 +139,5 @@ def test_task_refuses_other_vocabulary(shard_corpus, anygpt_tokenizer_dir, merge
     finally:
         tasks.register(
             merged_vocab,
-            image_caption_dirs=[shard_corpus["image_text"][0]],
-            speech_dirs=[shard_corpus["speech_text"][0]],
-            music_dirs=[shard_corpus["music_text"][0]],
-            dialogue_dirs=[shard_corpus["dialogue"][0]],
+            shard_dirs={kind: [dirs[0]] for kind, dirs in shard_corpus.items()},
         )

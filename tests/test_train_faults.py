@@ -140,7 +140,7 @@ def corrupt_speech_shards(tmp_path, merged_vocab):
 
 def test_a_corrupt_shard_stops_in_one_line_naming_file_and_offset(tmp_path, merged_vocab):
     shard_dir, victim = corrupt_speech_shards(tmp_path, merged_vocab)
-    tasks.register(merged_vocab, speech_dirs=[shard_dir])
+    tasks.register(merged_vocab, shard_dirs={"speech_text": [shard_dir]})
     inputs = InputIterator(get_dataset("anygpt_asr", 256, 2, seed=0))
     with pytest.raises(TrainingError, match=rf"before step 1: {victim}: corrupted record .* at "
                                             r"byte \d+"):
@@ -296,7 +296,7 @@ def test_a_corrupt_shard_block_can_be_skipped_and_counted(tmp_path, merged_vocab
     from anygpt_jax.data import records
 
     shard_dir, _ = corrupt_speech_shards(tmp_path, merged_vocab)
-    tasks.register(merged_vocab, speech_dirs=[shard_dir], on_corrupt="skip")
+    tasks.register(merged_vocab, shard_dirs={"speech_text": [shard_dir]}, on_corrupt="skip")
     before = records.SKIPPED.records
     inputs = InputIterator(get_dataset("anygpt_asr", 256, 2, seed=0, shuffle=False,
                                        num_epochs=1, pack=False))
@@ -305,7 +305,7 @@ def test_a_corrupt_shard_block_can_be_skipped_and_counted(tmp_path, merged_vocab
     assert records.SKIPPED.records - before == 15
     assert rows == 14  # 15 examples in batches of 2, the remainder dropped
     with pytest.raises(ValueError, match="on_corrupt='drop'"):
-        tasks.register(merged_vocab, speech_dirs=[shard_dir], on_corrupt="drop")
+        tasks.register(merged_vocab, shard_dirs={"speech_text": [shard_dir]}, on_corrupt="drop")
 
 
 @pytest.mark.slow

@@ -26,9 +26,11 @@ def gin_text(model_dir: str, data: dict, steps: int = STEPS, extra: str = "") ->
 import anygpt_jax.tasks
 tasks.register.vocabulary = @merged_vocabulary()
 merged_vocabulary.tokenizer_dir = {data['vocab']!r}
-tasks.register.image_caption_dirs = [{data['image_text']!r}]
-tasks.register.speech_dirs = [{data['speech_text']!r}]
-tasks.register.music_dirs = [{data['music_text']!r}]
+tasks.register.shard_dirs = {{
+    'image_text': [{data['image_text']!r}],
+    'speech_text': [{data['speech_text']!r}],
+    'music_text': [{data['music_text']!r}],
+}}
 """
     return tiny_run_gin(model_dir, data["vocab_size"], steps, 4, 256, "anygpt_pretrain", 2,
                         register + extra)

@@ -11,7 +11,6 @@ code added, only if enough new tokens remain to reach a valid end marker.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Mapping, Sequence
 
 import flax.struct
@@ -20,10 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from anygpt_jax.modalities.registry import media_modalities, media_modality
 from anygpt_jax.vocab import MergedVocabulary
 
-# SEED turns every image into 32 codes: a generated image span must have exactly that many.
-DEFAULT_FIXED_LENGTHS: Mapping[str, int] = types.MappingProxyType({"image": 32})
+
+def registered_fixed_lengths(vocab: MergedVocabulary) -> dict[str, int]:
+    """The exact span lengths the registry's records give the modalities of `vocab` (image:
+    SEED's 32 codes); modalities of free length are left out."""
+    known = set(media_modalities())
+    lengths = {m: media_modality(m).fixed_length for m in vocab.modalities if m in known}
+    return {m: n for m, n in lengths.items() if n}
 
 
 @flax.struct.dataclass
@@ -50,10 +55,11 @@ class SpanTable:
 def span_table(
     vocab: MergedVocabulary,
     padded_vocab_size: int | None = None,
-    fixed_lengths: Mapping[str, int] = DEFAULT_FIXED_LENGTHS,
+    fixed_lengths: Mapping[str, int] | None = None,
     min_frames: int = 1,
 ) -> SpanTable:
-    """The constraint tables of `vocab`; `fixed_lengths` gives exact code counts per modality.
+    """The constraint tables of `vocab`; `fixed_lengths` gives exact code counts per modality
+    (default: the registry's, registered_fixed_lengths).
 
     `min_frames` is the fewest frames (code ids / num_codebooks) a free-length span may have,
     so that a de-tokenizer never gets an empty span.
@@ -62,6 +68,8 @@ def span_table(
     padded = v if padded_vocab_size is None else padded_vocab_size
     if padded < v:
         raise ValueError(f"padded_vocab_size={padded} is smaller than the vocabulary ({v})")
+    if fixed_lengths is None:
+        fixed_lengths = registered_fixed_lengths(vocab)
     unknown = sorted(set(fixed_lengths) - set(vocab.modalities))
     if unknown:
         raise ValueError(

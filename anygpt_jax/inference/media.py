@@ -1,17 +1,15 @@
-"""Media in and out of inference: files -> ModalitySpans, generated spans -> PNG / WAV files.
+"""Media in and out of inference: files -> ModalitySpans, generated spans -> media files.
 
-In: images through ImageTokenizer (SEED), speech through SpeechTokenizer (RVQ layer 1),
-music through MusicTokenizer (one 5 s Encodec segment), each batched per modality.
-Out: image codes -> PNG through `ImageTokenizer.render` (diffusers unCLIP) when a pipeline
-directory is given, music codes -> WAV through `MusicTokenizer.decode`, speech units -> WAV
-through `speech_to_wav` (SoundStorm completes RVQ layers 2-8, SpeechTokenizer decodes). What
-cannot be rendered is written as its codes (`NAME.MODALITY.json`) with a note that says why.
+In: each modality's registered tokenizer reads and encodes files, batched per modality (images
+through SEED, speech through the SpeechTokenizer's RVQ layer 1, music through one 5 s Encodec
+segment). Out: each modality's registered Renderer (inference/renderers.py) turns generated
+codes into a file (PNG, WAV, ...); what cannot be rendered is written as its codes
+(`NAME.MODALITY.json`) with a note that says why.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -21,41 +19,10 @@ import gin
 import numpy as np
 
 from anygpt_jax import storage
+from anygpt_jax.inference.renderers import Rendered, tokenizer_flag
 from anygpt_jax.inference.requests import MediaRef, RequestError
 from anygpt_jax.modalities.registry import media_modalities, media_modality
 from anygpt_jax.vocab import MergedVocabulary, ModalitySpan
-
-
-def tokenizer_flag(modality: str) -> str:
-    """infer's flag naming `modality`'s tokenizer directory (MediaSettings.tokenizer_dirs)."""
-    return f"--{modality}_tokenizer"
-
-SPEECH_WAV_UNAVAILABLE = (
-    "wrote the speech units (RVQ layer 1) only: a WAV needs acoustic completion of RVQ layers "
-    "2-8 by SoundStorm (--soundstorm DIR) and the SpeechTokenizer (--speech_tokenizer DIR)"
-)
-
-
-def speech_to_wav(units: np.ndarray, voice_prompt: str | None = None,
-                  speech_tokenizer: Any = None, soundstorm: Any = None,
-                  seed: int = 0) -> np.ndarray | None:
-    """Speech units (RVQ layer 1, [T]) -> waveform at the SpeechTokenizer's rate, or None
-    when SoundStorm or the SpeechTokenizer is missing (callers then write the units).
-
-    The one place acoustic completion happens: SoundStorm predicts RVQ layers 2-8 from the
-    units, prefixed by the layers of `voice_prompt` to take its voice (gin: `speak`,
-    `SoundStorm` settings), then the SpeechTokenizer decodes all layers.
-    """
-    if speech_tokenizer is None or soundstorm is None:
-        return None
-    from anygpt_jax.modalities.soundstorm import speak
-
-    if isinstance(voice_prompt, str) and storage.is_remote(voice_prompt):
-        from anygpt_jax.modalities.audio_io import load_audio
-
-        rate = int(speech_tokenizer.sample_rate)
-        voice_prompt = (load_audio(voice_prompt, rate), rate)
-    return speak(np.asarray(units), speech_tokenizer, soundstorm, voice_prompt, seed=seed)
 
 
 @gin.configurable
@@ -136,7 +103,7 @@ class MediaCodecs:
                 model = SoundStorm.load(self.soundstorm_dir)
             except (OSError, ValueError) as e:
                 raise ValueError(f"--soundstorm {self.soundstorm_dir}: {e}") from e
-            tok = self._optional("speech")
+            tok = self.optional_tokenizer("speech")
             if tok is not None and tok.n_q != 1 + model.num_quantizers:
                 raise ValueError(
                     f"--soundstorm {self.soundstorm_dir} completes {model.num_quantizers} RVQ "
@@ -193,41 +160,21 @@ class MediaCodecs:
     # ----- out --------------------------------------------------------------------------------
 
     def missing(self, modality: str) -> str | None:
-        """What this session lacks to render `modality` spans as media (naming the setting
-        and its infer flag), or None; text needs nothing."""
+        """What this session lacks to render `modality` spans as media (naming the setting and
+        its infer flag), or None; text needs nothing."""
         if modality == "text":
             return None
-        if modality not in self.dirs:
-            return (f"decoding {modality} needs its tokenizer: "
-                    f"MediaSettings.tokenizer_dirs[{modality!r}] ({tokenizer_flag(modality)} DIR)")
-        if modality == "image" and self.unclip_pipeline is None:
-            return ("rendering SEED codes needs a diffusers unCLIP directory: "
-                    "MediaSettings.unclip_pipeline (--unclip_pipeline DIR)")
-        if modality == "speech" and self.soundstorm() is None:
-            return ("speech waveforms need acoustic completion of RVQ layers 2-8: "
-                    "MediaSettings.soundstorm (--soundstorm DIR)")
-        return None
+        return self._renderer(modality).missing(self, modality)
 
     def render(self, span: ModalitySpan, seed: int = 0,
                voice: str | None = None) -> Rendered | str:
-        """A generated span as media (an image, or a waveform), or a note saying why it cannot
-        be (the caller then keeps its codes). `voice`: a speech prompt to clone."""
+        """A generated span as media (its modality's registered Renderer), or a note saying
+        why it cannot be (the caller then keeps its codes). `voice`: a speech prompt to clone."""
         m = span.modality
         codes = np.asarray(span.codes)
         if (codes.shape[-1] if codes.ndim else 0) == 0:
             return f"the generated {m} span is empty"
-        if m == "image":
-            return self._render_image(codes, seed)
-        if m == "music":
-            tok = self._optional("music")
-            if tok is None:
-                return f"wrote the Encodec codes: decoding needs {tokenizer_flag('music')} DIR"
-            return Rendered(tok.decode(codes), tok.sample_rate)
-        if m == "speech":
-            tok = self._optional("speech")
-            wav = speech_to_wav(codes, voice, tok, self.soundstorm(), seed=seed)
-            return SPEECH_WAV_UNAVAILABLE if wav is None else Rendered(wav, tok.sample_rate)
-        return f"no renderer for {m}"
+        return self._renderer(m).render(codes, self, m, seed, voice)
 
     def write(self, span: ModalitySpan, out_dir: str, name: str, seed: int = 0,
               voice: str | None = None) -> dict:
@@ -244,47 +191,18 @@ class MediaCodecs:
         storage.write_text(os.path.join(out_dir, path), json.dumps(record) + "\n")
         return {"modality": m, "path": path, "format": "codes", "note": rendered}
 
-    def _optional(self, modality: str) -> Any:
+    def optional_tokenizer(self, modality: str) -> Any:
+        """The tokenizer of `modality`, or None when the session was given none."""
         try:
             return self.tokenizer(modality)
         except RequestError:
             return None
 
-    def _render_image(self, codes: np.ndarray, seed: int) -> Rendered | str:
-        tok = self._optional("image")
-        if tok is None:
-            return f"wrote the SEED codes: rendering needs {tokenizer_flag('image')} DIR"
-        if codes.shape != (tok.num_codes,):
-            return f"wrote the codes: SEED renders {tok.num_codes} codes, the span has {codes.size}"
-        if self.unclip_pipeline is None:
-            return ("wrote the SEED codes: rendering needs a Stable Diffusion unCLIP pipeline "
-                    "directory (--unclip_pipeline DIR)")
-        try:
-            [image] = tok.render(codes[None], seed=seed, pipeline=self.unclip_pipeline,
-                                 num_inference_steps=self.render_steps)
-        except ImportError as e:
-            return f"wrote the SEED codes: {e}"
-        return Rendered(image)
-
-
-@dataclasses.dataclass(frozen=True)
-class Rendered:
-    """A generated span as media: a PIL image, or a waveform with its sample rate."""
-
-    value: Any
-    sample_rate: int | None = None
-
-    @property
-    def extension(self) -> str:
-        return "png" if self.sample_rate is None else "wav"
-
-    def to_bytes(self) -> bytes:
-        """The PNG or 16-bit WAV file's bytes."""
-        if self.sample_rate is not None:
-            return wav_bytes(self.value, self.sample_rate)
-        buf = io.BytesIO()
-        self.value.save(buf, format="PNG")
-        return buf.getvalue()
+    def _renderer(self, modality: str) -> Any:
+        key = ("renderer", modality)
+        if key not in self._loaded:
+            self._loaded[key] = media_modality(modality).make_renderer()
+        return self._loaded[key]
 
 
 def _load(modality: str, spec: str) -> Any:
@@ -293,13 +211,3 @@ def _load(modality: str, spec: str) -> Any:
         return media_modality(modality).load(spec)
     except (OSError, ValueError) as e:
         raise ValueError(f"{tokenizer_flag(modality)} {spec}: {e}") from e
-
-
-def wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
-    """A waveform (clipped to [-1, 1]) as the bytes of a 16-bit PCM WAV file."""
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(np.asarray(wav, np.float32), -1.0, 1.0), int(sample_rate),
-             format="WAV", subtype="PCM_16")
-    return buf.getvalue()

@@ -33,17 +33,12 @@ import re
 from collections.abc import Iterator
 
 from anygpt_jax import storage
-from anygpt_jax.modalities.registry import media_modalities
+from anygpt_jax.modalities.registry import media_modalities, media_modality
 
-BASE_FORMS = (
-    "text|image|{caption}",
-    "image|text|{image path}",
-    "text|speech|{text}[|{voice.wav}]",
-    "speech|text|{wav}",
-    "text|music|{caption}",
-    "music|text|{wav}",
-)
-_BASE_PAIRS = {tuple(f.split("|")[:2]) for f in BASE_FORMS}
+
+def base_forms() -> tuple[str, ...]:
+    """The base request forms of every registered modality (its record's request_forms)."""
+    return tuple(f for m in media_modalities() for f in media_modality(m).request_forms)
 # `[word: path]`; the word decides whether it is a media reference (see _media_or_text).
 _MEDIA_TAG = re.compile(r"\[\s*([A-Za-z_]+)\s*:\s*([^\]]*?)\s*\]")
 _PATHLIKE = re.compile(r"^\S+\.[A-Za-z0-9]{1,5}$")
@@ -130,12 +125,12 @@ def parse_base(line: str, base_dir: str | None = None, where: str = "request",
     fields = line.strip().split("|", 2)
     if len(fields) < 3:
         raise RequestError(f"{where}: {line.strip()!r} is not a base request; expected one of "
-                           f"{'; '.join(BASE_FORMS)}")
+                           f"{'; '.join(base_forms())}")
     src = check_modality(fields[0], f"{where} (input modality)")
     dst = check_modality(fields[1], f"{where} (output modality)")
     voice = None
     content = fields[2]
-    if (src, dst) == ("text", "speech") and "|" in content:
+    if src == "text" and dst != "text" and media_modality(dst).takes_voice and "|" in content:
         content, voice = content.rsplit("|", 1)
     return make_base(src, dst, content, voice, base_dir, where, request_id, instruction)
 
@@ -144,9 +139,9 @@ def make_base(src: str, dst: str, content: str, voice: str | None = None,
               base_dir: str | None = None, where: str = "request", request_id: str = "",
               instruction: str | None = None) -> BaseRequest:
     """A checked BaseRequest from its fields (media files must exist)."""
-    if (src, dst) not in _BASE_PAIRS:
+    if (src, dst) not in {tuple(f.split("|")[:2]) for f in base_forms()}:
         raise RequestError(f"{where}: {src}|{dst} is not a base-model direction; supported: "
-                           f"{'; '.join(BASE_FORMS)}")
+                           f"{'; '.join(base_forms())}")
     content = content.strip()
     if not content:
         raise RequestError(f"{where}: empty input for {src}|{dst}")
@@ -192,8 +187,9 @@ def _media_or_text(m: re.Match, base_dir: str | None, where: str) -> MediaRef | 
     # Brackets are ordinary text ("[note: see above]"), but a file-like argument means a
     # mistyped media tag, which should not silently become text.
     if _PATHLIKE.match(path):
+        tags = ", ".join(f"[{name}: PATH]" for name in media_modalities())
         raise RequestError(f"{where}: unknown modality {word!r} in {m.group(0)!r}; media tags "
-                           f"are [image: PATH], [speech: PATH], [music: PATH]")
+                           f"are {tags}")
     return None
 
 

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+# Imported first: prompts' import-time views (DIRECTIONS) hold only the paper's modalities.
+from anygpt_jax import prompts
 from anygpt_jax.inference.requests import RequestError, check_modality
 from anygpt_jax.modalities import registry
 from anygpt_jax.modalities.registry import MediaModality, media_modalities, media_modality
@@ -85,8 +87,6 @@ def test_a_registered_modality_is_a_shard_kind(toy):
 
 
 def test_a_registered_modality_brings_its_prompt_directions(toy, monkeypatch):
-    from anygpt_jax import prompts
-
     record = MediaModality(toy.spec, toy.tokenizer, toy.demo,
                            ("Describe this clip.",), ("Make a clip of this.",))
     monkeypatch.setitem(registry._REGISTRY, "video", record)
@@ -107,3 +107,27 @@ def test_a_registered_modality_brings_its_generation_defaults(toy, monkeypatch):
     settings = GenerationSettings.for_output("video")
     assert (settings.do_sample, settings.max_new_tokens) == (False, 12)
     assert GenerationSettings.for_output("music").top_k == 200  # the release's row, unchanged
+
+
+def test_a_registered_modality_brings_its_tasks_requests_and_span_length(toy, monkeypatch):
+    from anygpt_jax import tasks
+    from anygpt_jax.inference.constraints import registered_fixed_lengths
+    from anygpt_jax.inference.requests import base_forms, parse_chat_message
+    from anygpt_jax.modalities.registry import PairTasks
+
+    record = MediaModality(toy.spec, toy.tokenizer, toy.demo,
+                           tasks=PairTasks("clip_caption", "clip_gen", 0.0, 0.3),
+                           fixed_length=6, request_inputs=("{script}", "{clip.npy}"))
+    monkeypatch.setitem(registry._REGISTRY, "video", record)
+    assert tasks.task_table()["clip_gen"] == ("video_text", "text_to_video")
+    assert tasks.task_table()["clip_caption"] == ("video_text", "video_to_text")
+    rates = tasks.registered_pretrain_rates()
+    assert rates["clip_gen"] == 0.3 and "clip_caption" not in rates  # rate 0: in no mixture
+    assert base_forms()[-2:] == ("text|video|{script}", "video|text|{clip.npy}")
+    with pytest.raises(RequestError, match=r"\[music: PATH\], \[video: PATH\]"):
+        parse_chat_message("see [vidoe: a.npy]")
+
+    class Vocab:
+        modalities = ("image", "speech", "video")
+
+    assert registered_fixed_lengths(Vocab()) == {"image": 32, "video": 6}

@@ -8,8 +8,10 @@ into shards of --examples-per-shard; shards are encoded in parallel worker proce
 (--workers), media in batches (--batch-size). Each shard is written whole (renamed into place,
 or uploaded) with a `.json` sidecar, so a rerun after a crash skips finished shards (resumable).
 manifest.json is written last and marks the directory finished: a finished --out is refused.
-Unreadable media are logged, counted and skipped; the summary at the end lists them. Exit
-status: 0 done, 1 bad input, unusable path or nothing written.
+Unreadable media are logged, counted and skipped; the summary at the end lists them.
+`--import MODULE` imports a module first, in this process and every worker: one that registers
+a modality (modalities/registry.py) makes its '<name>_text' kind buildable. Exit status: 0
+done, 1 bad input, unusable path or nothing written.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import dataclasses
+import importlib
 import json
 import logging
 import math
 import multiprocessing
 import os
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -41,9 +45,19 @@ _worker: dict = {}
 _encoders: dict[tuple[str, str], media_lib.Encoder] = {}
 
 
-def _init_worker(vocab_dir: str, tokenizers: dict[str, str]) -> None:
+def _init_worker(vocab_dir: str, tokenizers: dict[str, str], imports: tuple[str, ...] = ()) -> None:
+    import_modules(imports)  # a spawned worker registers the user's modalities again
     _worker["vocab"] = MergedVocabulary.load(vocab_dir)
     _worker["encoders"] = {m: get_encoder(m, s) for m, s in tokenizers.items()}
+
+
+def import_modules(modules: Sequence[str]) -> None:
+    """Imports `modules` (e.g. one that registers a modality); ValueError naming a failed one."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ValueError(f"--import {name}: {e}") from e
 
 
 def get_encoder(modality: str, spec: str) -> media_lib.Encoder:
@@ -151,8 +165,13 @@ def build(
     workers: int = 1,
     batch_size: int = 16,
     progress: bool = True,
+    imports: tuple[str, ...] = (),
 ) -> dict:
-    """Builds (or finishes a crashed build of) a shard directory; returns the summary."""
+    """Builds (or finishes a crashed build of) a shard directory; returns the summary.
+
+    `imports`: modules each worker process imports first (those registering the modalities
+    this process registered beyond the built-in ones).
+    """
     check_paths(inputs, out_dir)
     items = readers.read_inputs(kind, inputs)
     if not items:
@@ -206,13 +225,13 @@ def build(
 
     if workers <= 1 or len(jobs) <= 1:  # in-process: no start-up cost of a worker
         if jobs:
-            _init_worker(vocab_dir, tokenizers)
+            _init_worker(vocab_dir, tokenizers, imports)
         for path, chunk in jobs:
             finish(path, _build_shard(path, chunk, batch_size))
     else:
         ctx = multiprocessing.get_context("spawn")  # JAX and TF do not survive fork
         with cf.ProcessPoolExecutor(
-            min(workers, len(jobs)), ctx, _init_worker, (vocab_dir, tokenizers)
+            min(workers, len(jobs)), ctx, _init_worker, (vocab_dir, tokenizers, tuple(imports))
         ) as pool:
             futs = {pool.submit(_build_shard, p, chunk, batch_size): p for p, chunk in jobs}
             for fut in cf.as_completed(futs):
@@ -265,6 +284,15 @@ def _tokenizer_args(values: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # --import first: the modules it names may register modalities, hence shard kinds.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--import", dest="imports", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    try:
+        import_modules(known.imports)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     p = argparse.ArgumentParser(
         prog="python -m data.build",
         description=__doc__,
@@ -294,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     p.add_argument("--batch-size", type=int, default=16, help="media files per encoder call")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="a module to import first (repeatable), e.g. one registering a modality")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -307,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workers,
             args.batch_size,
             not args.no_progress,
+            tuple(args.imports),
         )
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

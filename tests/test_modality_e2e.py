@@ -10,6 +10,8 @@ span constraints (its fixed length included), and writes it as a file through it
 import io
 import json
 import os
+import subprocess
+import sys
 
 import gin
 import numpy as np
@@ -17,6 +19,7 @@ import pytest
 import seqio
 
 from anygpt_jax import tasks
+from anygpt_jax.data import shards
 from anygpt_jax.inference.media import MediaCodecs, MediaSettings
 from anygpt_jax.inference.renderers import Rendered
 from anygpt_jax.inference.requests import parse_base
@@ -80,9 +83,8 @@ class ClipRenderer:
         return Rendered(frames, "npy", buf.getvalue())
 
 
-@pytest.fixture
-def video(monkeypatch):
-    record = MediaModality(
+def video_record() -> MediaModality:
+    return MediaModality(
         VIDEO, f"{__name__}:VideoTokenizer", demo=VideoTokenizer,
         to_text_instructions=("Describe this clip.",),
         from_text_instructions=("Make a clip of this.",),
@@ -91,6 +93,11 @@ def video(monkeypatch):
         fixed_length=2 * FRAMES_PER_CLIP,
         renderer=f"{__name__}:ClipRenderer",
     )
+
+
+@pytest.fixture
+def video(monkeypatch):
+    record = video_record()
     monkeypatch.setitem(registry._REGISTRY, "video", record)
     gin.clear_config()
     gin.bind_parameter("make_mesh.num_devices", 1)
@@ -163,3 +170,31 @@ def test_a_test_registered_video_modality_goes_from_files_to_a_trained_model_and
     assert media["modality"] == "video" and media["format"] == "npy"
     frames = np.load(out / media["path"])
     assert frames.shape == (FRAMES_PER_CLIP, *FRAME_SHAPE) and frames.dtype == np.uint8
+
+
+def test_the_build_cli_imports_a_users_modality_module_in_every_worker(tmp_path):
+    """`--import MODULE` registers the modality before the CLI reads its flags, and again in
+    each spawned worker (two shards, two workers); a module that fails to import is named."""
+    (tmp_path / "video_modality.py").write_text(
+        "from anygpt_jax.modalities.registry import register_modality\n"
+        "from test_modality_e2e import video_record\n\n"
+        "register_modality(video_record())\n"
+    )
+    vocab_dir, _ = video_vocabulary(str(tmp_path))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tmp_path), os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    out = str(tmp_path / "shards")
+    cmd = [sys.executable, "-m", "data.build", "--kind", "video_text",
+           "--input", clips_jsonl(str(tmp_path)), "--vocab", vocab_dir,
+           "--tokenizer", "video=demo", "--out", out, "--examples-per-shard", "4",
+           "--workers", "2", "--no-progress"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([*cmd, "--import", "video_modality"], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["examples"] == 8
+    assert len(shards.read_manifest(out)["shards"]) == 2
+    bad = subprocess.run([*cmd[:-1], "--import", "no_such_modality_module"], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 1
+    assert "--import no_such_modality_module: No module named" in bad.stderr

@@ -77,14 +77,30 @@ class AnyGPT:
     ) -> np.ndarray:
         """fp32 logits [batch, length, vocab_size] for int ids [batch, length].
 
-        `segment_ids` (0 = padding) and `positions` describe packed sequences; by default
-        each row is one sequence starting at position 0.
+        `ids` may also be what `vocab.encode` returns: one list of ids (logits [length,
+        vocab_size]) or a list of such lists of any lengths (right-padded: a row's logits
+        past its length are padding). `segment_ids` (0 = padding) and `positions` describe
+        packed sequences; by default each row is one sequence starting at position 0.
         """
+        single = _is_flat_ids(ids)
+        if single:
+            ids = [ids]
+        if segment_ids is None and positions is None and _is_ragged(ids):
+            rows = [np.asarray(r) for r in ids]
+            width = max(len(r) for r in rows)
+            segment_ids = np.array([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+            ids = np.stack([np.pad(r, (0, width - len(r))) for r in rows])
         ids = np.asarray(ids)
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(
-                f"ids must be an int array [batch, length], got {ids.dtype} {ids.shape}"
+                "ids must be int ids: a list, a list of lists or an array [batch, length]; "
+                f"got {ids.dtype} {ids.shape}"
             )
+        out = self._logits(ids, segment_ids, positions)
+        return out[0] if single else out
+
+    def _logits(self, ids: np.ndarray, segment_ids: Any | None,
+                positions: Any | None) -> np.ndarray:
         bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]
         if bad.size:
             raise ValueError(
@@ -111,11 +127,30 @@ class AnyGPT:
         stop_ids: Sequence[int] | None = None,
         constrain: bool = True,
     ) -> list[list[int]]:
-        """New ids for each prompt (ids lists), up to and including the stop id.
+        """New ids for each prompt (ids lists), up to and including the stop id; one prompt
+        (a flat list, as `vocab.encode` returns) gets one flat list back.
 
         See `anygpt_jax.inference.generate`: settings default to GenerationSettings(); e.g.
         `m.generate([ids], GenerationSettings.for_output("image"), stop_ids=[eoim])`.
         """
+        if _is_flat_ids(prompts):
+            return _generate(self, [prompts], settings, seed=seed, stop_ids=stop_ids,
+                             constrain=constrain)[0]
         return _generate(
             self, prompts, settings, seed=seed, stop_ids=stop_ids, constrain=constrain
         )
+
+
+def _is_flat_ids(ids: Any) -> bool:
+    """Whether `ids` is one sequence of ids (a list of ints or a 1-D int array)."""
+    if isinstance(ids, np.ndarray | jax.Array):
+        return ids.ndim == 1
+    return (isinstance(ids, list | tuple) and len(ids) > 0
+            and all(isinstance(i, int | np.integer) for i in ids))
+
+
+def _is_ragged(ids: Any) -> bool:
+    """Whether `ids` is a list of id lists of different lengths."""
+    return (isinstance(ids, list | tuple) and len(ids) > 1
+            and all(isinstance(r, list | tuple | np.ndarray) for r in ids)
+            and len({len(r) for r in ids}) > 1)

@@ -14,7 +14,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The demo runs the fluidsynth command itself; its package enables a per-user synth service
+# (a sound server in every login session) that nothing here uses.
+if [ -e /etc/systemd/user/default.target.wants/fluidsynth.service ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO rm -f /etc/systemd/user/default.target.wants/fluidsynth.service
 fi
 
 # torch is pinned to the CPU build these machines install offline; see setup.py.

@@ -145,3 +145,25 @@ def test_reply_segments(merged_vocab):
     assert done and segs == ["A cat", ModalitySpan("image", np.arange(3)), " there"]
     segs, done = reply_segments(v, [*v.encode(" hi"), v.eos_id], [v.eos_id], end_text="<eom>")
     assert done and segs == ["hi"]
+
+
+@pytest.mark.parametrize("template", ["anygpt", "mmgpt"])
+def test_a_chat_reply_shows_no_template_markers(merged_vocab, template):
+    """A repeated role marker is dropped and any turn or end marker of either style ends the
+    reply; spans before it are kept."""
+    v = merged_vocab
+    conv = Conversation(v, chat_style(template))
+    span = ModalitySpan("image", np.arange(3))
+    cases = [
+        ("[MMGPT]: [MMGPT]: Hello there<eos><eos>", ["Hello there"], True),
+        ("[AnyGPT]: Hi.<eom> [Human]: more", ["Hi."], True),
+        (" A picture", ["A picture"], False),
+        (" Done. [Human]: and you?", ["Done."], True),
+        (" See <eoh> this", ["See"], True),
+    ]
+    for text, want, finished in cases:
+        segs, done = conv.reply(v.encode(text), conv.stop_ids)
+        assert (segs, done) == (want, finished), text
+    ids = v.encode_segments([" [MMGPT]: Look", span, " here<eos>[MMGPT]: again"])
+    segs, done = conv.reply(ids, conv.stop_ids)
+    assert done and segs == ["Look", span, " here"]

@@ -316,3 +316,22 @@ def test_requests_in_one_bucket_reuse_one_program(models):
         m.generate(prompts, settings, seed=1, stop_ids=stops)
     program = _programs(m)[decoding.Plan.of(base, True, 1)]
     assert program._cache_size() == 1
+
+
+def test_the_facade_takes_what_vocab_encode_returns(models):
+    """AnyGPT.logits and generate take one id list or a list of id lists of any lengths."""
+    _, m = models
+    a = m.vocab.encode("[Human]: hello<eoh> [MMGPT]:")
+    b = m.vocab.encode("hi")
+    one = m.logits(a)
+    assert one.shape == (len(a), m.config.vocab_size)
+    np.testing.assert_array_equal(one, m.logits(np.array([a]))[0])
+    both = m.logits([a, b])  # ragged: right-padded, each row as if alone
+    assert both.shape == (2, len(a), m.config.vocab_size)
+    np.testing.assert_allclose(both[0], one, atol=1e-5)
+    np.testing.assert_allclose(both[1, : len(b)], m.logits(b), atol=1e-5)
+    s = GenerationSettings(max_new_tokens=6, do_sample=False)
+    new = m.generate(a, s)
+    assert isinstance(new[0], int) and new == m.generate([a], s)[0]
+    with pytest.raises(ValueError, match="ids must be int ids"):
+        m.logits([[0.5, 1.5]])

@@ -92,6 +92,9 @@ def test_chat_messages_interleave_text_and_media(files):
         ("look [video: clip.mp4]", r"unknown modality 'video' in '\[video: clip.mp4\]'"),
         ("look [image: gone.png]", r"image file not found: .*gone.png"),
         ("look [image: ]", r"empty image file path"),
+        ("what is [bogus: x]?", r"unknown modality 'bogus' in '\[bogus: x\]'"),
+        ("see [image: cat.png and more", r"unclosed media tag '\[image: cat.png and more'"),
+        ("hear [Speech:a.wav", r"unclosed media tag .*write \[speech: PATH\]"),
         ("   ", r"empty message"),
     ],
 )

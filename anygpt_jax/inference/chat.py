@@ -9,6 +9,7 @@ ending with the assistant's role marker; the style (`[AnyGPT]:`/`<eom>` or the r
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Sequence
 
@@ -109,6 +110,37 @@ class Conversation:
         ids = self.vocab.encode(self.style.assistant_end)
         single = len(ids) == 1 and self.vocab.id_to_token(ids[0]) == self.style.assistant_end
         return None if single else self.style.assistant_end
+
+    def reply(self, ids: Sequence[int], stop_ids: Sequence[int]) -> tuple[list[Segment], bool]:
+        """Generated ids -> (the reply as the user sees it, whether it ended properly).
+
+        Only the reply: a leading assistant role marker the model repeats (`[MMGPT]: `) is
+        dropped, and the reply ends at the first turn or end marker of either chat style
+        (`<eos>`, `<eom>`, `<eoh>`, `[Human]`, another role marker), so no template marker
+        shows.
+        """
+        segments, finished = reply_segments(self.vocab, ids, stop_ids, end_text=self.end_text)
+        styles = (self.style, prompts.ChatStyle(), prompts.release_chat_style())
+        roles = {s.assistant for s in styles}
+        ends = {m for s in styles for m in (s.user, s.user_end, s.assistant_end)}
+        role = "|".join(map(re.escape, sorted(roles)))
+        lead = re.compile(rf"^\s*(?:(?:{role})\s*:?\s*)+")
+        cut = re.compile("|".join(map(re.escape, sorted(ends | roles))))
+        out: list[Segment] = []
+        for seg in segments:
+            if not isinstance(seg, str):
+                out.append(seg)
+                continue
+            if not out:
+                seg = lead.sub("", seg)
+            hit = cut.search(seg)
+            if hit is None:
+                if seg:
+                    out.append(seg)
+                continue
+            head = seg[: hit.start()].rstrip()
+            return [*out, *([head] if head else [])], True
+        return out, finished
 
     def _with(self, role: str, segments: Sequence[Segment]) -> tuple[list[dict], list]:
         turns, spans = list(self.turns), list(self.spans)

@@ -41,7 +41,6 @@ def base_forms() -> tuple[str, ...]:
     return tuple(f for m in media_modalities() for f in media_modality(m).request_forms)
 # `[word: path]`; the word decides whether it is a media reference (see _media_or_text).
 _MEDIA_TAG = re.compile(r"\[\s*([A-Za-z_]+)\s*:\s*([^\]]*?)\s*\]")
-_PATHLIKE = re.compile(r"^\S+\.[A-Za-z0-9]{1,5}$")
 
 
 class RequestError(ValueError):
@@ -173,6 +172,7 @@ def parse_chat_message(text: str, base_dir: str | None = None, where: str = "mes
         pos = m.end()
     if pos < len(text):
         parts.append(text[pos:])
+    _refuse_unclosed_tags(parts, where)
     if not any(isinstance(p, MediaRef) or p.strip() for p in parts):
         raise RequestError(f"{where}: empty message")
     if to is not None:
@@ -184,13 +184,25 @@ def _media_or_text(m: re.Match, base_dir: str | None, where: str) -> MediaRef | 
     word, path = m.group(1), m.group(2)
     if word.lower() in media_modalities():
         return MediaRef(word.lower(), _media_path(path, word.lower(), base_dir, where))
-    # Brackets are ordinary text ("[note: see above]"), but a file-like argument means a
-    # mistyped media tag, which should not silently become text.
-    if _PATHLIKE.match(path):
+    # Brackets are ordinary text ("[note: see above]"), but a one-word argument (a file name,
+    # "[bogus: x]") means a mistyped media tag, which should not silently become text.
+    if path and not re.search(r"\s", path):
         tags = ", ".join(f"[{name}: PATH]" for name in media_modalities())
         raise RequestError(f"{where}: unknown modality {word!r} in {m.group(0)!r}; media tags "
                            f"are {tags}")
     return None
+
+
+def _refuse_unclosed_tags(parts: list, where: str) -> None:
+    """RequestError for a media tag left open (`[image: cat.png` with no `]`)."""
+    words = "|".join(map(re.escape, media_modalities()))
+    opened = re.compile(rf"\[\s*({words})\s*:", re.IGNORECASE)
+    for p in parts:
+        hit = opened.search(p) if isinstance(p, str) else None
+        if hit:
+            tail = p[hit.start():][:40]
+            raise RequestError(f"{where}: unclosed media tag {tail!r}; write "
+                               f"[{hit.group(1).lower()}: PATH]")
 
 
 def parse_json_request(obj: object, mode: str, base_dir: str | None, where: str) -> Request:

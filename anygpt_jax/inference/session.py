@@ -153,8 +153,7 @@ class Engine:
                 if isinstance(ids, Exception):
                     records[i].update(error_record(ids))
                     continue
-                segs, finished = reply_segments(self.vocab, ids, stops,
-                                                end_text=conversations[i].end_text)
+                segs, finished = conversations[i].reply(ids, stops)
                 try:
                     records[i].update(self._write_reply(segs, out_dir, names[i]))
                 except REQUEST_ERRORS as e:

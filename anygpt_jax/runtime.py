@@ -65,7 +65,9 @@ def exit_status(code: int) -> int:
     """
     import jax
 
-    if code and jax.process_count() > 1:
+    # Not jax.process_count(): on an error before the backend started, that would start it
+    # (threads and all) just to exit, and its teardown can abort the process.
+    if code and jax.distributed.is_initialized():
         import sys
 
         sys.stdout.flush()

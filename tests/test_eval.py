@@ -313,6 +313,15 @@ def test_cli_runs_on_a_model_directory(model, merged_vocab, eval_sets, tmp_path)
     assert summary["step"] == 0
     assert math.isfinite(summary["metrics"]["anygpt_eval_librispeech_asr/wer"])
     assert os.path.isfile(os.path.join(model_dir, "eval", "metrics-00000000.json"))
+    out_dir = os.path.join(model_dir, "eval")
+    assert (f"wrote metrics-00000000.json and predictions-00000000.jsonl to {out_dir}"
+            in run.stdout)
+    with open(os.path.join(out_dir, "predictions-00000000.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    empty = [r for r in records if r["prediction"] == ""]
+    assert all(r.get("empty_because") for r in empty)  # every empty answer says why
+    counted = sum(e["count"] for e in summary["empty_predictions"].values())
+    assert counted == len(empty)
 
 
 @pytest.mark.slow
@@ -347,3 +356,19 @@ def test_trainer_evaluates_every_n_steps(merged_vocab, eval_sets, tmp_path):
               mixture_or_task_name=TASK, checkpoint_every=1,
               model_config=tiny_config(merged_vocab), register_tasks=False,
               hooks=[EvalHook(1)])
+
+
+def test_an_empty_text_prediction_is_explained(merged_vocab):
+    v = merged_vocab
+    stops = {v.eos_id, v.token_to_id("<eos>")}
+    image = v.modality("image")
+    assert loop.empty_text_reason(v, [], stops) == "nothing generated"
+    assert loop.empty_text_reason(v, [v.token_to_id("<eos>"), 5], stops) == (
+        "stopped at once: the first generated id is <eos>")
+    codes = [image.start_id, image.first_id + 1, image.first_id + 2, image.end_id]
+    assert loop.empty_text_reason(v, [*codes, v.eos_id], stops) == (
+        "no text before the stop: image codes instead")
+    records = [{"task": "t", "empty_because": "nothing generated"}, {"task": "t"},
+               {"task": "u"}]
+    assert loop._empty_predictions(records) == {
+        "t": {"count": 1, "of": 2, "reasons": {"nothing generated": 1}}}

@@ -276,3 +276,21 @@ def test_checkpointing_is_a_hook_saving_every_nth_the_last_and_a_stopping_step(t
         checkpointer.close()
     assert listener.steps == [3, 4, 6, 7]
     assert TrainCheckpointer(str(tmp_path)).all_steps() == [3, 4, 6, 7]
+
+
+def test_training_narrates_compiling_resuming_commits_and_the_final_wait(vocab, tmp_path, capsys):
+    """What a user waits for is said: the compile (timed), each committed checkpoint (async:
+    once written), the final wait, the resumed step; the ETA leaves the compile out."""
+    run(tmp_path / "m", vocab, 4, every=2, stop_after_steps=2)
+    first = capsys.readouterr().out
+    assert first.index("compiling the train step (the first step, 1, waits for it)") < \
+        first.index("compiled the train step and ran step 1 in ")
+    assert "checkpoint step 2 committed" in first
+    assert "trained 2 steps in " in first
+    run(tmp_path / "m", vocab, 4, every=2)
+    second = capsys.readouterr().out
+    assert f"resumed from step 2 of {tmp_path / 'm'}" in second
+    assert "compiling the train step (the first step, 3, waits for it)" in second
+    assert "checkpoint step 4 committed" in second
+    steps = [line for line in second.splitlines() if line.startswith("step 4/4")]
+    assert len(steps) == 1 and steps[0].endswith(" eta 0:00:00")

@@ -108,6 +108,21 @@ def _unscorable(task: seqio.Task) -> dict[str, str]:
     return out
 
 
+def empty_text_reason(vocab, ids: list[int], stop_ids: set[int]) -> str:
+    """Why a text answer decoded to "" (a model's outcome, named in the metrics file)."""
+    if not ids:
+        return "nothing generated"
+    ends = stop_ids | set(vocab.marker_ids.values())
+    if ids[0] in ends:
+        return f"stopped at once: the first generated id is {vocab.id_to_token(ids[0])}"
+    head = ids[: next((i for i, t in enumerate(ids) if t in ends), len(ids))]
+    spans = [s.modality for s in vocab.decode_segments(head, strict=False)
+             if isinstance(s, ModalitySpan)]
+    if spans:
+        return f"no text before the stop: {' and '.join(sorted(set(spans)))} codes instead"
+    return "only whitespace before the stop"
+
+
 def _decode(vocab, ids: list[int], output: str, stop_ids: set[int]) -> tuple[Any, str]:
     """New ids -> (text or the first span of `output`, its printable form).
 
@@ -195,6 +210,8 @@ def inference_eval(
                     value, ext = rendered
                     shown = f"{os.path.basename(media_dir)}/{task_name}/{_safe(ex_id)}.{ext}"
             record["prediction"] = shown
+            if spec.output == "text" and not value:
+                record["empty_because"] = empty_text_reason(model.vocab, ids, set(stop_ids))
             predictions.append(value)
             records.append(record)
     if not lead:
@@ -249,12 +266,32 @@ def evaluate(
             skipped |= {f"{name}/{k}": v for k, v in skips.items()}
             records += recs
         log.info("evaluated %s in %.1fs", name, time.perf_counter() - start)
-    summary = {"step": int(step), "metrics": results, "skipped": skipped}
+    summary = {"step": int(step), "metrics": results, "skipped": skipped,
+               "empty_predictions": _empty_predictions(records)}
     if writer:
         _write(output_dir, step, summary, records)
     for key, reason in skipped.items():
         print(f"eval step {step}: skipped {key}: {reason}", flush=True)
+    for task, empty in summary["empty_predictions"].items():
+        reasons = "; ".join(f"{n} {why}" for why, n in empty["reasons"].items())
+        print(f"eval step {step}: {task}: {empty['count']} of {empty['of']} predictions are "
+              f"empty ({reasons}); they score as empty answers", flush=True)
+    if writer:
+        print(f"eval step {step}: wrote metrics-{step:08d}.json and predictions-{step:08d}.jsonl "
+              f"to {output_dir}", flush=True)
     return summary
+
+
+def _empty_predictions(records: list[dict]) -> dict[str, dict]:
+    """{task: {"count", "of", "reasons": {reason: count}}} of text predictions that are empty."""
+    out: dict[str, dict] = {}
+    for r in records:
+        task = out.setdefault(r["task"], {"count": 0, "of": 0, "reasons": {}})
+        task["of"] += 1
+        if "empty_because" in r:
+            task["count"] += 1
+            task["reasons"][r["empty_because"]] = task["reasons"].get(r["empty_because"], 0) + 1
+    return {t: e for t, e in out.items() if e["count"]}
 
 
 def _write(output_dir: str, step: int, summary: dict, records: list[dict]) -> None:

@@ -14,6 +14,7 @@ targets the current mesh's shardings, so a run may resume on another device coun
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,6 +113,10 @@ class TrainCheckpointer:
         """Committed steps, oldest first."""
         return sorted(self._manager.all_steps())
 
+    def saving(self) -> bool:
+        """Whether an async save is still being written (not yet committed)."""
+        return self._manager.is_saving_in_progress()
+
     def check(self) -> None:
         """Raises CheckpointSaveError when an async save has failed since the last check."""
         try:
@@ -168,13 +173,29 @@ class CheckpointHook(TrainHook):
         self.train_steps = train_steps
         self.listeners = tuple(listeners)
         self.stop_after_this_step = False
+        self._pending: tuple[int, float] | None = None  # (step, when its save started)
 
     def after_step(self, step: int, state: Any, metrics: Any = None, batch: Any = None) -> None:
         self.checkpointer.check()  # an async save that failed is reported now, not at the next
+        self._report_commit()
         if step % self.every == 0 or step == self.train_steps or self.stop_after_this_step:
             self.checkpointer.save(step, state, self.input_iterator)
+            self._pending = (step, time.perf_counter())
             for hook in self.listeners:
                 hook.after_save(step)
 
     def end(self) -> None:
+        if self._pending is not None and self.checkpointer.saving():
+            print(f"waiting for checkpoint step {self._pending[0]} to be written and committed",
+                  flush=True)
         self.checkpointer.wait()
+        self._report_commit()
+
+    def _report_commit(self) -> None:
+        """Says once that the pending save is committed (orbax writes it in the background)."""
+        if self._pending is None or self.checkpointer.saving():
+            return
+        step, started = self._pending
+        self._pending = None
+        print(f"checkpoint step {step} committed ({time.perf_counter() - started:.1f}s after "
+              "its save began)", flush=True)

@@ -6,7 +6,6 @@ Everything is configured through gin (see tpu_configs/); `anygpt_jax.train` only
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import signal
 import time
@@ -35,8 +34,6 @@ from anygpt_jax.training.step import (
     init_train_state,
     sharded_train_step,
 )
-
-log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
@@ -345,7 +342,10 @@ def train_loop(
     try:
         for hook in hooks:
             hook.start(start)
-        step = start
+        step, first_step_s = start, None
+        if start < train_steps:
+            print(f"compiling the train step (the first step, {start + 1}, waits for it)",
+                  flush=True)
         while step < train_steps:
             local = _next_batch(inputs, step + 1)
             if step + 1 in skip:
@@ -390,6 +390,11 @@ def train_loop(
                 continue
             state, step = new_state, step + 1
             steps_timed += 1
+            if first_step_s is None:  # compile time stays out of tok/s, MFU and the ETA
+                first_step_s = time.perf_counter() - window_start
+                print(f"compiled the train step and ran step {step} in {first_step_s:.1f}s",
+                      flush=True)
+                steps_timed, window_start = 0, time.perf_counter()
             sliced = stop_after_steps is not None and step - start >= stop_after_steps
             stop = preemption.should_stop() or sliced
             saving.stop_after_this_step = stop
@@ -398,7 +403,7 @@ def train_loop(
             if step % log_every == 0 or step == train_steps:
                 elapsed = time.perf_counter() - window_start
                 last = metrics_lib.summarize(step_metrics, s.vocab.modality_names)
-                step_time = elapsed / steps_timed
+                step_time = elapsed / steps_timed if steps_timed else first_step_s
                 last |= {
                     "step_time_s": step_time,
                     "tokens_per_s": batch_size * seq_len / step_time,
@@ -432,7 +437,8 @@ def train_loop(
             if writer is not None:
                 writer.flush()
             tensorboard.close()
-    log.info("trained %d steps in %.1fs", step - start, time.perf_counter() - run_start)
+    print(f"trained {step - start} steps in {time.perf_counter() - run_start:.1f}s",
+          flush=True)
     if preempted:
         raise Preempted(f"SIGTERM: saved step {step}; run again to continue to {train_steps}")
     return last

@@ -2,8 +2,13 @@
 
 from typing import TYPE_CHECKING
 
+# Before JAX starts a backend: no libtpu start-up (and its failure lines) without TPU chips.
+from anygpt_jax import runtime
+
+runtime.skip_absent_tpu()
+
 # Sets up the gs:// clients before any library resolves a path (see storage.py).
-from anygpt_jax import storage  # noqa: F401
+from anygpt_jax import storage  # noqa: E402, F401
 
 __all__ = ["AnyGPT"]
 __version__ = "0.1.0"

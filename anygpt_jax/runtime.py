@@ -76,6 +76,26 @@ def exit_status(code: int) -> int:
     return code
 
 
+def skip_absent_tpu() -> None:
+    """Keeps JAX off the TPU backend on a host without TPU chips (unless JAX_PLATFORMS says).
+
+    libtpu is installed for ahead-of-time TPU compiles; on a CPU host JAX would still try to
+    start it and print its failure (host bounds, worker hostnames) before falling back to the
+    CPU. Hosts with TPU chips, or with a JAX GPU plugin, are left to JAX's own choice.
+    """
+    import glob
+    import importlib.util
+
+    if "JAX_PLATFORMS" in os.environ or importlib.util.find_spec("libtpu") is None:
+        return
+    chips = glob.glob("/dev/accel*") + [  # local: the host's device files
+        p for p in glob.glob("/dev/vfio/*") if os.path.basename(p).isdigit()]  # local: same
+    gpu_plugins = any(importlib.util.find_spec(m) is not None
+                      for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm_plugin"))
+    if not chips and not gpu_plugins:
+        os.environ["JAX_PLATFORMS"] = "cpu"
+
+
 def _on_tpu_vm() -> bool:
     """A TPU VM's environment, unless JAX_PLATFORMS rules the TPU out.
 

@@ -27,5 +27,7 @@ def test_using_a_checkpoint_runs_as_written(vocab, tmp_path, one_device_mesh):  
     for block in blocks:
         exec(block.replace(CHECKPOINT, str(model_dir)), namespace)  # noqa: S102
     ids, logits, out = namespace["ids"], namespace["logits"], namespace["out"]
-    assert isinstance(ids, list) and logits.shape == (1, len(ids), vocab.vocab_size)
-    assert np.isfinite(logits).all() and len(out) == 1 and len(out[0]) > 0
+    assert isinstance(ids, list) and logits.shape == (len(ids), vocab.vocab_size)
+    assert namespace["batch"].shape == (2, len(ids), vocab.vocab_size)
+    assert np.isfinite(logits).all() and len(out) > 0 and isinstance(out[0], int)
+    assert len(namespace["outs"]) == 2

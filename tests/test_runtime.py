@@ -91,3 +91,25 @@ def test_xla_cpu_compiles_a_batched_dot_with_a_broadcast_operand_correctly():
     grad = jax.jit(jax.grad(lambda e, c: jnp.sum(f(e, c) ** 2), argnums=1))
     want_grad = np.sum(2 * want * np.sum((e.astype(np.float64) @ np.ones((2, 8, 8))) * e, -1))
     np.testing.assert_allclose(grad(e, np.float32(1.5)), want_grad, rtol=1e-4)
+
+
+def test_a_host_without_tpu_chips_never_starts_libtpu():
+    """Importing anygpt_jax keeps JAX off the TPU backend here (no chips): JAX starts on the
+    CPU without libtpu's failure lines; an explicit JAX_PLATFORMS is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    code = ("import anygpt_jax, jax, os; "
+            "print(jax.devices()[0].platform, os.environ['JAX_PLATFORMS'])")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["cpu", "cpu"]
+    for line in ("host bounds", "TPU_WORKER", "libtpu", "E0000"):
+        assert line not in r.stderr, r.stderr[-2000:]
+    keep = "import anygpt_jax, os; print(os.environ['JAX_PLATFORMS'])"
+    r = subprocess.run([sys.executable, "-c", keep], env=dict(env, JAX_PLATFORMS="tpu,cpu"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip() == "tpu,cpu", r.stderr[-2000:]

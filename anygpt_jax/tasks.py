@@ -32,6 +32,9 @@ from anygpt_jax.data.source import ShardDataSource
 from anygpt_jax.modalities.registry import media_modalities, media_modality
 from anygpt_jax.vocab import MergedVocabulary
 
+# seqio's interface without its import (vocab/merged.py): here, a seqio.Vocabulary for checks.
+seqio.Vocabulary.register(MergedVocabulary)
+
 INSTRUCT = "anygpt_instruct"
 PRETRAIN, SFT = "anygpt_pretrain", "anygpt_sft"
 

@@ -378,6 +378,8 @@ def test_per_id_tables(env):
 def test_tf_data_path_equals_python(env, name):
     import tensorflow as tf
 
+    import anygpt_jax.tasks  # noqa: F401 - the data path: registers it as a seqio.Vocabulary
+
     vocab = env["vocabs"][name]
     assert isinstance(vocab, seqio.Vocabulary)
     rng = random.Random(11)
@@ -535,3 +537,25 @@ def test_bad_codes_and_spans(env):
         vocab.decode_with_special([999999, 1])
     with pytest.raises(ValueError, match="unknown modality 'video'"):
         MergedVocabulary.from_tokenizer_dir(env["dirs"]["hf5"], required_modalities=("video",))
+
+
+def test_inference_imports_neither_seqio_nor_tensorflow(anygpt_tokenizer_dir):
+    """The facade and a loaded vocabulary encode and decode without seqio or TF; the data
+    path registers the vocabulary as a seqio.Vocabulary."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from anygpt_jax import AnyGPT\n"
+        "from anygpt_jax.inference import generate\n"
+        "from anygpt_jax.vocab import MergedVocabulary\n"
+        f"v = MergedVocabulary.from_tokenizer_dir({anygpt_tokenizer_dir!r})\n"
+        "assert v.decode(v.encode('hello world')) == 'hello world'\n"
+        "print(sorted(m for m in ('seqio', 'tensorflow') if m in sys.modules))\n"
+        "import seqio, anygpt_jax.tasks\n"
+        "print(isinstance(v, seqio.Vocabulary))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split("\n")[:2] == ["[]", "True"]

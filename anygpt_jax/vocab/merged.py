@@ -1,4 +1,10 @@
-"""MergedVocabulary: LLaMA SentencePiece + AnyGPT's added tokens, as a seqio.Vocabulary."""
+"""MergedVocabulary: LLaMA SentencePiece + AnyGPT's added tokens, with seqio's interface.
+
+It implements seqio.Vocabulary's interface without importing seqio or TensorFlow: inference
+loads vocabularies and never pays for them. The data and eval paths, which import seqio
+anyway, register it as a virtual seqio.Vocabulary (anygpt_jax/tasks.py); the TF encode and
+decode are built on first use (vocab/tf_ops.py).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,6 @@ from typing import Any
 
 import gin
 import numpy as np
-import seqio
 
 from anygpt_jax import storage
 from anygpt_jax.vocab import files as files_lib
@@ -31,7 +36,7 @@ VOCAB_JSON = "anygpt_vocab.json"
 FORMAT_VERSION = 1
 
 
-class MergedVocabulary(seqio.Vocabulary):
+class MergedVocabulary:
     """Text + modality tokens in one id space; the single owner of every id offset."""
 
     def __init__(
@@ -42,7 +47,6 @@ class MergedVocabulary(seqio.Vocabulary):
         required_markers: Sequence[str] = TEXT_MARKERS,
     ):
         """Resolves the registry from the added tokens of `files`; see from_tokenizer_dir."""
-        super().__init__(extra_ids=0)
         self._init_args = (files, tuple(specs), tuple(required_modalities), tuple(required_markers))
         proto = files_lib.spm_proto(files.spm_bytes, files.source)
         listed = {t.id for t in files.added}
@@ -268,6 +272,20 @@ class MergedVocabulary(seqio.Vocabulary):
         return self._codec.vocab_size
 
     @property
+    def vocab_size(self) -> int:
+        """Every id: pieces and added tokens (seqio's vocab_size; no extra ids)."""
+        return self._base_vocab_size
+
+    @property
+    def extra_ids(self) -> int:
+        return 0
+
+    @property
+    def pad_id(self) -> int:
+        """0, seqio's padding id (<unk> for LLaMA, as AnyGPT pads with 0)."""
+        return 0
+
+    @property
     def text_vocab_size(self) -> int:
         """Number of SentencePiece pieces (32,000 for LLaMA-2)."""
         return self._codec.spm_size
@@ -408,6 +426,15 @@ class MergedVocabulary(seqio.Vocabulary):
     def _encode(self, s: str) -> list[int]:
         return self._codec.encode(s)
 
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids` through the first </s>, special tokens skipped; ids past the vocabulary
+        read as <unk> (seqio.Vocabulary.decode's contract)."""
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        ids = [self.unk_id if i >= self._base_vocab_size else i for i in ids]
+        if self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id) + 1]
+        return self._decode(ids)
+
     def _decode(self, ids: Iterable[int]) -> str:
         ids = [int(i) for i in ids]
         self._check_range(ids)
@@ -419,11 +446,13 @@ class MergedVocabulary(seqio.Vocabulary):
         self._check_range(ids)
         return self._codec.decode(ids, skip_special=False)
 
-    def _encode_tf(self, s):
+    def encode_tf(self, s):
+        """A string tensor -> int32 ids (ragged for a batch), as seqio encodes."""
         return self._tf_codec().encode(s)
 
-    def _decode_tf(self, ids):
-        return self._tf_codec().decode(ids)
+    def decode_tf(self, ids):
+        """Int32 ids -> strings through the first </s> (seqio.Vocabulary.decode_tf's contract)."""
+        return self._tf_codec().decode_clean(ids)
 
     def _tf_codec(self):
         if self._tf is None:

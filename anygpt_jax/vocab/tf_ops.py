@@ -138,6 +138,18 @@ class TfCodec:
         out.set_shape([None])
         return out
 
+    def decode_clean(self, ids: tf.Tensor) -> tf.Tensor:
+        """`decode` after seqio's clean-up: ids past the vocabulary read as <unk>, and
+        everything after the first </s> as padding."""
+        if ids.shape == (0,):
+            return tf.constant(b"", dtype=tf.string)
+        vocab = self.vocab
+        ids = tf.cast(ids, tf.int32)
+        ids = tf.where(tf.less(ids, vocab.vocab_size), ids, vocab.unk_id)
+        after_eos = tf.cumsum(tf.cast(tf.equal(ids, vocab.eos_id), tf.int32), exclusive=True,
+                              axis=-1)
+        return self.decode(tf.where(tf.cast(after_eos, tf.bool), vocab.pad_id, ids))
+
     def decode(self, ids: tf.Tensor) -> tf.Tensor:
         """int ids [..., N] -> strings [...]; special ids (<s>, </s>, <unk>/pad) dropped."""
         ids = tf.cast(ids, tf.int32)

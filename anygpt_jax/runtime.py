@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 # Which of XLA:CPU's dots and fusions go to YNNPACK. Every program here runs with XLA's
 # default; only bf16 train steps ask for something else (training_compiler_options). The `dot`
@@ -94,6 +95,45 @@ def skip_absent_tpu() -> None:
                       for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm_plugin"))
     if not chips and not gpu_plugins:
         os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+# What TensorFlow prints on every start-up of a CPU or TPU host, for no action of the user's:
+# its import's absl notices (oneDNN, no CUDA driver, CPU instructions) and its CUDA probe.
+_TF_STARTUP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|oneDNN custom operations are on|"
+    r"Could not find cuda drivers|cpu_feature_guard|To enable the following instructions|"
+    r"failed call to cuInit"
+)
+
+
+def start_tensorflow_quietly() -> None:
+    """Imports TensorFlow and starts its runtime with no GPU of its own (JAX owns the
+    accelerators, as in t5x), dropping only its start-up notices from stderr.
+
+    They come from C++ before any log level applies, so stderr (fd 2) is captured for the
+    import and replayed without them: any other line, a real error included, still shows.
+    """
+    import sys
+    import tempfile
+
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:  # local: this process's own stderr
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.set_visible_devices([], "GPU")
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode("utf-8", "replace").splitlines(keepends=True)
+            sys.stderr.write("".join(x for x in lines if not _TF_STARTUP_NOISE.search(x)))
+            sys.stderr.flush()
 
 
 def _on_tpu_vm() -> bool:

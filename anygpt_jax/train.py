@@ -56,6 +56,7 @@ def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str]
 def main(argv: list[str] | None = None) -> int:
     """Runs training; returns the exit status (1 with a one-line message on bad config)."""
     gin_files, bindings, search_paths = parse_args(sys.argv[1:] if argv is None else argv)
+    runtime.start_tensorflow_quietly()  # seqio's data path; before it prints its notices
     try:
         parse_gin(gin_files, bindings, search_paths)
     except gin_utils.ConfigError as e:

@@ -9,6 +9,8 @@ The directory of this file must be on PYTHONPATH (the tests set it for their sub
 
 from __future__ import annotations
 
+import re
+
 import gin
 from test_trainer import TASK, register_synthetic_task
 
@@ -111,3 +113,23 @@ def cli_env(num_devices: int, compilation_cache: str | None = None, **extra: str
     if compilation_cache:
         env["JAX_COMPILATION_CACHE_DIR"] = compilation_cache
     return env | extra
+
+
+# Lines a successful CLI run must not print: C++ log lines (I/W/E + date), their preamble,
+# accelerator probes, Python logging errors and warnings, tracebacks.
+NOISE = re.compile(
+    r"^[IWEF]\d{4} |All log messages before absl|cuInit|libtpu|host bounds|TPU_WORKER|"
+    r"^ERROR:|^WARNING:|Traceback \(most recent|Warning: ",
+    re.MULTILINE,
+)
+
+
+def user_env(env: dict) -> dict:
+    """`env` as a user's shell has it: without the suite's quieting variables."""
+    return {k: v for k, v in env.items()
+            if k not in ("TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES", "JAX_PLATFORMS")}
+
+
+def noisy_lines(output: str) -> list[str]:
+    """The lines of `output` a user should not see after a successful run."""
+    return [line for line in output.splitlines() if NOISE.search(line)]

@@ -298,10 +298,10 @@ def test_cli_runs_on_a_model_directory(model, merged_vocab, eval_sets, tmp_path)
         "text/GenerationSettings.max_new_tokens = 6\n"
         "text/GenerationSettings.min_new_tokens = 0\n"
     )
-    from synthetic_task import cli_env
+    from synthetic_task import cli_env, noisy_lines, user_env
 
     # One CPU device, and no TPU pod variables (a library imported by the suite may set them).
-    env = {k: v for k, v in cli_env(1).items()
+    env = {k: v for k, v in user_env(cli_env(1)).items()
            if k not in ("TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID")}  # fmt: skip
     run = subprocess.run(
         [sys.executable, "-m", "anygpt_jax.eval", f"--gin_file={config}",
@@ -309,6 +309,7 @@ def test_cli_runs_on_a_model_directory(model, merged_vocab, eval_sets, tmp_path)
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
+    assert noisy_lines(run.stdout + run.stderr) == [], run.stderr[-3000:]  # a user's env
     summary = json.loads(run.stdout[run.stdout.index("{") :])
     assert summary["step"] == 0
     assert math.isfinite(summary["metrics"]["anygpt_eval_librispeech_asr/wer"])

@@ -28,6 +28,7 @@ from infer_assets import (
     read_lines,
 )
 from PIL import Image
+from synthetic_task import noisy_lines, user_env
 
 from anygpt_jax import gin_utils, infer, prompts, storage
 from anygpt_jax.inference import session
@@ -247,8 +248,10 @@ def test_real_command_batch_and_interactive(assets, tmp_path):
             "--music_tokenizer", str(assets / "music"),
             "--gin.GenerationSettings.max_new_tokens=40"]
     run = subprocess.run([*base, "--requests", str(requests), "--out", str(tmp_path / "out")],
-                         capture_output=True, text=True, cwd=REPO, timeout=900)
+                         capture_output=True, text=True, cwd=REPO, timeout=900,
+                         env=user_env(os.environ))
     assert run.returncode == 0, run.stderr
+    assert noisy_lines(run.stdout + run.stderr) == [], run.stderr[-3000:]
     recs = read_lines(tmp_path / "out" / "results.jsonl")
     assert [r["media"][0]["format"] for r in recs] == ["codes", "wav"]
     assert "--image_tokenizer DIR" in recs[0]["media"][0]["note"]

@@ -177,7 +177,7 @@ def inference_eval(
         reason = problem or "; ".join(unscorable.values())
         return {}, {_metric_name(f): reason for f in task.predict_metric_fns}, []
     ds = task.get_dataset(None, split="train", shuffle=False, num_epochs=1, use_cached=False,
-                          trim_output_features=False)  # fmt: skip
+                          trim_output_features=False, try_in_mem_cache=False)  # fmt: skip
     if options.max_examples is not None:
         ds = ds.take(options.max_examples)
     examples = list(ds.as_numpy_iterator())

@@ -36,6 +36,9 @@ def _batches(task_name: str, seq_len: int, batch_size: int, max_examples: int | 
     ds = seqio.get_mixture_or_task(task_name).get_dataset(
         lengths, split="train", shuffle=False, num_epochs=1, shard_info=shard,
         use_cached=False, trim_output_features=True,
+        # A pipeline per call: seqio's in-memory cache of small sets would never be reused,
+        # and a max_examples prefix of it makes TF warn about a truncated cache.
+        try_in_mem_cache=False,
     )  # fmt: skip
     if max_examples is not None:
         ds = ds.take(-(-max_examples // shard.num_shards))

@@ -15,9 +15,11 @@ Exit status: 0 when every step fits (with --min_headroom of HBM free), 1 when on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
+import time
 from typing import Any
 
 from anygpt_jax import gin_utils
@@ -101,26 +103,30 @@ def run(
     rules = components.partitioner.rules
     batch_size, seq_len = int(bound["batch_size"]), int(bound["seq_len"])
     tx, schedule = components.tx, components.schedule
-    steps = [
-        aot_compile.compile_train(
-            cfg,
-            mesh,
-            batch_size,
-            seq_len,
-            topology.hbm_bytes,
-            tx,
-            schedule,
-            loss_cfg,
-            rules,
-            count_flops=count_flops,
-        )
-    ]
-    if decode:
-        steps.append(
-            aot_compile.compile_decode(
-                cfg, mesh, topology.hbm_bytes, rules=rules, count_flops=count_flops
+    where = f"{topology_name} x {num_slices}" if num_slices > 1 else topology_name
+    with _narrated(f"compiling the train step for {where} ({len(devices)} chips, mesh "
+                   f"{dict(mesh.shape)}); minutes for a large model"):
+        steps = [
+            aot_compile.compile_train(
+                cfg,
+                mesh,
+                batch_size,
+                seq_len,
+                topology.hbm_bytes,
+                tx,
+                schedule,
+                loss_cfg,
+                rules,
+                count_flops=count_flops,
             )
-        )
+        ]
+    if decode:
+        with _narrated(f"compiling one decode step for {where}"):
+            steps.append(
+                aot_compile.compile_decode(
+                    cfg, mesh, topology.hbm_bytes, rules=rules, count_flops=count_flops
+                )
+            )
     return AotResult(
         topology=topology,
         num_slices=num_slices,
@@ -132,6 +138,15 @@ def run(
         steps=steps,
         parameters=aot_compile.parameter_shardings(cfg, mesh, rules),
     )
+
+
+@contextlib.contextmanager
+def _narrated(what: str):
+    """Says on stderr what is being waited for, then how long it took."""
+    print(f"{what}...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    yield
+    print(f"  done in {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
 
 
 def _gib(n: float) -> str:

@@ -261,3 +261,6 @@ def test_cli_runs_as_a_command(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "custom kernels: splash_mha_dkv, splash_mha_dq, splash_mha_fwd" in proc.stdout
     assert "FLOPs: compiled" in proc.stdout
+    # What it waits for is said as it starts, on stderr (stdout keeps the report).
+    assert "compiling the train step for v5e-16 (16 chips, mesh" in proc.stderr
+    assert "compiling one decode step for v5e-16" in proc.stderr

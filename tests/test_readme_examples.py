@@ -2,8 +2,11 @@
 
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 from test_trainer import one_device_mesh, run, vocab  # noqa: F401 (fixtures)
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
@@ -31,3 +34,39 @@ def test_using_a_checkpoint_runs_as_written(vocab, tmp_path, one_device_mesh):  
     assert namespace["batch"].shape == (2, len(ids), vocab.vocab_size)
     assert np.isfinite(logits).all() and len(out) > 0 and isinstance(out[0], int)
     assert len(namespace["outs"]) == 2
+
+
+def shell_commands(section: str) -> list[str]:
+    """The commands (non-comment lines) of the ```bash blocks of the README section `section`."""
+    text = open(README).read()
+    start = text.index(f"## {section}")
+    end = text.find("\n## ", start + 1)
+    blocks = re.findall(r"```bash\n(.*?)```", text[start:end if end > 0 else None], re.S)
+    return [c.strip() for b in blocks for c in b.splitlines()
+            if c.strip() and not c.strip().startswith("#")]
+
+
+@pytest.mark.slow
+def test_the_whole_checkpoint_section_runs_as_written(anygpt_tokenizer_dir, tmp_path):
+    """Its shell commands convert a transformers AnyGPT directory at the README's path and
+    export it back; its Python blocks then run on the converted directory, unchanged."""
+    from conftest import make_hf_anygpt_dir
+
+    make_hf_anygpt_dir(str(tmp_path / "path" / "to" / "AnyGPT-base"), anygpt_tokenizer_dir,
+                       "gqa_untied")
+    repo = os.path.dirname(README)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    commands = shell_commands("Using a checkpoint")
+    assert [c.split()[:4] for c in commands] == [
+        ["python", "-m", "converters.llama", "import"],
+        ["python", "-m", "converters.llama", "export"]]
+    for command in commands:
+        r = subprocess.run(["bash", "-ec", command], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, f"{command}\n{r.stderr[-3000:]}"
+    assert (tmp_path / "hf" / "anygpt-base" / "config.json").is_file()
+    script = "\n".join(python_blocks("Using a checkpoint")) + "\nprint(logits.shape, len(outs))\n"
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-1] == "2"

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 
-from anygpt_jax import gin_utils, runtime, storage
+from anygpt_jax import gin_utils, storage
 
 REQUIRED_MACROS = ("MODEL_DIR",)
 
@@ -52,28 +51,18 @@ def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str]
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the evaluation; returns the exit status (1 with a one-line message on bad input)."""
-    gin_files, bindings, search_paths = parse_args(sys.argv[1:] if argv is None else argv)
-    runtime.start_tensorflow_quietly()  # seqio's data path; before it prints its notices
-    try:
-        parse_gin(gin_files, bindings, search_paths)
-    except gin_utils.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    import json
 
-    from anygpt_jax.evaluation.loop import run_eval
+    def job() -> int:
+        import json
 
-    runtime.initialize_distributed()
-    try:
-        summary = run_eval()
-    except (ValueError, FileNotFoundError, ImportError, storage.StorageError) as e:
-        print(f"error: {gin_utils.error_line(e)}", file=sys.stderr)
-        return runtime.exit_status(1)
-    except Exception:  # noqa: BLE001 - a bug: its traceback, and no peer left waiting
-        traceback.print_exc()
-        return runtime.exit_status(1)
-    print(json.dumps(summary, indent=2, sort_keys=True))
-    return 0
+        from anygpt_jax.evaluation.loop import run_eval
+
+        print(json.dumps(run_eval(), indent=2, sort_keys=True))
+        return 0
+
+    return gin_utils.run_job(
+        parse_args(sys.argv[1:] if argv is None else argv), parse_gin, job,
+        lambda: (ValueError, FileNotFoundError, ImportError, storage.StorageError))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
+import traceback
+from collections.abc import Callable
 
 from anygpt_jax import storage
 
@@ -133,3 +136,36 @@ def _register_gin_reader() -> None:
         )
         logging.getLogger().addFilter(_GinPackageProbe())
         _register_gin_reader.done = True
+
+
+def run_job(
+    gin_args: tuple[list[str], list[str], list[str]],
+    parse_gin: Callable[[list[str], list[str], list[str]], None],
+    job: Callable[[], int],
+    expected_errors: Callable[[], tuple[type[BaseException], ...]],
+) -> int:
+    """The main of a gin CLI (train, eval) after its flags: TF started quietly, gin parsed,
+    the multi-host job joined, then `job()`'s exit status.
+
+    A ConfigError or one of `expected_errors()` (bad values, missing files, unreachable
+    buckets) is one line and status 1; any other exception a traceback and status 1. A host
+    of a multi-host job that fails exits at once (runtime.exit_status), ending its peers.
+    """
+    from anygpt_jax import runtime
+
+    runtime.start_tensorflow_quietly()  # seqio's data path; before it prints its notices
+    try:
+        parse_gin(*gin_args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    expected = expected_errors()
+    runtime.initialize_distributed()
+    try:
+        return job()
+    except expected as e:
+        print(f"error: {error_line(e)}", file=sys.stderr)
+        return runtime.exit_status(1)
+    except Exception:  # noqa: BLE001 - a bug: its traceback, and no peer left waiting
+        traceback.print_exc()
+        return runtime.exit_status(1)

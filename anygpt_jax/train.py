@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 
-from anygpt_jax import gin_utils, runtime
+from anygpt_jax import gin_utils
 
 REQUIRED_MACROS = (
     "MODEL_DIR",
@@ -55,29 +54,25 @@ def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str]
 
 def main(argv: list[str] | None = None) -> int:
     """Runs training; returns the exit status (1 with a one-line message on bad config)."""
-    gin_files, bindings, search_paths = parse_args(sys.argv[1:] if argv is None else argv)
-    runtime.start_tensorflow_quietly()  # seqio's data path; before it prints its notices
-    try:
-        parse_gin(gin_files, bindings, search_paths)
-    except gin_utils.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    from anygpt_jax.training.trainer import Preempted, TrainingError, train
 
-    runtime.initialize_distributed()
-    try:
-        train()
-    except Preempted as e:
-        print(str(e), file=sys.stderr)
-        return EXIT_PREEMPTED  # every host stops at the same step: no peer is left waiting
-    # Bad values, missing files, unreachable buckets, divergence, corrupt shards.
-    except (ValueError, OSError, TrainingError) as e:
-        print(f"error: {gin_utils.error_line(e)}", file=sys.stderr)
-        return runtime.exit_status(1)
-    except Exception:  # noqa: BLE001 - a bug: its traceback, and no peer left waiting
-        traceback.print_exc()
-        return runtime.exit_status(1)
-    return 0
+    def job() -> int:
+        from anygpt_jax.training.trainer import Preempted, train
+
+        try:
+            train()
+        except Preempted as e:
+            print(str(e), file=sys.stderr)
+            return EXIT_PREEMPTED  # every host stops at the same step: no peer is left waiting
+        return 0
+
+    def expected_errors():
+        from anygpt_jax.training.trainer import TrainingError
+
+        # Bad values, missing files, unreachable buckets, divergence, corrupt shards.
+        return ValueError, OSError, TrainingError
+
+    return gin_utils.run_job(parse_args(sys.argv[1:] if argv is None else argv), parse_gin,
+                             job, expected_errors)
 
 
 if __name__ == "__main__":

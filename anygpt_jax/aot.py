@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from anygpt_jax import gin_utils
+from anygpt_jax import gin_utils, runtime
 from anygpt_jax import train as train_cli
 
 GIB = 1024**3
@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     # Compiling needs no local accelerator: never take one a training job may hold.
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     args, gin_files, bindings, search_paths = _parse_args(sys.argv[1:] if argv is None else argv)
+    runtime.start_tensorflow_quietly()  # the run's gin imports the data path
     import anygpt_jax.aot_compile  # noqa: F401 - registers DecodeShape with gin
 
     try:

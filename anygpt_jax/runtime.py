@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 
 # Which of XLA:CPU's dots and fusions go to YNNPACK. Every program here runs with XLA's
 # default; only bf16 train steps ask for something else (training_compiler_options). The `dot`
@@ -106,34 +108,52 @@ _TF_STARTUP_NOISE = re.compile(
 )
 
 
-def start_tensorflow_quietly() -> None:
-    """Imports TensorFlow and starts its runtime with no GPU of its own (JAX owns the
-    accelerators, as in t5x), dropping only its start-up notices from stderr.
+# What libtpu prints when it describes a TPU topology for compiling on a host without chips:
+# it looks for the chips' host bounds and worker hostnames, which such a host has none of.
+LIBTPU_COMPILE_ONLY_NOISE = re.compile(
+    r"Failed to find host bounds|Logging before InitGoogle|unexpected worker hostname|"
+    r"=== Source Location Trace|libtpu_init_utils\.cc|All log messages before absl"
+)
 
-    They come from C++ before any log level applies, so stderr (fd 2) is captured for the
-    import and replayed without them: any other line, a real error included, still shows.
-    """
+
+@contextlib.contextmanager
+def dropping_stderr_lines(noise: re.Pattern) -> Iterator[None]:
+    """Captures stderr (fd 2: C++ writes there too) for the block and replays every line that
+    `noise` does not match, a real error included, when it ends (raised or not)."""
     import sys
     import tempfile
 
-    if "tensorflow" in sys.modules:
-        return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:  # local: this process's own stderr
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow as tf
-
-            tf.config.set_visible_devices([], "GPU")
+            yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
             lines = captured.read().decode("utf-8", "replace").splitlines(keepends=True)
-            sys.stderr.write("".join(x for x in lines if not _TF_STARTUP_NOISE.search(x)))
+            sys.stderr.write("".join(x for x in lines if not noise.search(x)))
             sys.stderr.flush()
+
+
+def start_tensorflow_quietly() -> None:
+    """Imports TensorFlow and starts its runtime with no GPU of its own (JAX owns the
+    accelerators, as in t5x), dropping only its start-up notices from stderr.
+
+    They come from C++ before any log level applies, so they are filtered from the captured
+    stderr (dropping_stderr_lines).
+    """
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return
+    with dropping_stderr_lines(_TF_STARTUP_NOISE):
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")
 
 
 def _on_tpu_vm() -> bool:

@@ -14,6 +14,7 @@ import re
 
 import jax
 
+from anygpt_jax import runtime
 from anygpt_jax.training.metrics import TPU_PEAK_FLOPS
 
 GIB = 1024**3
@@ -129,14 +130,15 @@ def topology_devices(topology: TpuTopology, num_slices: int = 1) -> list[jax.Dev
     # A host holds a 2x2 block of chips (fewer in a smaller slice).
     bounds = (min(2, topology.shape[0]), min(2, topology.shape[1]), 1)
     try:
-        desc = topologies.get_topology_desc(
-            platform="tpu",
-            topology_name=topology.libtpu_name,
-            chip_config_name=topology.spec.chip_config,
-            chips_per_host_bounds=bounds,
-            num_slices=num_slices,
-            wrap=topology.wraparound,
-        )
+        with runtime.dropping_stderr_lines(runtime.LIBTPU_COMPILE_ONLY_NOISE):
+            desc = topologies.get_topology_desc(
+                platform="tpu",
+                topology_name=topology.libtpu_name,
+                chip_config_name=topology.spec.chip_config,
+                chips_per_host_bounds=bounds,
+                num_slices=num_slices,
+                wrap=topology.wraparound,
+            )
     except Exception as e:  # noqa: BLE001 - libtpu missing or refusing the topology
         raise RuntimeError(
             f"cannot describe TPU topology {topology.name} ({topology.libtpu_name}): {e}; "

@@ -7,6 +7,7 @@ import sys
 import gin
 import jax
 import pytest
+from synthetic_task import noisy_lines, user_env
 
 from anygpt_jax import aot, aot_compile, partitioning, tpu_topology
 from anygpt_jax import train as train_cli
@@ -256,9 +257,10 @@ def test_cli_runs_as_a_command(tmp_path):
         "--gin.make_mesh.mesh_shape={'fsdp': 8, 'tensor': 2}",
         "--gin.BATCH_SIZE=16",
     ]
-    env = dict(os.environ, PYTHONPATH=REPO)
+    env = dict(user_env(os.environ), PYTHONPATH=REPO)  # a user's shell: nothing quieted
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert noisy_lines(proc.stdout + proc.stderr) == [], proc.stderr[-3000:]
     assert "custom kernels: splash_mha_dkv, splash_mha_dq, splash_mha_fwd" in proc.stdout
     assert "FLOPs: compiled" in proc.stdout
     # What it waits for is said as it starts, on stderr (stdout keeps the report).

@@ -6,7 +6,7 @@ step) for its slice with `anygpt_jax.aot` and prints, per chip: peak memory agai
 with full remat), then the full AOT report of each. Every 7B compile takes minutes and a few
 GB of host memory; `--only v5p-128` runs one.
 
-    python benchmarks/bench_aot_7b.py [--only TOPOLOGY ...] [--skip_decode] [--skip_flops]
+    python -m benchmarks.bench_aot_7b [--only TOPOLOGY ...] [--skip_decode] [--skip_flops]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ same imports, as a ratio to the weights' bytes (goal: < 1.5). Anonymous memory i
 the converter allocates; the safetensors it reads are memory-mapped, and their pages are
 page cache the kernel reclaims under pressure, so plain RSS would count the input twice.
 
-    python benchmarks/bench_convert_memory.py [--layers 16] [--hidden 1536]
+    python -m benchmarks.bench_convert_memory [--layers 16] [--hidden 1536]
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ with all cores and the ratio takes its faster one; compile time is reported apar
 Prints ours/transformers new-tokens/s ratios (goal >= 2x). Also checks both produce the same
 tokens.
 
-    python benchmarks/bench_decode.py [--rounds 3] [--new 128] [--prompt 32] [--batches 1 8]
+    python -m benchmarks.bench_decode [--rounds 3] [--new 128] [--prompt 32] [--batches 1 8]
 """
 
 from __future__ import annotations

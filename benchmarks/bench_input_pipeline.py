@@ -1,6 +1,6 @@
 """Input pipeline throughput (examples/s, tokens/s) and packing efficiency on this CPU.
 
-    python benchmarks/bench_input_pipeline.py [--demo runs/demo_corpus] [--vocab DIR] \\
+    python -m benchmarks.bench_input_pipeline [--demo runs/demo_corpus] [--vocab DIR] \\
         [--length 4500] [--batch 8] [--steps 20] [--train-tokens-per-s 1350]
 
 With no arguments it reads the demo corpus the CPU default trains on (tpu_configs/

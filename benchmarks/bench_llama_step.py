@@ -3,7 +3,7 @@
 Same ~100M config, same batch, same CPU, one run. Also reports each side's model-FLOPs
 utilization against this machine's measured fp32 matmul peak. Prints the ratio ours/torch.
 
-    python benchmarks/bench_llama_step.py [--steps 5] [--batch 4] [--seq 256]
+    python -m benchmarks.bench_llama_step [--steps 5] [--batch 4] [--seq 256]
 """
 
 from __future__ import annotations

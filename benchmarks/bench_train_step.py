@@ -6,7 +6,7 @@ reference is LlamaForCausalLM with torch.optim.AdamW. Prints the ratio ours/torc
 `--dtype bfloat16` compares mixed precision on both sides: our bf16 compute config (fp32
 params, bf16 matmuls accumulating in fp32) against torch.autocast(bfloat16) on the same model.
 
-    python benchmarks/bench_train_step.py [--steps 5] [--batch 4] [--seq 256] [--dtype bfloat16]
+    python -m benchmarks.bench_train_step [--steps 5] [--batch 4] [--seq 256] [--dtype bfloat16]
         [--layers scan_unrolled|unrolled]
 """
 

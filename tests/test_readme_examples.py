@@ -70,3 +70,17 @@ def test_the_whole_checkpoint_section_runs_as_written(anygpt_tokenizer_dir, tmp_
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split()[-1] == "2"
+
+
+def test_every_benchmark_command_names_a_module_that_exists():
+    """The Benchmarks table's commands run from the repository root as modules (a script
+    path would not find the repository's packages)."""
+    text = open(README).read()
+    table = text[text.index("## Benchmarks"):]
+    commands = re.findall(r"`(python [^`]*benchmarks[^`]*)`", table)
+    assert commands, "no benchmark commands in the README table"
+    repo = os.path.dirname(README)
+    for command in commands:
+        module = re.match(r"python -m benchmarks\.(\w+)", command)
+        assert module, f"{command!r}: run it as `python -m benchmarks.NAME`"
+        assert os.path.isfile(os.path.join(repo, "benchmarks", module.group(1) + ".py")), command

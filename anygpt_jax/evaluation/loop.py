@@ -108,14 +108,20 @@ def _unscorable(task: seqio.Task) -> dict[str, str]:
     return out
 
 
+def _answer_ids(vocab, ids: list[int], stop_ids: set[int]) -> list[int]:
+    """The answer's ids: up to the first stop id or turn marker (<eoh>, [Human], [MMGPT],
+    ...); what a model writes after it is another turn of the template, not the answer."""
+    ends = stop_ids | set(vocab.marker_ids.values())
+    return ids[: next((i for i, t in enumerate(ids) if t in ends), len(ids))]
+
+
 def empty_text_reason(vocab, ids: list[int], stop_ids: set[int]) -> str:
     """Why a text answer decoded to "" (a model's outcome, named in the metrics file)."""
     if not ids:
         return "nothing generated"
-    ends = stop_ids | set(vocab.marker_ids.values())
-    if ids[0] in ends:
+    head = _answer_ids(vocab, ids, stop_ids)
+    if not head:
         return f"stopped at once: the first generated id is {vocab.id_to_token(ids[0])}"
-    head = ids[: next((i for i, t in enumerate(ids) if t in ends), len(ids))]
     spans = [s.modality for s in vocab.decode_segments(head, strict=False)
              if isinstance(s, ModalitySpan)]
     if spans:
@@ -124,13 +130,9 @@ def empty_text_reason(vocab, ids: list[int], stop_ids: set[int]) -> str:
 
 
 def _decode(vocab, ids: list[int], output: str, stop_ids: set[int]) -> tuple[Any, str]:
-    """New ids -> (text or the first span of `output`, its printable form).
-
-    The answer ends at the first stop id or turn marker (<eoh>, [Human], [MMGPT], ...): what
-    a model writes after it is another turn of the template, not part of the answer.
-    """
-    ends = stop_ids | set(vocab.marker_ids.values())
-    ids = ids[: next((i for i, t in enumerate(ids) if t in ends), len(ids))]
+    """New ids -> (text or the first span of `output`, its printable form), of the answer's
+    ids (_answer_ids)."""
+    ids = _answer_ids(vocab, ids, stop_ids)
     segments = vocab.decode_segments(ids, strict=False)
     if output == "text":
         text = "".join(s for s in segments if isinstance(s, str)).strip()
@@ -148,7 +150,7 @@ def _render(codecs: Any, span: ModalitySpan, meta: dict, path: str,
     rendered = codecs.render(span, seed, meta.get("prompt_audio"))
     if isinstance(rendered, str):
         return None
-    storage.write_bytes(f"{path}.{rendered.extension}", rendered.to_bytes())
+    storage.write_bytes(f"{path}.{rendered.extension}", rendered.data)
     if rendered.sample_rate is None:
         return rendered.value, rendered.extension
     audio = Audio(np.asarray(rendered.value, np.float32), int(rendered.sample_rate))
@@ -268,8 +270,6 @@ def evaluate(
         log.info("evaluated %s in %.1fs", name, time.perf_counter() - start)
     summary = {"step": int(step), "metrics": results, "skipped": skipped,
                "empty_predictions": _empty_predictions(records)}
-    if writer:
-        _write(output_dir, step, summary, records)
     for key, reason in skipped.items():
         print(f"eval step {step}: skipped {key}: {reason}", flush=True)
     for task, empty in summary["empty_predictions"].items():
@@ -277,8 +277,7 @@ def evaluate(
         print(f"eval step {step}: {task}: {empty['count']} of {empty['of']} predictions are "
               f"empty ({reasons}); they score as empty answers", flush=True)
     if writer:
-        print(f"eval step {step}: wrote metrics-{step:08d}.json and predictions-{step:08d}.jsonl "
-              f"to {output_dir}", flush=True)
+        _write(output_dir, step, summary, records)
     return summary
 
 
@@ -314,6 +313,8 @@ def _write(output_dir: str, step: int, summary: dict, records: list[dict]) -> No
         writer.close()
     finally:
         mirror.close()
+    print(f"eval step {step}: wrote metrics-{step:08d}.json and predictions-{step:08d}.jsonl "
+          f"to {output_dir}", flush=True)
 
 
 @gin.configurable

@@ -184,7 +184,7 @@ class MediaCodecs:
         rendered = self.render(span, seed, voice)
         if isinstance(rendered, Rendered):
             path = f"{name}.{rendered.extension}"
-            storage.write_bytes(os.path.join(out_dir, path), rendered.to_bytes())
+            storage.write_bytes(os.path.join(out_dir, path), rendered.data)
             return {"modality": m, "path": path, "format": rendered.extension}
         path = f"{name}.{m}.json"
         record = {"modality": m, "codes": np.asarray(span.codes).tolist(), "note": rendered}

@@ -26,7 +26,8 @@ def tokenizer_flag(modality: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Rendered:
-    """A generated span as media: `value` (a PIL image, a waveform, ...) and its file."""
+    """A generated span as media: `value` (a PIL image, a waveform, ...) and its file (`data`,
+    the bytes of a file with that `extension`)."""
 
     value: Any
     extension: str
@@ -44,10 +45,6 @@ class Rendered:
     def waveform(cls, wav: np.ndarray, sample_rate: int) -> Rendered:
         """A waveform, as a 16-bit PCM WAV file."""
         return cls(wav, "wav", wav_bytes(wav, sample_rate), int(sample_rate))
-
-    def to_bytes(self) -> bytes:
-        """The file's bytes."""
-        return self.data
 
 
 class Renderer(Protocol):

@@ -39,6 +39,8 @@ from anygpt_jax.modalities.registry import media_modalities, media_modality
 def base_forms() -> tuple[str, ...]:
     """The base request forms of every registered modality (its record's request_forms)."""
     return tuple(f for m in media_modalities() for f in media_modality(m).request_forms)
+
+
 # `[word: path]`; the word decides whether it is a media reference (see _media_or_text).
 _MEDIA_TAG = re.compile(r"\[\s*([A-Za-z_]+)\s*:\s*([^\]]*?)\s*\]")
 
@@ -138,7 +140,7 @@ def make_base(src: str, dst: str, content: str, voice: str | None = None,
               base_dir: str | None = None, where: str = "request", request_id: str = "",
               instruction: str | None = None) -> BaseRequest:
     """A checked BaseRequest from its fields (media files must exist)."""
-    if (src, dst) not in {tuple(f.split("|")[:2]) for f in base_forms()}:
+    if (src, dst) not in {p for m in media_modalities() for p in (("text", m), (m, "text"))}:
         raise RequestError(f"{where}: {src}|{dst} is not a base-model direction; supported: "
                            f"{'; '.join(base_forms())}")
     content = content.strip()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 from collections.abc import Iterator
 
 # Which of XLA:CPU's dots and fusions go to YNNPACK. Every program here runs with XLA's
@@ -97,6 +98,8 @@ def skip_absent_tpu() -> None:
                       for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm_plugin"))
     if not chips and not gpu_plugins:
         os.environ["JAX_PLATFORMS"] = "cpu"
+        if "jax" in sys.modules:  # jax read its flags when imported: tell it directly
+            sys.modules["jax"].config.update("jax_platforms", "cpu")
 
 
 # What TensorFlow prints on every start-up of a CPU or TPU host, for no action of the user's:

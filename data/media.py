@@ -128,7 +128,9 @@ def _media_encoder(modality: str, tokenizer, info: TokenizerInfo) -> Encoder:
 
 def digits_pixel_pairs(paths: list[str]) -> list[np.ndarray | Exception]:
     """8x8 grayscale images (levels 0..16) -> 32 codes `a * 17 + b` of pixel pairs (lossless)."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
+
+    from anygpt_jax.modalities.image import UNIDENTIFIED
 
     out = []
     for p in paths:
@@ -137,6 +139,8 @@ def digits_pixel_pairs(paths: list[str]) -> list[np.ndarray | Exception]:
                 px = np.asarray(im.convert("L").resize((8, 8)), np.int64)
             levels = np.rint(px / 255 * 16).astype(np.int64).reshape(32, 2)
             out.append(levels[:, 0] * 17 + levels[:, 1])
+        except UnidentifiedImageError:
+            out.append(OSError(f"{p}: cannot read image ({UNIDENTIFIED})"))
         except (OSError, ValueError) as e:
             out.append(OSError(f"{p}: cannot read image ({e})"))
     return out

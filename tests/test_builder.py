@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from synthetic_task import noisy_lines, user_env
 
 from anygpt_jax.data import shards as shards_lib
 from data import build, readers
@@ -176,7 +177,7 @@ def test_librispeech_directory(tmp_path):
 
 def test_cli(corpus, anygpt_tokenizer_dir):
     tmp, _, music, _ = corpus
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    env = user_env(dict(os.environ, PYTHONPATH=os.getcwd()))  # as a user's shell has it
     cmd = [
         sys.executable,
         "-m",
@@ -194,6 +195,7 @@ def test_cli(corpus, anygpt_tokenizer_dir):
     ]
     r = subprocess.run(cmd + [str(tmp / "cli")], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
+    assert noisy_lines(r.stdout + r.stderr) == [], r.stderr[-3000:]
     assert json.loads(r.stdout)["examples"] == 3
     # Bad input: exit status 1 and a message (in-process; one real command per CLI is enough).
     assert build.main(cmd[3:-4] + ["--out", str(tmp / "cli2")]) == 1

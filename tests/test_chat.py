@@ -160,6 +160,7 @@ def test_a_chat_reply_shows_no_template_markers(merged_vocab, template):
         (" A picture", ["A picture"], False),
         (" Done. [Human]: and you?", ["Done."], True),
         (" See <eoh> this", ["See"], True),
+        (" Fine <eom> more", ["Fine"], True),  # trimmed as at any other end marker
     ]
     for text, want, finished in cases:
         segs, done = conv.reply(v.encode(text), conv.stop_ids)

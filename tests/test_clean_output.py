@@ -26,3 +26,14 @@ def test_training_prints_no_alarming_lines(tmp_path, anygpt_tokenizer_dir, merge
     noise = [x for x in noisy_lines(output) if "uncached FunctionDataset" not in x]
     assert noise == [], output[-3000:]
     assert "compiling the train step" in output and "checkpoint step 4 committed" in output
+
+
+def test_jax_imported_first_still_skips_an_absent_tpu():
+    """A script that imports jax before anygpt_jax (as the benchmarks do) starts no libtpu on a
+    host without TPU chips: jax has read its flags by then, so the package tells it directly."""
+    code = "import jax, anygpt_jax; print(jax.devices()[0].platform)"
+    run = subprocess.run([sys.executable, "-c", code], env=user_env(cli_env(1)),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert noisy_lines(run.stdout + run.stderr) == [], run.stderr[-3000:]
+    assert run.stdout.split() == ["cpu"]

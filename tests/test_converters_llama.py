@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import make_hf_anygpt_dir
 from safetensors import safe_open
+from synthetic_task import noisy_lines, user_env
 
 from anygpt_jax import AnyGPT, checkpointing
 from anygpt_jax.model import ModelConfig
@@ -225,7 +226,7 @@ def test_checkpoint_config_must_match_params(hf_dir, tmp_path):
 
 
 def test_cli_help_and_real_command(hf_dir, tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = user_env(dict(os.environ))  # as a user's shell has it
     help_out = subprocess.run(
         [sys.executable, "-m", "converters.llama", "--help"],
         capture_output=True,
@@ -241,6 +242,7 @@ def test_cli_help_and_real_command(hf_dir, tmp_path):
         env=env,
     )
     assert run.returncode == 0, run.stderr
+    assert noisy_lines(run.stdout + run.stderr) == [], run.stderr[-3000:]
     assert "imported" in run.stdout and os.path.isdir(tmp_path / "o" / "params")
     bad = subprocess.run(
         [

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from synthetic_task import noisy_lines, user_env
 
 from anygpt_jax import storage
 from anygpt_jax.data import shards as shards_lib
@@ -106,11 +107,12 @@ def test_audio_encoder_reuses_codes_of_files_seen(tmp_path):
 def test_demo_cli_end_to_end(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "data.demo", "--out", str(out), "--no-progress"]
-    env = dict(os.environ, PYTHONPATH=REPO)
+    env = user_env(dict(os.environ, PYTHONPATH=REPO))  # as a user's shell has it
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     took = time.perf_counter() - t
     assert r.returncode == 0, r.stderr[-3000:]
+    assert noisy_lines(r.stdout + r.stderr) == [], r.stderr[-3000:]
     summary = json.loads(r.stdout)
     vocab = MergedVocabulary.load(str(out / "vocab"))
     assert vocab.vocab_size == cpu_default_vocab_size()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic_task import noisy_lines, user_env
 
 from anygpt_jax.modalities.image import (
     ImageError,
@@ -238,7 +239,7 @@ def test_converter_with_vit_inside_checkpoint(ref, tok, tmp_path):
 
 
 def test_converter_cli(converted, tmp_path):
-    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    env = user_env({**os.environ, "PYTHONPATH": REPO})  # as a user's shell has it
     help_out = subprocess.run(
         [sys.executable, "-m", "converters.seed", "--help"],
         cwd=REPO,
@@ -274,6 +275,7 @@ def test_converter_cli(converted, tmp_path):
         timeout=300,
     )
     assert ok.returncode == 0, ok.stderr
+    assert noisy_lines(ok.stdout + ok.stderr) == [], ok.stderr[-3000:]
     assert os.path.isfile(tmp_path / "out" / PARAMS_FILE)
     bad = subprocess.run(
         args[:5] + ["--out", str(tmp_path / "bad")],

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 from safetensors.torch import save_file
+from synthetic_task import noisy_lines, user_env
 from test_audio_layers import assert_codes_match, fill_codebooks
 from transformers import EncodecConfig, EncodecModel
 
@@ -169,11 +170,13 @@ def test_converter_key_styles_prefix_and_refusals(hf_dir, tok, tmp_path):  # tok
 def test_converter_cli(hf_dir, tok, tmp_path):  # tok converts hf_dir/out
     def run(*args):
         return subprocess.run([sys.executable, "-m", "converters.encodec", *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=300,
+                              env=user_env(dict(os.environ)))  # as a user's shell has it
 
     assert run("--help").returncode == 0
     result = run("--hf_dir", str(hf_dir), "--out", str(tmp_path / "cli"))
     assert result.returncode == 0, result.stderr
+    assert noisy_lines(result.stdout + result.stderr) == [], result.stderr[-3000:]
     got = load_file(str(tmp_path / "cli" / PARAMS_FILE))
     want = load_file(str(hf_dir.parent / "converted" / PARAMS_FILE))
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from synthetic_task import noisy_lines, user_env
 
 from anygpt_jax.modalities.soundstorm import PARAMS_FILE, SoundStorm, load_soundstorm
 from anygpt_jax.modalities.soundstorm_model import (
@@ -219,8 +220,9 @@ def test_cli(converted, tmp_path, capsys):
     result = subprocess.run(
         [sys.executable, "-m", "converters.soundstorm", "--ckpt", str(converted / "ss.pt"),
          "--out", str(out), "--heads", "4"], cwd=REPO, capture_output=True, text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=False)
+        env=user_env(dict(os.environ)), check=False)  # as a user's shell has it
     assert result.returncode == 0, result.stderr
+    assert noisy_lines(result.stdout + result.stderr) == [], result.stderr[-3000:]
     assert (out / PARAMS_FILE).is_file()
     assert main(["--ckpt", str(converted / "ss.pt"), "--out", str(out)]) == 1  # exists
     assert "already exists" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from synthetic_task import noisy_lines, user_env
 from test_audio_layers import assert_codes_match, fill_codebooks, reference_speechtokenizer
 
 from anygpt_jax.modalities import AudioError, SpeechTokenizer, speech_ids, speech_units_from_ids
@@ -190,13 +191,15 @@ def test_converter_key_styles_and_refusals(ref, ckpt, tok, tmp_path):  # tok con
 def test_converter_cli(ckpt, tok, tmp_path):  # tok converts ckpt/out
     def run(*args):
         return subprocess.run([sys.executable, "-m", "converters.speechtokenizer", *args],
-                              cwd=REPO, capture_output=True, text=True, timeout=300)
+                              cwd=REPO, capture_output=True, text=True, timeout=300,
+                              env=user_env(dict(os.environ)))  # as a user's shell has it
 
     assert run("--help").returncode == 0
     out = tmp_path / "cli"
     result = run("--config", str(ckpt / "config.json"), "--ckpt", str(ckpt / "ckpt.dev"),
                  "--out", str(out))
     assert result.returncode == 0, result.stderr
+    assert noisy_lines(result.stdout + result.stderr) == [], result.stderr[-3000:]
     from safetensors.numpy import load_file
 
     got, want = load_file(str(out / PARAMS_FILE)), load_file(str(ckpt / "out" / PARAMS_FILE))

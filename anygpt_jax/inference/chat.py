@@ -119,7 +119,8 @@ class Conversation:
         (`<eos>`, `<eom>`, `<eoh>`, `[Human]`, another role marker), so no template marker
         shows.
         """
-        segments, finished = reply_segments(self.vocab, ids, stop_ids, end_text=self.end_text)
+        # The cut below covers a text end marker too (one cut, one trim of the reply's end).
+        segments, finished = reply_segments(self.vocab, ids, stop_ids)
         styles = (self.style, prompts.ChatStyle(), prompts.release_chat_style())
         roles = {s.assistant for s in styles}
         ends = {m for s in styles for m in (s.user, s.user_end, s.assistant_end)}

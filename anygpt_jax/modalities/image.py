@@ -47,6 +47,11 @@ RENDER_REQUIREMENT = (
 )
 
 
+# Why PIL could not open an image file, said the same way on every run (a skipped item's reason
+# is part of a shard's sidecar, which reruns and retries must write identically).
+UNIDENTIFIED = "not a file in an image format PIL can identify"
+
+
 class ImageError(ValueError):
     """An image that cannot be used: unreadable file, empty, or an unsupported array."""
 
@@ -63,7 +68,9 @@ def load_image(source: Any, name: str = "image"):
             with Image.open(io.BytesIO(storage.read_bytes(path))) as img:
                 img.load()
                 return to_rgb(img, path)
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        except UnidentifiedImageError as e:  # its message holds a memory address: not kept
+            raise ImageError(f"{path}: cannot read image ({UNIDENTIFIED})") from e
+        except (OSError, SyntaxError) as e:
             raise ImageError(f"{path}: cannot read image ({e})") from e
     if isinstance(source, Image.Image):
         return to_rgb(source, name)

@@ -9,7 +9,9 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.12,<0.13",
     "seqio>=0.0.20,<0.1",
     "tensorflow-datasets>=4.9,<5",
-    "sentencepiece>=0.2,<0.3",
+    # 0.2.3's generated protos need protobuf >= 7.36, which apache-beam (the beam extra, <7)
+    # excludes; 0.2.1-0.2.2 carry protos that any protobuf runtime >= 3.20 loads.
+    "sentencepiece>=0.2,<0.2.3",
     "numpy>=2.0,<3",
     "librosa>=0.11,<0.12",
     "soundfile>=0.13,<1",
@@ -49,8 +51,19 @@ EVAL_REQUIRE = [
 # `tpu` extra pins for this jax.
 TPU_REQUIRE = ["libtpu==0.0.42.1"]
 
+# Pre-tokenization on a cluster: data.build --runner runs as an Apache Beam pipeline
+# (data/beam_build.py); `apache-beam[gcp]` adds Dataflow's client for DataflowRunner jobs.
+# apitools, which [gcp] pins too: without it every Beam process logs at import that its
+# BigQuery client is missing, and that first log line sends a worker's INFO lines to stderr.
+BEAM_REQUIRE = [
+    "apache-beam>=2.70,<3",
+    'google-apitools>=0.5.31,<0.5.32; python_version < "3.13"',
+    'google-apitools>=0.5.35; python_version >= "3.13"',
+]
+
 EXTRAS_REQUIRE = {
     "eval": EVAL_REQUIRE,
+    "beam": BEAM_REQUIRE,
     "tpu": TPU_REQUIRE,
     # The reference PyTorch stack: converters' tests and parity checks run against it.
     # torch 2.13.0 is pinned because that CPU build is the one these machines install offline.
@@ -65,6 +78,7 @@ EXTRAS_REQUIRE = {
         "gcp-storage-emulator>=2024.8",  # a real GCS JSON API on 127.0.0.1 for gs:// tests
         "ruff>=0.6",
         *EVAL_REQUIRE,
+        *BEAM_REQUIRE,
         *TPU_REQUIRE,  # the AOT tests compile for v4-8 and v5e-16
     ],
 }

@@ -8,10 +8,13 @@ into shards of --examples-per-shard; shards are encoded in parallel worker proce
 (--workers), media in batches (--batch-size). Each shard is written whole (renamed into place,
 or uploaded) with a `.json` sidecar, so a rerun after a crash skips finished shards (resumable).
 manifest.json is written last and marks the directory finished: a finished --out is refused.
-Unreadable media are logged, counted and skipped; the summary at the end lists them.
+Unreadable media are logged, counted and skipped: the summary at the end lists the first ones,
+skipped.jsonl in --out every one (id, reason).
 `--import MODULE` imports a module first, in this process and every worker: one that registers
-a modality (modalities/registry.py) makes its '<name>_text' kind buildable. Exit status: 0
-done, 1 bad input, unusable path or nothing written.
+a modality (modalities/registry.py) makes its '<name>_text' kind buildable. `--runner NAME`
+builds the same directory, byte for byte, as an Apache Beam pipeline on that runner, with the
+flags this parser does not know passed to it as pipeline options (data/beam_build.py). Exit
+status: 0 done, 1 bad input, unusable path or nothing written.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import math
 import multiprocessing
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,10 +43,13 @@ from . import media as media_lib
 from . import readers
 
 log = logging.getLogger("data.build")
+# The items a build skipped, one JSON object per line ({"id", "reason"}): its dead letters.
+SKIPPED = "skipped.jsonl"
 _worker: dict = {}
 # (modality, spec) -> Encoder, kept for the process: building several kinds in one process
 # (data.demo) then loads weights and compiles each codec once, and its code cache spans kinds.
 _encoders: dict[tuple[str, str], media_lib.Encoder] = {}
+_encoders_lock = threading.Lock()
 
 
 def _init_worker(vocab_dir: str, tokenizers: dict[str, str], imports: tuple[str, ...] = ()) -> None:
@@ -61,10 +68,12 @@ def import_modules(modules: Sequence[str]) -> None:
 
 
 def get_encoder(modality: str, spec: str) -> media_lib.Encoder:
-    """The process's Encoder of a tokenizer spec, made on first use."""
-    if (modality, spec) not in _encoders:
-        _encoders[(modality, spec)] = media_lib.make_encoder(modality, spec)
-    return _encoders[(modality, spec)]
+    """The process's Encoder of a tokenizer spec, made on first use (once, whichever thread
+    asks: a Beam worker runs several bundles at once)."""
+    with _encoders_lock:
+        if (modality, spec) not in _encoders:
+            _encoders[(modality, spec)] = media_lib.make_encoder(modality, spec)
+        return _encoders[(modality, spec)]
 
 
 def _codes(item_media, encoded, vocab, where):
@@ -123,8 +132,11 @@ def encode_items(items, encoders, vocab, batch_size: int):
     return examples, errors
 
 
-def _build_shard(path: str, items, batch_size: int) -> dict:
-    vocab, encoders = _worker["vocab"], _worker["encoders"]
+def build_shard(path: str, items, vocab: MergedVocabulary,
+                encoders: dict[str, media_lib.Encoder], batch_size: int) -> dict:
+    """Encodes `items` and writes them as shard `path` whole, then its `.json` sidecar (entry,
+    skipped items, tokenizers); returns the sidecar. The per-item work of both builders: a
+    rerun (or a retried Beam bundle) writes the same bytes to the same path."""
     examples, errors = encode_items(items, encoders, vocab, batch_size)
     entry = shards_lib.write_shard(path, examples, vocab)
     infos = {m: dataclasses.asdict(e.info) for m, e in encoders.items()}
@@ -133,7 +145,12 @@ def _build_shard(path: str, items, batch_size: int) -> dict:
     return side
 
 
-def _finished(path: str) -> dict | None:
+def _build_shard_in_worker(path: str, items, batch_size: int) -> dict:
+    return build_shard(path, items, _worker["vocab"], _worker["encoders"], batch_size)
+
+
+def finished_shard(path: str) -> dict | None:
+    """The sidecar of shard `path` when both are whole (a finished shard), else None."""
     try:
         side = storage.read_json(path + ".json")
         return side if storage.size(path) == side["entry"]["bytes"] else None
@@ -192,11 +209,10 @@ def build(
     n = math.ceil(len(items) / examples_per_shard)
     storage.makedirs(out_dir)
     paths = [os.path.join(out_dir, shards_lib.shard_name(i, n)) for i in range(n)]
-    done = {p: s for p in paths if (s := _finished(p)) is not None}
+    done = {p: s for p in paths if (s := finished_shard(p)) is not None}
     if done:  # shards a crashed run finished count only if made by the same tokenizers
         want = {m: dataclasses.asdict(get_encoder(m, spec).info) for m, spec in tokenizers.items()}
-        stale = [p for p, side in done.items()
-                 if any(side.get("tokenizers", {}).get(m) != info for m, info in want.items())]
+        stale = [p for p, side in done.items() if not reusable(side, want)]
         for p in stale:
             log.warning("%s: made by other tokenizers than this run's; rebuilding it", p)
             del done[p]
@@ -227,17 +243,32 @@ def build(
         if jobs:
             _init_worker(vocab_dir, tokenizers, imports)
         for path, chunk in jobs:
-            finish(path, _build_shard(path, chunk, batch_size))
+            finish(path, _build_shard_in_worker(path, chunk, batch_size))
     else:
         ctx = multiprocessing.get_context("spawn")  # JAX and TF do not survive fork
         with cf.ProcessPoolExecutor(
             min(workers, len(jobs)), ctx, _init_worker, (vocab_dir, tokenizers, tuple(imports))
         ) as pool:
-            futs = {pool.submit(_build_shard, p, chunk, batch_size): p for p, chunk in jobs}
+            futs = {pool.submit(_build_shard_in_worker, p, chunk, batch_size): p
+                    for p, chunk in jobs}
             for fut in cf.as_completed(futs):
                 finish(futs[fut], fut.result())
     bar.close()
-    sides = [done[p] for p in paths]
+    summary = finish_build(kind, out_dir, [done[p] for p in paths], vocab, used, len(items))
+    return summary | {"resumed_shards": n - len(todo)}
+
+
+def reusable(side: dict, infos: dict[str, dict]) -> bool:
+    """Whether a finished shard's sidecar was made by the tokenizers `infos` (modality ->
+    TokenizerInfo as a dict): shards of other tokenizers are rebuilt, never mixed in."""
+    return all(side.get("tokenizers", {}).get(m) == info for m, info in infos.items())
+
+
+def finish_build(kind: str, out_dir: str, sides: list[dict], vocab: MergedVocabulary,
+                 used: set[str], num_inputs: int) -> dict:
+    """Shard sidecars, in shard order -> the skipped list and manifest.json (written last: it
+    marks the directory finished); returns the summary. Both builders end here. Raises
+    InputError, removing the shards, when every item failed."""
     entries = [s["entry"] for s in sides]
     errors = [e for s in sides for e in s["errors"]]
     infos = {
@@ -247,28 +278,39 @@ def build(
         if m in used
     }
     manifest = shards_lib.make_manifest(
-        kind, entries, vocab, infos, {"errors": len(errors), "inputs": len(items)}
+        kind, entries, vocab, infos, {"errors": len(errors), "inputs": num_inputs}
     )
+    paths = [os.path.join(out_dir, e["file"]) for e in entries]
     if manifest["examples"] == 0:  # no manifest for nothing; a rerun starts afresh
         for p in paths:
             storage.remove(p)
             storage.remove(p + ".json")
         first = "; ".join(f"{i}: {m}" for i, m in errors[:3])
-        raise readers.InputError(f"{out_dir}: every one of the {len(items)} {kind} items "
+        raise readers.InputError(f"{out_dir}: every one of the {num_inputs} {kind} items "
                                  f"failed, nothing was written ({first})")
+    lines = [json.dumps({"id": i, "reason": m}, ensure_ascii=False) for i, m in errors]
+    storage.write_text(os.path.join(out_dir, SKIPPED), "".join(f"{x}\n" for x in lines))
     shards_lib.write_manifest(out_dir, manifest)
-    summary = {
+    return summary_of(out_dir, manifest)
+
+
+def summary_of(out_dir: str, manifest: dict) -> dict:
+    """A finished build's summary: its manifest's counts and its first skipped items (none
+    listed for a directory built before skipped.jsonl was written)."""
+    skipped, first = os.path.join(out_dir, SKIPPED), []
+    if storage.exists(skipped):
+        with storage.open_file(skipped, "r") as f:
+            first = [json.loads(line) for line, _ in zip(f, range(20), strict=False)]
+    return {
         "out": out_dir,
-        "kind": kind,
-        "inputs": len(items),
+        "kind": manifest["kind"],
+        "inputs": manifest.get("inputs"),
         "examples": manifest["examples"],
-        "skipped": len(errors),
-        "shards": n,
-        "resumed_shards": n - len(todo),
+        "skipped": manifest.get("errors", 0),
+        "shards": len(manifest["shards"]),
         "tokens": manifest["tokens"],
-        "skipped_examples": errors[:20],
+        "skipped_examples": [[x["id"], x["reason"]] for x in first],
     }
-    return summary
 
 
 def _tokenizer_args(values: list[str]) -> dict[str, str]:
@@ -283,20 +325,29 @@ def _tokenizer_args(values: list[str]) -> dict[str, str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    # --import first: the modules it names may register modalities, hence shard kinds.
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--import", dest="imports", action="append", default=[])
-    known, _ = pre.parse_known_args(argv)
-    try:
-        import_modules(known.imports)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+def _run_on_beam(args: argparse.Namespace, beam_args: list[str]) -> int:
+    # Beam's own lines (optional I/O clients missing, workers starting, a failure's traceback
+    # logged before it is raised) say nothing a user acts on; its failures come back as the
+    # pipeline's exception, printed below in one line.
+    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+    from . import beam_build
+
+    options = beam_build.runner_options(args.runner, beam_args, args.workers)
+    summary = beam_build.run(args.kind, args.input, args.out, args.vocab,
+                             _tokenizer_args(args.tokenizer), options,
+                             args.examples_per_shard, args.batch_size, tuple(args.imports))
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The command line -> (data.build's arguments, the pipeline options left for --runner);
+    exits 2 naming a bad or unknown flag."""
     p = argparse.ArgumentParser(
         prog="python -m data.build",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # a runner's flag is never taken for a prefix of one of ours
     )
     p.add_argument("--kind", required=True, choices=shards_lib.kinds())
     p.add_argument(
@@ -324,9 +375,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="a module to import first (repeatable), e.g. one registering a modality")
-    args = p.parse_args(argv)
+    p.add_argument("--runner", metavar="NAME",
+                   help="build as an Apache Beam pipeline on this runner (DirectRunner, "
+                   "DataflowRunner, FlinkRunner, SparkRunner, PortableRunner); the flags this "
+                   "parser does not know go to the runner's pipeline options (data/beam_build.py)."
+                   " Default: this machine's process pool (--workers)")
+    args, beam_args = p.parse_known_args(argv)
+    if beam_args and args.runner is None:
+        p.error(f"unrecognized arguments: {' '.join(beam_args)} (pipeline options need --runner)")
+    return args, beam_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    # --import first: the modules it names may register modalities, hence shard kinds.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--import", dest="imports", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    try:
+        import_modules(known.imports)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    args, beam_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.runner is not None:
+            return _run_on_beam(args, beam_args)
         summary = build(
             args.kind,
             args.input,

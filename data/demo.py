@@ -323,11 +323,8 @@ def build_demo(
 
 def _finished_summary(shard_dir: str) -> dict:
     """The builder's summary of a finished shard directory, from its manifest."""
-    m = shards_lib.read_manifest(shard_dir)
-    n = len(m["shards"])
-    return {"out": shard_dir, "kind": m["kind"], "inputs": m.get("inputs"),
-            "examples": m["examples"], "skipped": m.get("errors", 0), "shards": n,
-            "resumed_shards": n, "tokens": m["tokens"], "skipped_examples": []}  # fmt: skip
+    manifest = shards_lib.read_manifest(shard_dir)
+    return build.summary_of(shard_dir, manifest) | {"resumed_shards": len(manifest["shards"])}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,16 +1,19 @@
 """Pre-tokenization throughput: the Beam build's items/s per worker against the local builder.
 
-    python -m benchmarks.bench_beam_build [--copies 4] [--kind speech_text]
+    python -m benchmarks.bench_beam_build [--copies 12] [--kind speech_text]
 
-Builds the same corpus three ways in one run and prints items/s (wall clock, start-up and the
-tokenizer's compile included, as a job pays them) and items/s per worker:
-- the local builder (data.build, in-process), the baseline;
-- Beam's DirectRunner with 1 worker, then 2 worker processes (multi_processing).
-The corpus is the demo's raw speech (or music) clips, copied `--copies` times under new names
-so no clip is encoded twice (the encoder caches codes per file), tokenized by the demo codec
-(a small SEANet with random weights). It also prints 1 -> 2 worker scaling; on a 2-core host
-two workers share the cores one worker's XLA already uses, so scaling measures overhead more
-than parallelism. Both builds' shard directories are checked to be byte-identical.
+Runs the real command three ways, each in a fresh process as a user runs it:
+- `python -m data.build` on this machine (in-process: --workers 1), the baseline;
+- the same with `--runner DirectRunner --workers 1`, then `--workers 2` (two processes).
+The corpus is the demo's raw speech (or music) clips, copied under new names so no clip is
+encoded twice (the encoder caches codes per file), tokenized by the demo codec (a small SEANet
+with random weights). Each way builds N items and 2N items: the wall clock of N includes the
+start-up a job pays once (imports, worker processes, the codec's compile), and N / (t(2N) -
+t(N)) is the steady rate a cluster sizes by. Prints both, per worker, the ratio of the Beam
+build's steady rate per worker to the local builder's, and 1 -> 2 worker scaling (on a 2-core
+host two workers share the cores one worker's XLA already uses: scaling there measures
+overhead, not parallelism). Every build's directory is checked to be the local builder's,
+byte for byte.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -45,54 +50,71 @@ def make_corpus(raw: str, kind: str, copies: int, out: str) -> str:
     return path
 
 
+def build_seconds(items: str, out: str, vocab: str, tokenizers: dict[str, str],
+                  per_shard: int, kind: str, extra: list[str]) -> float:
+    """Wall-clock seconds of one `python -m data.build` command, run from the repository."""
+    cmd = [sys.executable, "-m", "data.build", "--kind", kind, "--input", items, "--vocab",
+           vocab, "--out", out, "--examples-per-shard", str(per_shard), "--no-progress",
+           *[f"--tokenizer={m}={s}" for m, s in tokenizers.items()], *extra]
+    t = time.perf_counter()
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    if run.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{run.stderr[-3000:]}")
+    return seconds
+
+
+def same_directory(a: str, b: str) -> bool:
+    names = sorted(os.listdir(b))
+    return sorted(os.listdir(a)) == names and all(
+        storage.read_bytes(os.path.join(a, f)) == storage.read_bytes(os.path.join(b, f))
+        for f in names)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kind", choices=sorted(RAW_FILE), default="speech_text")
-    p.add_argument("--copies", type=int, default=4)
+    p.add_argument("--copies", type=int, default=12, help="N = the demo's clips x copies")
     p.add_argument("--examples-per-shard", type=int, default=16)
     args = p.parse_args()
 
-    from data import beam_build, build
-
     demo_dir = os.path.join(REPO, DEMO_DIR)
     vocab = ensure_demo(demo_dir, None)
-    modality = args.kind.split("_")[0]
-    tokenizers = {modality: "demo"}
+    tokenizers = {args.kind.split("_")[0]: "demo"}
+    ways = {"local builder": (1, []),
+            "beam, 1 worker": (1, ["--runner", "DirectRunner", "--workers", "1"]),
+            "beam, 2 workers": (2, ["--runner", "DirectRunner", "--workers", "2"])}
     with tempfile.TemporaryDirectory() as tmp:
-        items = make_corpus(os.path.join(demo_dir, "raw"), args.kind, args.copies,
-                            os.path.join(tmp, "corpus"))
-        n = sum(1 for _ in open(items))
-        print(f"{n} {args.kind} items (the demo's clips x {args.copies}), demo codec, "
+        full = make_corpus(os.path.join(demo_dir, "raw"), args.kind, 2 * args.copies,
+                           os.path.join(tmp, "corpus"))
+        lines = open(full).read().splitlines(keepends=True)
+        half = os.path.join(tmp, "corpus", "half.jsonl")
+        with open(half, "w") as f:
+            f.writelines(lines[: len(lines) // 2])
+        n = len(lines) // 2
+        print(f"N = {n} {args.kind} items (the demo's clips x {args.copies}), demo codec, "
               f"{args.examples_per_shard} per shard, {os.cpu_count()} CPU cores", flush=True)
-        rates = {}
-
-        def timed(name, workers, fn):
-            t = time.perf_counter()
-            summary = fn(os.path.join(tmp, name))
-            dt = time.perf_counter() - t
-            assert summary["examples"] == n, summary
-            rates[name] = (n / dt, workers)
-            print(f"{name:<22} {dt:7.1f} s  {n / dt:6.2f} items/s  "
-                  f"{n / dt / workers:6.2f} items/s per worker", flush=True)
-
-        timed("local builder", 1, lambda out: build.build(
-            args.kind, [items], out, vocab, tokenizers, args.examples_per_shard, workers=1,
-            progress=False))
-        for workers in (1, 2):
-            options = beam_build.runner_options("DirectRunner", [], workers)
-            timed(f"beam, {workers} worker(s)", workers, lambda out, o=options: beam_build.run(
-                args.kind, [items], out, vocab, tokenizers, o, args.examples_per_shard))
-        for name in ("beam, 1 worker(s)", "beam, 2 worker(s)"):
-            a, b = os.path.join(tmp, name), os.path.join(tmp, "local builder")
-            same = all(storage.read_bytes(os.path.join(a, f)) == storage.read_bytes(
-                os.path.join(b, f)) for f in os.listdir(b))
-            assert same and sorted(os.listdir(a)) == sorted(os.listdir(b)), name
-        local = rates["local builder"][0]
-        one, two = rates["beam, 1 worker(s)"][0], rates["beam, 2 worker(s)"][0]
-        print(f"ratio beam 1 worker / local builder items/s: {one / local:.2f}x")
-        print(f"scaling 1 -> 2 workers: {two / one:.2f}x (ideal 2x on 2 free cores)")
-        print("shard directories of all three builds: byte-identical")
+        print(f"{'':<16} {'t(N) s':>7} {'t(2N) s':>8} {'N/t(N)':>7} {'steady':>7} "
+              f"{'steady per worker':>18}  (items/s)")
+        steady = {}
+        for name, (workers, extra) in ways.items():
+            t1, t2 = (build_seconds(items, os.path.join(tmp, f"{name}-{size}"), vocab,
+                                    tokenizers, args.examples_per_shard, args.kind, extra)
+                      for size, items in (("n", half), ("2n", full)))
+            steady[name] = n / (t2 - t1) / workers
+            print(f"{name:<16} {t1:7.1f} {t2:8.1f} {n / t1:7.2f} {n / (t2 - t1):7.2f} "
+                  f"{steady[name]:18.2f}", flush=True)
+            for size in ("n", "2n"):
+                assert same_directory(os.path.join(tmp, f"{name}-{size}"),
+                                      os.path.join(tmp, f"local builder-{size}")), (name, size)
+        local = steady["local builder"]
+        print(f"ratio beam (1 worker) / local builder, steady items/s per worker: "
+              f"{steady['beam, 1 worker'] / local:.2f}x")
+        print(f"scaling 1 -> 2 workers, steady items/s: "
+              f"{2 * steady['beam, 2 workers'] / steady['beam, 1 worker']:.2f}x "
+              f"(ideal 2x on 2 free cores)")
+        print("every build's directory: byte-identical to the local builder's")
 
 
 if __name__ == "__main__":

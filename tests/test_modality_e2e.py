@@ -174,7 +174,8 @@ def test_a_test_registered_video_modality_goes_from_files_to_a_trained_model_and
 
 def test_the_build_cli_imports_a_users_modality_module_in_every_worker(tmp_path):
     """`--import MODULE` registers the modality before the CLI reads its flags, and again in
-    each spawned worker (two shards, two workers); a module that fails to import is named."""
+    each spawned worker (two shards, two workers; local and on Beam); a module that fails to
+    import is named."""
     (tmp_path / "video_modality.py").write_text(
         "from anygpt_jax.modalities.registry import register_modality\n"
         "from test_modality_e2e import video_record\n\n"
@@ -194,6 +195,16 @@ def test_the_build_cli_imports_a_users_modality_module_in_every_worker(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["examples"] == 8
     assert len(shards.read_manifest(out)["shards"]) == 2
+    # The same build on Beam's two worker processes, which import the module too: same bytes.
+    on_beam = str(tmp_path / "on_beam")
+    beam = subprocess.run([*cmd[:cmd.index("--out") + 1], on_beam, *cmd[cmd.index("--out") + 2:],
+                           "--import", "video_modality", "--runner", "DirectRunner"],
+                          env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert beam.returncode == 0, beam.stderr[-3000:]
+    assert sorted(os.listdir(on_beam)) == sorted(os.listdir(out))
+    for name in os.listdir(out):
+        with open(os.path.join(out, name), "rb") as a, open(os.path.join(on_beam, name), "rb") as b:
+            assert a.read() == b.read(), name
     bad = subprocess.run([*cmd[:-1], "--import", "no_such_modality_module"], env=env, cwd=root,
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 1

@@ -61,9 +61,14 @@ BEAM_REQUIRE = [
     'google-apitools>=0.5.35; python_version >= "3.13"',
 ]
 
+# `python -m anygpt_jax.serve`: an ASGI app on uvicorn, multipart uploads, Prometheus metrics.
+SERVE_REQUIRE = ["fastapi>=0.110,<1", "uvicorn>=0.30,<1", "python-multipart>=0.0.9",
+                 "prometheus-client>=0.20,<1"]
+
 EXTRAS_REQUIRE = {
     "eval": EVAL_REQUIRE,
     "beam": BEAM_REQUIRE,
+    "serve": SERVE_REQUIRE,
     "tpu": TPU_REQUIRE,
     # The reference PyTorch stack: converters' tests and parity checks run against it.
     # torch 2.13.0 is pinned because that CPU build is the one these machines install offline.
@@ -79,6 +84,7 @@ EXTRAS_REQUIRE = {
         "ruff>=0.6",
         *EVAL_REQUIRE,
         *BEAM_REQUIRE,
+        *SERVE_REQUIRE,
         *TPU_REQUIRE,  # the AOT tests compile for v4-8 and v5e-16
     ],
 }

@@ -44,8 +44,11 @@ import sys
 from typing import IO
 
 from anygpt_jax import gin_utils, storage
-from anygpt_jax.inference.renderers import tokenizer_flag
-from anygpt_jax.modalities.registry import media_modalities, media_modality
+from anygpt_jax.inference.engine_flags import (
+    add_engine_flags,
+    check_engine_flags,
+    engine_from_flags,
+)
 
 DEFAULT_INTERACTIVE_OUT = "infer_output"
 
@@ -57,33 +60,16 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--ckpt", required=True, help="model directory (converted or trained)")
+    add_engine_flags(parser)
     parser.add_argument("--mode", choices=("base", "chat"), default="base",
                         help="base: pre-training templates; chat: instruction-tuned dialogue")
     parser.add_argument("--requests", help="JSONL file of requests (batch mode)")
     parser.add_argument("--out", help="output directory (batch: required, must not exist or "
                         f"be empty; interactive: default {DEFAULT_INTERACTIVE_OUT})")
-    for m in media_modalities():
-        parser.add_argument(tokenizer_flag(m), metavar="DIR",
-                            help=f"converted {m} tokenizer directory"
-                            + (" (or 'demo')" if media_modality(m).demo else ""))
-    parser.add_argument("--unclip_pipeline", metavar="DIR",
-                        help="diffusers StableUnCLIPImg2ImgPipeline directory to render images")
-    parser.add_argument("--soundstorm", metavar="DIR",
-                        help="converted SoundStorm directory to turn speech units into WAV")
-    parser.add_argument("--render_steps", type=int, default=None,
-                        help="unCLIP denoising steps (default MediaSettings.render_steps, 20)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling and instruction seed")
-    parser.add_argument("--unconstrained", action="store_true",
-                        help="do not constrain decoding to well-formed modality spans")
-    parser.add_argument("--max_prompt_tokens", type=int, default=None,
-                        help="refuse longer prompts, per request (the model's context, "
-                        "max_position_embeddings less max_new_tokens, always applies)")
     args, bindings = gin_utils.parse_flags(parser, argv)
     if args.requests and not args.out:
         parser.error("--requests needs --out DIR for results.jsonl and media")
-    if args.render_steps is not None and args.render_steps < 1:
-        parser.error(f"--render_steps must be >= 1, got {args.render_steps}")
+    check_engine_flags(parser, args)
     return args, bindings
 
 
@@ -133,18 +119,10 @@ def main(argv: list[str] | None = None, stdin: IO[str] | None = None,
     except gin_utils.ConfigError as e:
         print(f"error: {e}", file=stderr)
         return 1
-    from anygpt_jax.inference.media import MediaCodecs, MediaSettings
-    from anygpt_jax.inference.session import Engine, load_model, run_batch, run_interactive
+    from anygpt_jax.inference.session import run_batch, run_interactive
 
     try:
-        model = load_model(args.ckpt)
-        dirs = {m: getattr(args, f"{m}_tokenizer") for m in media_modalities()}
-        media = MediaSettings().overridden(dirs, unclip_pipeline=args.unclip_pipeline,
-                                           soundstorm=args.soundstorm,
-                                           render_steps=args.render_steps)
-        codecs = MediaCodecs(model.vocab, media)
-        engine = Engine(model, codecs, seed=args.seed, constrain=not args.unconstrained,
-                        max_prompt_tokens=args.max_prompt_tokens)
+        engine = engine_from_flags(args)
         if args.requests:
             done, failed = run_batch(engine, args.requests, args.mode, args.out)
         else:

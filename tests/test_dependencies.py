@@ -19,6 +19,8 @@ RULES = [
     ("vocab", ("anygpt_jax.training", "anygpt_jax.evaluation", "anygpt_jax.inference",
                "anygpt_jax.api", "anygpt_jax.model")),
     ("data/features.py", ("anygpt_jax", "tensorflow", "seqio")),
+    # Serving sits on top of inference: the engine knows nothing of HTTP.
+    ("inference", ("anygpt_jax.serving", "anygpt_jax.serve", "fastapi", "uvicorn")),
 ]
 # CLIs that once took their gin helpers from train.py; they share gin_utils instead (aot
 # parses train's own configuration, so it calls train.parse_gin).

@@ -31,6 +31,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from typing import Any
 
 from anygpt_jax import storage
 from anygpt_jax.modalities.registry import media_modalities, media_modality
@@ -85,6 +86,8 @@ class ChatMessage:
 
     parts: tuple[str | MediaRef, ...]
     to: str | None = None  # the expected reply modality; picks the generation settings
+    # GenerationSettings fields changed for this message only, as sorted (name, value) pairs.
+    settings: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

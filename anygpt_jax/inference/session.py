@@ -138,17 +138,19 @@ class Engine:
                 it = iter(mine)
                 segments[i] = [next(it) if isinstance(p, MediaRef) else p for p in m.parts]
                 prompt = conversations[i].prompt_ids(segments[i])
-                self._check_length(prompt, m.to or "chat")
+                self._check_length(prompt, m.to or "chat", m.settings)
                 prompts[i] = prompt
             except REQUEST_ERRORS as e:
                 records[i].update(error_record(e))
 
         def key(i):
-            return messages[i].to or "chat", tuple(conversations[i].stop_ids)
+            return messages[i].to or "chat", tuple(conversations[i].stop_ids), messages[i].settings
 
-        for settings_name, stops in sorted({key(i) for i in prompts}):
-            group = [i for i in prompts if key(i) == (settings_name, stops)]
-            outs = self._generate([prompts[i] for i in group], settings_name, list(stops))
+        for group_key in sorted({key(i) for i in prompts}, key=repr):
+            settings_name, stops, overrides = group_key
+            group = [i for i in prompts if key(i) == group_key]
+            outs = self._generate([prompts[i] for i in group], settings_name, list(stops),
+                                  overrides)
             for i, ids in zip(group, outs, strict=True):
                 if isinstance(ids, Exception):
                     records[i].update(error_record(ids))
@@ -165,9 +167,10 @@ class Engine:
 
     # ----- shared -----------------------------------------------------------------------------
 
-    def _check_length(self, prompt: Sequence[int], settings_name: str) -> None:
+    def _check_length(self, prompt: Sequence[int], settings_name: str,
+                      overrides: Sequence[tuple[str, Any]] = ()) -> None:
         """ValueError (this request only) when the prompt does not fit; names the lengths."""
-        settings = GenerationSettings.for_output(settings_name)
+        settings = settings_for(settings_name, overrides)
         check_length(len(prompt), settings.max_new_tokens,
                      self.model.config.max_position_embeddings, "the prompt",
                      self.max_prompt_tokens)
@@ -181,11 +184,11 @@ class Engine:
             out[i] = span
         return out
 
-    def _generate(self, prompts: list[list[int]], settings_name: str,
-                  stops: list[int]) -> list[list[int] | Exception]:
+    def _generate(self, prompts: list[list[int]], settings_name: str, stops: list[int],
+                  overrides: Sequence[tuple[str, Any]] = ()) -> list[list[int] | Exception]:
         """One batched call; a failure (e.g. a prompt too long) fails the whole group."""
         try:
-            settings = GenerationSettings.for_output(settings_name)
+            settings = settings_for(settings_name, overrides)
             outs = generate(self.model, prompts, settings, seed=self.seed, stop_ids=stops,
                             constrain=self.constrain)
         except ValueError as e:
@@ -206,6 +209,12 @@ class Engine:
             else:
                 parts.append(s)
         return {"text": "".join(parts).strip(), "media": media}
+
+
+def settings_for(output: str, overrides: Sequence[tuple[str, Any]] = ()) -> GenerationSettings:
+    """The generation settings of `output` with a message's own changes applied (validated)."""
+    base = GenerationSettings.for_output(output)
+    return GenerationSettings.from_dict(dict(overrides), "settings", base) if overrides else base
 
 
 def error_record(e: BaseException) -> dict:

@@ -1,0 +1,181 @@
+"""The HTTP API: OpenAI-shaped chat completions with media in and out, health and metrics.
+
+    POST /v1/chat/completions   JSON (serving/messages.py), or multipart/form-data with the
+                                JSON in the `request` field and files referenced by field name
+    GET  /v1/media/{name}       a generated file (PNG, WAV, or codes as JSON)
+    GET  /health                {"status": "ok", "model": ..., "queue": N}
+    GET  /metrics               Prometheus text: requests, errors, queue length, new tokens
+
+A bad request gets a 4xx with {"error": {"message", "type"}} and the server goes on: 400 for a
+malformed body, an unknown modality, an unreadable medium or a prompt past the context, 401
+without the API key (when one is set), 413 past the upload limit. Nothing of a request names a
+file the server opens: uploads get server-made names, and /v1/media serves only the files this
+server wrote, looked up by name in its own table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import re
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from anygpt_jax.inference.requests import RequestError
+from anygpt_jax.serving.messages import MediaStore, PayloadTooLarge, parse_chat_request
+from anygpt_jax.serving.scheduler import RoundScheduler
+
+MEDIA_TYPES = {"png": "image/png", "wav": "audio/wav", "codes": "application/json"}
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self, scheduler_queue):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("anygpt_requests", "Chat requests answered, by HTTP status",
+                                ["status"], registry=self.registry)
+        self.errors = Counter("anygpt_request_errors", "Requests refused or failed, by kind",
+                              ["kind"], registry=self.registry)
+        self.tokens = Counter("anygpt_generated_tokens", "New tokens generated",
+                              registry=self.registry)
+        self.latency = Histogram("anygpt_request_seconds", "Time from queued to answered",
+                                 registry=self.registry)
+        self.round_seconds = Histogram("anygpt_round_seconds", "Time of a batched round",
+                                       registry=self.registry)
+        queue = Gauge("anygpt_queue_length", "Requests waiting for a round",
+                      registry=self.registry)
+        queue.set_function(scheduler_queue)
+
+    def observe(self, record: dict, waited: float, round_seconds: float) -> None:
+        """A finished request, as the scheduler reports it."""
+        self.latency.observe(waited)
+        self.round_seconds.observe(round_seconds)
+        self.tokens.inc(record.get("num_new_tokens") or 0)
+
+
+def make_app(scheduler: RoundScheduler, store: MediaStore, model_name: str,
+             api_key: str | None = None, metrics: Metrics | None = None) -> FastAPI:
+    """The ASGI app over a running scheduler; `api_key` None serves anyone."""
+    app = FastAPI(title="anygpt-jax", docs_url=None, redoc_url=None)
+    metrics = metrics or Metrics(scheduler.queue_length)
+    files: dict[str, tuple[str, str]] = {}  # name -> (path, media type): what we wrote
+
+    def error(status: int, kind: str, message: str) -> JSONResponse:
+        metrics.errors.labels(kind).inc()
+        metrics.requests.labels(str(status)).inc()
+        return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next):
+        if api_key is not None and request.url.path.startswith("/v1/"):
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return error(401, "unauthorized",
+                             "missing or wrong API key (Authorization: Bearer KEY)")
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": model_name, "queue": scheduler.queue_length()}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/media/{name}")
+    async def media(name: str):
+        if name not in files:
+            return error(404, "not_found", f"no generated file named {name!r}")
+        path, media_type = files[name]
+        return FileResponse(path, media_type=media_type)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        length = int(request.headers.get("content-length") or 0)
+        if length > 2 * store.max_bytes:  # base64 and form overhead on top of the media
+            return error(413, "too_large", f"the request is {length} bytes; the limit is "
+                         f"{store.max_bytes} bytes of media")
+        try:
+            payload, uploads = await _read_body(request)
+            job = await asyncio.to_thread(parse_chat_request, payload, store, uploads)
+        except PayloadTooLarge as e:
+            return error(413, "too_large", str(e))
+        except RequestError as e:
+            return error(400, "invalid_request", str(e))
+        try:
+            record = await asyncio.wrap_future(scheduler.submit(job))
+        except Exception as e:  # noqa: BLE001 - a fault of the server: said, not hidden
+            return error(500, "server_error", f"{type(e).__name__}: {e}")
+        if record.get("error"):
+            return error(400, "invalid_request", record["error"])
+        metrics.requests.labels("200").inc()
+        return _completion(record, job.reply_modality, model_name, scheduler.media_dir, files)
+
+    return app
+
+
+async def _read_body(request: Request) -> tuple[Any, dict[str, bytes]]:
+    """The JSON payload and uploaded files of a JSON or multipart request."""
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        form = await request.form()
+        uploads, payload = {}, None
+        for field, value in form.multi_items():
+            if field == "request":
+                payload = value if isinstance(value, str) else (await value.read()).decode()
+            elif not isinstance(value, str):
+                uploads[field] = await value.read()
+        if payload is None:
+            raise RequestError("a multipart request needs its JSON in the 'request' field")
+        return _json(payload), uploads
+    return _json((await request.body()).decode("utf-8", errors="replace")), {}
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RequestError(f"malformed JSON: {e}") from e
+
+
+def _completion(record: dict, reply_modality: str, model_name: str, media_dir: str,
+                files: dict[str, tuple[str, str]]) -> dict:
+    """The engine's turn record as an OpenAI chat completion, media as URLs of this server."""
+    text = record.get("text", "")
+    media = []
+    for m in record.get("media", []):
+        text = text.replace(f"[{m['modality']}: {m['path']}]", "")
+        name = os.path.basename(m["path"])
+        files[name] = (os.path.join(media_dir, m["path"]), MEDIA_TYPES.get(m["format"],
+                                                                          "application/json"))
+        media.append({"modality": m["modality"], "format": m["format"],
+                      "url": f"/v1/media/{name}", **({"note": m["note"]} if "note" in m else {})})
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model_name,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": re.sub(r"[ \t]{2,}", " ", text).strip(),
+                        "media": media},
+            "finish_reason": "stop" if record.get("finished") else "length",
+        }],
+        "reply_modality": reply_modality,
+        "usage": {"completion_tokens": record.get("num_new_tokens", 0)},
+    }

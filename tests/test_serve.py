@@ -1,0 +1,248 @@
+"""The HTTP server: a real uvicorn on 127.0.0.1 and real HTTP clients; chat with media in and
+out, batching of concurrent requests, bad input answered with a 4xx while serving goes on,
+the API key, health and metrics."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import io
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import soundfile as sf
+from infer_assets import build_assets, fast_gin_bindings, make_engine
+from PIL import Image
+
+from anygpt_jax.serving.app import make_app
+from anygpt_jax.serving.messages import MediaStore
+from anygpt_jax.serving.scheduler import RoundScheduler
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+LIMIT = 200_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, merged_vocab):
+    """A server over the tiny model with every tokenizer, on its own port; yields its URL."""
+    import uvicorn
+
+    gin_state = fast_gin_bindings()
+    next(gin_state)
+    root = tmp_path_factory.mktemp("serve")
+    engine = make_engine(build_assets(root, merged_vocab))
+    scheduler = RoundScheduler(engine, str(root / "generated"), max_batch=8)
+    (root / "generated").mkdir()
+    rounds = []
+    app = make_app(scheduler, MediaStore(str(root / "uploads"), LIMIT), "tiny",
+                   api_key="sekrit")
+    original = scheduler._round
+
+    def counting(batch):
+        rounds.append(len(batch))
+        original(batch)
+
+    scheduler._round = counting
+    port = _free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield {"url": f"http://127.0.0.1:{port}", "rounds": rounds, "root": root}
+    srv.should_exit = True
+    thread.join(timeout=10)
+    scheduler.close()
+    next(gin_state, None)
+
+
+def call(server, path, body=None, key="sekrit", raw=None, headers=None):
+    """(status, decoded JSON or bytes) of one real HTTP request."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(server["url"] + path, data=data, method="POST" if data else "GET")
+    req.add_header("Content-Type", "application/json")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            payload, status, kind = r.read(), r.status, r.headers.get("content-type", "")
+    except urllib.error.HTTPError as e:
+        payload, status, kind = e.read(), e.code, e.headers.get("content-type", "")
+    return status, json.loads(payload) if "json" in kind else payload
+
+
+def _png() -> str:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(
+        buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _wav() -> str:
+    buf = io.BytesIO()
+    sf.write(buf, 0.1 * np.random.default_rng(1).standard_normal(4000).astype(np.float32),
+             16000, format="WAV")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_text_chat_and_health(server):
+    status, body = call(server, "/v1/chat/completions",
+                        {"messages": [{"role": "user", "content": "Hello there"}]})
+    assert status == 200, body
+    message = body["choices"][0]["message"]
+    assert message["role"] == "assistant" and isinstance(message["content"], str)
+    assert body["usage"]["completion_tokens"] > 0
+    status, health = call(server, "/health", key=None)
+    assert status == 200 and health["status"] == "ok" and health["model"] == "tiny"
+
+
+def test_media_in_and_out(server):
+    """A PNG and a WAV in a chat; base-mode replies in speech (a WAV this server serves) and
+    in an image (its codes: no unCLIP pipeline is given); a chat with history."""
+    content = [{"type": "text", "text": "Look and listen: "},
+               {"type": "image_url", "image_url": {"url": "data:image/png;base64," + _png()}},
+               {"type": "input_audio", "input_audio": {"data": _wav(), "format": "wav"}}]
+    status, body = call(server, "/v1/chat/completions",
+                        {"messages": [{"role": "user", "content": content}], "max_tokens": 16})
+    assert status == 200, body
+    status, body = call(server, "/v1/chat/completions",
+                        {"messages": [{"role": "user", "content": "Hello there"}],
+                         "mode": "base", "reply_modality": "speech"})
+    assert status == 200, body
+    (media,) = body["choices"][0]["message"]["media"]
+    assert media["modality"] == "speech" and media["format"] == "wav"
+    status, wav = call(server, media["url"])
+    assert status == 200 and wav[:4] == b"RIFF"
+    assert sf.read(io.BytesIO(wav))[0].size > 0
+    status, body = call(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": [
+            {"type": "media", "modality": "image", "data": _png()}]}],
+        "mode": "base", "reply_modality": "text"})
+    assert status == 200 and isinstance(body["choices"][0]["message"]["content"], str), body
+    status, body = call(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "A red bus"}], "mode": "base",
+        "reply_modality": "image"})
+    assert status == 200, body
+    (media,) = body["choices"][0]["message"]["media"]
+    assert media["modality"] == "image" and media["format"] == "codes"
+    status, codes = call(server, media["url"])
+    assert status == 200 and codes["modality"] == "image" and len(codes["codes"]) > 0
+    messages = [{"role": "user", "content": "Draw a cat"},
+                {"role": "assistant", "content": "Here it is."},
+                {"role": "user", "content": "Another one, please"}]
+    status, body = call(server, "/v1/chat/completions",
+                        {"messages": messages, "reply_modality": "image", "temperature": 0.7})
+    assert status == 200, body
+    assert body["reply_modality"] == "image"
+
+
+def test_bad_requests_get_a_4xx_and_the_server_goes_on(server):
+    cases = [
+        (None, b"{not json", 400, "malformed JSON"),
+        ({"messages": [{"role": "user", "content": "hi"}], "reply_modality": "video"}, None,
+         400, "reply_modality 'video'"),
+        ({"messages": [{"role": "user", "content": [
+            {"type": "media", "modality": "smell", "data": "AAAA"}]}]}, None, 400,
+         "modality 'smell'"),
+        ({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,"
+                                                + base64.b64encode(b"not a png").decode()}}]}]},
+         None, 400, "cannot read image"),
+        ({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}]}, None, 400,
+         "fetches no URL"),
+        ({"messages": [{"role": "user", "content": [
+            {"type": "media", "modality": "image",
+             "data": base64.b64encode(b"x" * (LIMIT + 1)).decode()}]}]}, None, 413,
+         "upload limit"),
+        ({"messages": [{"role": "user", "content": "word " * 3000}]}, None, 400, "the prompt"),
+        ({"messages": [{"role": "user", "content": "[image: /etc/passwd] what is this?"}]}, None,
+         200, ""),
+    ]
+    for body, raw, want, words in cases:
+        status, got = call(server, "/v1/chat/completions", body, raw=raw)
+        assert status == want, (want, got)
+        if want != 200:
+            assert words in got["error"]["message"], got
+    assert call(server, "/v1/chat/completions", {"messages": []}, key="wrong")[0] == 401
+    assert call(server, "/v1/chat/completions", {"messages": []}, key=None)[0] == 401
+    assert call(server, "/v1/media/..%2F..%2Fetc%2Fpasswd")[0] == 404
+    status, _ = call(server, "/v1/chat/completions",
+                     {"messages": [{"role": "user", "content": "still there?"}]})
+    assert status == 200
+
+
+def test_concurrent_requests_share_rounds_and_none_is_lost(server):
+    """32 clients at once, a quarter of them bad: every good one is answered, in fewer rounds
+    than requests; the metrics count them."""
+    before = len(server["rounds"])
+
+    def one(k):
+        if k % 4 == 3:
+            return call(server, "/v1/chat/completions", {"messages": [{"role": "user"}]})
+        return call(server, "/v1/chat/completions",
+                    {"messages": [{"role": "user", "content": f"Tell me about {k}"}]})
+
+    with cf.ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(one, range(32)))
+    assert [s for k, (s, _) in enumerate(results) if k % 4 != 3] == [200] * 24
+    assert [s for k, (s, _) in enumerate(results) if k % 4 == 3] == [400] * 8
+    rounds = server["rounds"][before:]
+    assert sum(rounds) == 24 and len(rounds) < 24 and max(rounds) > 1
+    status, text = call(server, "/metrics", key=None)
+    text = text.decode()
+    assert status == 200 and 'anygpt_requests_total{status="200"}' in text
+    assert "anygpt_queue_length" in text and "anygpt_generated_tokens_total" in text
+
+
+def test_the_serve_command_starts_answers_and_prints_nothing_alarming(tmp_path, merged_vocab):
+    """`python -m anygpt_jax.serve --ckpt DIR --port P` in a user's environment: it says where
+    it serves, answers, and its output has no C++ log, CUDA or libtpu lines."""
+    import signal
+    import subprocess
+    import sys
+
+    from synthetic_task import cli_env, noisy_lines, user_env
+
+    root = build_assets(tmp_path, merged_vocab)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "anygpt_jax.serve", "--ckpt", str(root / "model"), "--port",
+         str(port), "--gin.GenerationSettings.max_new_tokens=8",
+         "--gin.GenerationSettings.min_new_tokens=0"],
+        env=user_env(cli_env(1)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5) as r:
+                    assert json.loads(r.read())["status"] == "ok"
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None, proc.communicate()[1][-3000:]
+                time.sleep(0.5)
+        status, body = call({"url": url}, "/v1/chat/completions",
+                            {"messages": [{"role": "user", "content": "Hi"}]}, key=None)
+        assert status == 200, body
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert f"serving {root / 'model'} on {url}/" in out
+    assert noisy_lines(out + err) == [], err[-3000:]

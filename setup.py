@@ -81,6 +81,7 @@ EXTRAS_REQUIRE = {
         "pytest>=8",
         "pytest-xdist>=3",
         "gcp-storage-emulator>=2024.8",  # a real GCS JSON API on 127.0.0.1 for gs:// tests
+        "selenium>=4.20,<5",  # drives Debian's chromium through chromium-driver (test_serve)
         "ruff>=0.6",
         *EVAL_REQUIRE,
         *BEAM_REQUIRE,
@@ -102,7 +103,7 @@ setup(
     packages=[*find_packages(include=["anygpt_jax", "anygpt_jax.*"]),
               *INSTALLED_AS.values()],
     package_dir=dict(zip(INSTALLED_AS.values(), INSTALLED_AS, strict=True)),
-    package_data={"anygpt_jax": ["py.typed"]},
+    package_data={"anygpt_jax": ["py.typed"], "anygpt_jax.serving": ["static/*"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything anygpt-jax needs on a fresh Debian/Ubuntu machine or TPU VM:
-# system packages (audio I/O, speech synthesis and MIDI rendering for the demo corpus),
+# system packages (audio I/O, speech synthesis and MIDI rendering for the demo corpus, a
+# headless browser for the chat page's tests),
 # then this package with its test extra. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(libsndfile1 espeak-ng fluidsynth fluid-soundfont-gm)
+# Chromium and its WebDriver: the serving tests drive the chat page in a headless browser.
+SYSTEM_PACKAGES=(libsndfile1 espeak-ng fluidsynth fluid-soundfont-gm chromium chromium-driver)
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -246,3 +246,72 @@ def test_the_serve_command_starts_answers_and_prints_nothing_alarming(tmp_path, 
         out, err = proc.communicate(timeout=60)
     assert f"serving {root / 'model'} on {url}/" in out
     assert noisy_lines(out + err) == [], err[-3000:]
+
+
+def test_the_chat_page_in_a_real_browser(server, tmp_path):
+    """Headless Chromium (Debian's chromium and chromium-driver) loads the page, sends a text
+    message, a PNG and a WAV, asks for speech, and sees each reply rendered; the conversation's
+    screenshot goes to test-artifacts/ (or $ANYGPT_TEST_ARTIFACTS)."""
+    import os
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    assert browser and driver_path, "chromium and chromium-driver: run scripts/setup.sh"
+    png, wav = tmp_path / "digit.png", tmp_path / "hello.wav"
+    png.write_bytes(base64.b64decode(_png()))
+    wav.write_bytes(base64.b64decode(_wav()))
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--window-size=1000,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get(server["url"] + "/")
+        wait = WebDriverWait(driver, 240)
+        wait.until(lambda d: d.find_element(By.ID, "model").text == "tiny")
+        driver.find_element(By.TAG_NAME, "summary").click()
+        driver.find_element(By.ID, "api_key").send_keys("sekrit")
+
+        def replies():
+            return driver.find_elements(By.CSS_SELECTOR, ".turn.assistant")
+
+        def send(text, count):
+            driver.find_element(By.ID, "text").send_keys(text)
+            driver.find_element(By.ID, "send").click()
+            wait.until(lambda d: len(replies()) >= count)
+            return replies()[count - 1]
+
+        first = send("Hello there", 1)
+        assert "error" not in first.get_attribute("class"), first.text
+        for field, path in (("image", png), ("audio", wav)):
+            element = driver.find_element(By.ID, field)
+            driver.execute_script("arguments[0].hidden = false", element)
+            element.send_keys(str(path))
+        wait.until(ec.text_to_be_present_in_element((By.ID, "attachments"), "hello.wav"))
+        second = send("What do you see and hear?", 2)
+        assert "error" not in second.get_attribute("class"), second.text
+        user_turns = driver.find_elements(By.CSS_SELECTOR, ".turn.user")
+        assert user_turns[-1].find_elements(By.TAG_NAME, "img")
+        assert user_turns[-1].find_elements(By.TAG_NAME, "audio")
+        Select(driver.find_element(By.ID, "mode")).select_by_visible_text("base")
+        Select(driver.find_element(By.ID, "reply_modality")).select_by_visible_text("speech")
+        third = send("Hello", 3)
+        (player,) = third.find_elements(By.TAG_NAME, "audio")
+        assert player.get_attribute("src").startswith(server["url"] + "/v1/media/")
+        artifacts = os.environ.get("ANYGPT_TEST_ARTIFACTS",
+                                   os.path.join(os.path.dirname(os.path.dirname(
+                                       os.path.abspath(__file__))), "test-artifacts"))
+        os.makedirs(artifacts, exist_ok=True)
+        shot = os.path.join(artifacts, "serve_chat_page.png")
+        assert driver.save_screenshot(shot) and os.path.getsize(shot) > 1000
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors
+    finally:
+        driver.quit()

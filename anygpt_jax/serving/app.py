@@ -3,12 +3,14 @@
     POST /v1/chat/completions   JSON (serving/messages.py), or multipart/form-data with the
                                 JSON in the `request` field and files referenced by field name
     GET  /v1/media/{name}       a generated file (PNG, WAV, or codes as JSON)
+    GET  /                      the chat page (static/: no asset from anywhere else)
     GET  /health                {"status": "ok", "model": ..., "queue": N}
     GET  /metrics               Prometheus text: requests, errors, queue length, new tokens
 
 A bad request gets a 4xx with {"error": {"message", "type"}} and the server goes on: 400 for a
 malformed body, an unknown modality, an unreadable medium or a prompt past the context, 401
-without the API key (when one is set), 413 past the upload limit. Nothing of a request names a
+without the API key (when one is set; generated media need none: their names are unguessable),
+413 past the upload limit. Nothing of a request names a
 file the server opens: uploads get server-made names, and /v1/media serves only the files this
 server wrote, looked up by name in its own table.
 """
@@ -26,6 +28,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -40,6 +43,7 @@ from anygpt_jax.serving.messages import MediaStore, PayloadTooLarge, parse_chat_
 from anygpt_jax.serving.scheduler import RoundScheduler
 
 MEDIA_TYPES = {"png": "image/png", "wav": "audio/wav", "codes": "application/json"}
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 
 class Metrics:
@@ -82,12 +86,21 @@ def make_app(scheduler: RoundScheduler, store: MediaStore, model_name: str,
 
     @app.middleware("http")
     async def check_key(request: Request, call_next):
-        if api_key is not None and request.url.path.startswith("/v1/"):
+        # Generated media are fetched by players and <img> tags, which send no key: their
+        # names are 128 random bits, known only to whoever got the reply.
+        path = request.url.path
+        if api_key is not None and path.startswith("/v1/") and not path.startswith("/v1/media/"):
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 return error(401, "unauthorized",
                              "missing or wrong API key (Authorization: Bearer KEY)")
         return await call_next(request)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/")
+    async def page() -> FileResponse:
+        return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
 
     @app.get("/health")
     async def health() -> dict:

@@ -315,3 +315,22 @@ def test_the_chat_page_in_a_real_browser(server, tmp_path):
         assert errors == [], errors
     finally:
         driver.quit()
+
+
+def test_a_multipart_upload_names_its_files(server):
+    """Media as form files, the JSON in the `request` field; a part naming no upload is a 400."""
+    import requests
+
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this? "},
+        {"type": "media", "modality": "image", "file": "picture"}]}], "mode": "base"}
+    headers = {"Authorization": "Bearer sekrit"}
+    ok = requests.post(server["url"] + "/v1/chat/completions", headers=headers, timeout=300,
+                       data={"request": json.dumps(body)},
+                       files={"picture": ("x.png", base64.b64decode(_png()), "image/png")})
+    assert ok.status_code == 200, ok.text
+    body["messages"][0]["content"][1]["file"] = "elsewhere"
+    bad = requests.post(server["url"] + "/v1/chat/completions", headers=headers, timeout=300,
+                        data={"request": json.dumps(body)},
+                        files={"picture": ("x.png", base64.b64decode(_png()), "image/png")})
+    assert bad.status_code == 400 and "'elsewhere' names no uploaded file" in bad.text

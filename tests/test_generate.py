@@ -335,3 +335,27 @@ def test_the_facade_takes_what_vocab_encode_returns(models):
     assert isinstance(new[0], int) and new == m.generate([a], s)[0]
     with pytest.raises(ValueError, match="ids must be int ids"):
         m.logits([[0.5, 1.5]])
+
+
+@pytest.mark.parametrize("chunk", [1, 5])
+def test_streaming_hands_out_the_same_tokens_in_order(models, chunk):
+    """on_tokens sees each prompt's new ids as they are decoded (every `chunk` steps); their
+    concatenation is what generate returns, which is what it returns without streaming, for
+    constrained sampling with a penalty and for greedy decoding."""
+    _, m = models
+    v = m.vocab
+    prompts = span_prompts(v) + text_prompts(v, 2, seed=5)
+    stops = default_stop_ids(v) + [v.modality(n).end_id for n in ("image", "music", "speech")]
+    for settings in (GenerationSettings(do_sample=True, top_p=0.9, repetition_penalty=1.1,
+                                        max_new_tokens=40),
+                     GenerationSettings(do_sample=False, max_new_tokens=36)):
+        calls: list[list[list[int]]] = []
+        streamed = generate(m, prompts, settings, seed=3, stop_ids=stops,
+                            on_tokens=calls.append, chunk=chunk)
+        assert streamed == generate(m, prompts, settings, seed=3, stop_ids=stops)
+        assert [sum((c[r] for c in calls), []) for r in range(len(prompts))] == streamed
+        assert len(calls) > 1 and all(len(c) == len(prompts) for c in calls)
+        assert max(len(c[r]) for c in calls for r in range(len(prompts))) <= chunk
+    with pytest.raises(ValueError, match="num_beams == 1"):
+        generate(m, prompts[:1], GenerationSettings(num_beams=2, do_sample=False),
+                 on_tokens=print)

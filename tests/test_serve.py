@@ -285,7 +285,9 @@ def test_the_chat_page_in_a_real_browser(server, tmp_path):
         def send(text, count):
             driver.find_element(By.ID, "text").send_keys(text)
             driver.find_element(By.ID, "send").click()
-            wait.until(lambda d: len(replies()) >= count)
+            # A streamed reply's turn appears at once; the send button is back when it is done.
+            wait.until(lambda d: len(replies()) >= count
+                       and d.find_element(By.ID, "send").is_enabled())
             return replies()[count - 1]
 
         first = send("Hello there", 1)
@@ -334,3 +336,27 @@ def test_a_multipart_upload_names_its_files(server):
                         data={"request": json.dumps(body)},
                         files={"picture": ("x.png", base64.b64decode(_png()), "image/png")})
     assert bad.status_code == 400 and "'elsewhere' names no uploaded file" in bad.text
+
+
+def test_a_streamed_reply_arrives_in_pieces_as_it_is_decoded(server):
+    """`"stream": true`: server-sent events, a role chunk, text pieces, then the whole reply
+    with its finish reason, then [DONE]."""
+    body = {"messages": [{"role": "user", "content": "Tell me a story"}], "stream": True,
+            "max_tokens": 24}
+    req = urllib.request.Request(server["url"] + "/v1/chat/completions",
+                                 json.dumps(body).encode(),
+                                 {"Content-Type": "application/json",
+                                  "Authorization": "Bearer sekrit"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [x for x in r.read().decode().split("\n\n") if x.strip()]
+    assert all(x.startswith("data: ") for x in lines) and lines[-1] == "data: [DONE]"
+    events = [json.loads(x[6:]) for x in lines[:-1]]
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant"}
+    pieces = [e["choices"][0]["delta"].get("content", "") for e in events[1:-1]]
+    final = events[-1]
+    assert final["choices"][0]["finish_reason"] in ("stop", "length")
+    assert final["usage"]["completion_tokens"] > 0 and "media" in final["choices"][0]["delta"]
+    assert len(pieces) >= 2, events
+    squeeze = lambda text: "".join(text.split())  # noqa: E731
+    assert squeeze(final["content"]).startswith(squeeze("".join(pieces)))

@@ -7,10 +7,11 @@ stop id or the budget of new tokens. Nothing returns to the host between tokens.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import jax
@@ -78,6 +79,8 @@ def generate(
     seed: int | Sequence[int] = 0,
     stop_ids: Sequence[int] | None = None,
     constrain: bool = True,
+    on_tokens: Callable[[list[list[int]]], None] | None = None,
+    chunk: int = 1,
 ) -> list[list[int]]:
     """New ids of each prompt, up to and including its stop id (or max_new_tokens of them).
 
@@ -88,6 +91,8 @@ def generate(
     Sampling is deterministic for a seed, and a row's draws do not depend on the padding.
     seed: one int for the request (prompt i draws from stream i), or one per prompt: then each
     prompt draws what it would draw alone with its seed, so batching changes no sample.
+    on_tokens: called with each prompt's ids new since the last call, every `chunk` decode
+    steps (streaming; not with beam search); the ids are the same as without it.
     On a CPU host unrolled layers (`AnyGPT.load(d, scan_layers=False)`) decode batches ~10%
     faster than the layer scan, which copies each layer's slice of the stacked cache to attend
     over it; at batch 1 the two are even.
@@ -139,16 +144,42 @@ def generate(
     knobs = decoding.Knobs.of(settings, stop_ids, cfg.padded_vocab_size, slots)
     rows = _rows(len(arrays), model.mesh)
     batch = decoding.make_batch(arrays, rows, cfg.padded_vocab_size, states, plan.use_penalty)
-    program = _program(model, plan)
     args = (model.params, batch, knobs, table, row_keys(seed, len(arrays), rows))
-    if model.mesh is not None:
-        with jax.set_mesh(model.mesh):
+    if on_tokens is not None and plan.num_beams > 1:
+        raise ValueError("streaming (on_tokens) needs num_beams == 1: beams reorder their past")
+    if on_tokens is not None and chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    with jax.set_mesh(model.mesh) if model.mesh is not None else contextlib.nullcontext():
+        if model.mesh is not None:
             args = _place(args, model.mesh)
-            tokens, counts = program(*args, num_slots=slots)
-    else:
-        tokens, counts = program(*args, num_slots=slots)
+        if on_tokens is None:
+            tokens, counts = _program(model, plan)(*args, num_slots=slots)
+        else:
+            tokens, counts = _stream(model, plan, args, slots, settings.max_new_tokens,
+                                     len(arrays), on_tokens, chunk)
     tokens, counts = np.asarray(tokens), np.asarray(counts)
     return [tokens[r, : counts[r]].tolist() for r in range(len(arrays))]
+
+
+def _stream(model: Generator, plan: decoding.Plan, args: tuple, slots: int, budget: int,
+            n: int, on_tokens: Callable[[list[list[int]]], None], chunk: int):
+    """sample_loop in chunks of `chunk` steps, handing each prompt's new ids to `on_tokens`."""
+    start, advance = _stream_programs(model, plan)
+    params, _, knobs, table, keys = args
+    state = start(*args, num_slots=slots)
+    sent, t = [0] * n, 0
+    while True:
+        t = min(t + chunk, budget)
+        state = advance(params, knobs, table, keys, state, jnp.int32(t))
+        counts = np.asarray(state["counts"][:n])
+        done = bool(np.asarray(state["done"]).all()) or int(state["t"]) < t or t >= budget
+        tokens = np.asarray(state["tokens"][:n, : int(counts.max(initial=0))])
+        new = [tokens[r, sent[r] : counts[r]].tolist() for r in range(n)]
+        if any(new):
+            on_tokens(new)
+        sent = [int(c) for c in counts]
+        if done:
+            return state["tokens"], state["counts"]
 
 
 def row_keys(seed: int | Sequence[int], num_prompts: int, rows: int) -> jax.Array:
@@ -177,12 +208,43 @@ def sample_loop(
     """Greedy or sampled decoding of every row: (tokens [rows, num_slots], counts [rows]).
 
     keys: one PRNG key per row (`row_keys`)."""
+    state = sample_start(model, plan, params, batch, knobs, table, keys, num_slots=num_slots)
+    final = sample_advance(model, plan, params, knobs, table, keys, state, num_slots)
+    return final["tokens"], final["counts"]
+
+
+def sample_start(model: Transformer, plan: decoding.Plan, params: Any,
+                 batch: decoding.PromptBatch, knobs: decoding.Knobs,
+                 table: constraints.SpanTable | None, keys: jax.Array, *,
+                 num_slots: int) -> dict:
+    """The prompts' prefill: the decoding state before the first new token."""
+    del plan, knobs, table, keys  # the signature of every program of a plan
     rows, length = batch.ids.shape
     logits, cache = decoding.prefill(model, params, batch, length + num_slots)
+    return dict(
+        t=jnp.zeros((), jnp.int32),
+        logits=logits,
+        cache=cache,
+        tokens=jnp.zeros((rows, num_slots), jnp.int32),
+        counts=jnp.zeros(rows, jnp.int32),
+        done=~batch.real,
+        span=batch.span,
+        pos=batch.pos,
+        seen=batch.seen,
+        position=batch.next_position,
+    )
+
+
+def sample_advance(model: Transformer, plan: decoding.Plan, params: Any,
+                   knobs: decoding.Knobs, table: constraints.SpanTable | None,
+                   keys: jax.Array, state: dict, until: jax.Array | int) -> dict:
+    """Decodes from `state` until every row is done, max_new_tokens, or `until` new tokens
+    (a streaming caller advances in chunks; the tokens are the same either way)."""
+    rows = state["tokens"].shape[0]
     row_index = jnp.arange(rows)
 
     def cond(c):
-        return (c["t"] < knobs.max_new_tokens) & ~jnp.all(c["done"])
+        return (c["t"] < jnp.minimum(knobs.max_new_tokens, until)) & ~jnp.all(c["done"])
 
     def body(c):
         t, done = c["t"], c["done"]
@@ -210,20 +272,7 @@ def sample_loop(
         out["t"] = t + 1
         return out
 
-    init = dict(
-        t=jnp.zeros((), jnp.int32),
-        logits=logits,
-        cache=cache,
-        tokens=jnp.zeros((rows, num_slots), jnp.int32),
-        counts=jnp.zeros(rows, jnp.int32),
-        done=~batch.real,
-        span=batch.span,
-        pos=batch.pos,
-        seen=batch.seen,
-        position=batch.next_position,
-    )
-    final = jax.lax.while_loop(cond, body, init)
-    return final["tokens"], final["counts"]
+    return jax.lax.while_loop(cond, body, state)
 
 
 def _programs(model: Generator) -> dict:
@@ -240,6 +289,20 @@ def _program(model: Generator, plan: decoding.Plan):
         )
         programs[plan] = jax.jit(fn, static_argnames=("num_slots",))
     return programs[plan]
+
+
+def _stream_programs(model: Generator, plan: decoding.Plan):
+    """The jitted (prefill, advance) pair of `plan` that streaming generation runs."""
+    programs = _programs(model)
+    key = ("stream", plan)
+    if key not in programs:
+        rules = partitioning.logical_axis_rules()
+        start = decoding.traced(model.model, rules, functools.partial(_call, sample_start, plan))
+        advance = decoding.traced(model.model, rules,
+                                  functools.partial(_call, sample_advance, plan))
+        programs[key] = (jax.jit(start, static_argnames=("num_slots",)),
+                         jax.jit(advance, donate_argnames=("state",)))
+    return programs[key]
 
 
 def _call(loop, plan, model, *args, **kwargs):

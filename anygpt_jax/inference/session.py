@@ -120,9 +120,12 @@ class Engine:
     # ----- chat -------------------------------------------------------------------------------
 
     def chat_round(self, conversations: Sequence[Conversation], messages: Sequence[ChatMessage],
-                   out_dir: str, names: Sequence[str]) -> list[dict]:
+                   out_dir: str, names: Sequence[str],
+                   streams: Sequence[Callable[[list[int]], None] | None] | None = None,
+                   ) -> list[dict]:
         """Sends message i to conversation i (all generated together, grouped by settings) and
-        returns one turn record each; a conversation's history grows only on success."""
+        returns one turn record each; a conversation's history grows only on success.
+        streams[i], when given, receives message i's new ids as they are decoded."""
         refs = [[p for p in m.parts if isinstance(p, MediaRef)] for m in messages]
         flat = self._encode_inputs([r for rs in refs for r in rs])
         records: list[dict] = [{"user": describe_message(m)} for m in messages]
@@ -149,8 +152,9 @@ class Engine:
         for group_key in sorted({key(i) for i in prompts}, key=repr):
             settings_name, stops, overrides = group_key
             group = [i for i in prompts if key(i) == group_key]
+            row_streams = [streams[i] if streams else None for i in group]
             outs = self._generate([prompts[i] for i in group], settings_name, list(stops),
-                                  overrides)
+                                  overrides, _fan_out(row_streams))
             for i, ids in zip(group, outs, strict=True):
                 if isinstance(ids, Exception):
                     records[i].update(error_record(ids))
@@ -185,12 +189,16 @@ class Engine:
         return out
 
     def _generate(self, prompts: list[list[int]], settings_name: str, stops: list[int],
-                  overrides: Sequence[tuple[str, Any]] = ()) -> list[list[int] | Exception]:
-        """One batched call; a failure (e.g. a prompt too long) fails the whole group."""
+                  overrides: Sequence[tuple[str, Any]] = (),
+                  on_tokens: Callable[[list[list[int]]], None] | None = None,
+                  ) -> list[list[int] | Exception]:
+        """One batched call; a failure (e.g. a prompt too long) fails the whole group. Beam
+        search streams nothing (its beams reorder their past): its reply comes whole."""
         try:
             settings = settings_for(settings_name, overrides)
             outs = generate(self.model, prompts, settings, seed=self.seed, stop_ids=stops,
-                            constrain=self.constrain)
+                            constrain=self.constrain,
+                            on_tokens=on_tokens if settings.num_beams == 1 else None)
         except ValueError as e:
             return [e] * len(prompts)
         return [[int(t) for t in ids] for ids in outs]
@@ -209,6 +217,20 @@ class Engine:
             else:
                 parts.append(s)
         return {"text": "".join(parts).strip(), "media": media}
+
+
+def _fan_out(streams: Sequence[Callable[[list[int]], None] | None]
+             ) -> Callable[[list[list[int]]], None] | None:
+    """generate's on_tokens that hands row r's new ids to streams[r] (None: none streams)."""
+    if not any(streams):
+        return None
+
+    def on_tokens(new: list[list[int]]) -> None:
+        for stream, ids in zip(streams, new, strict=True):
+            if stream is not None and ids:
+                stream(ids)
+
+    return on_tokens
 
 
 def settings_for(output: str, overrides: Sequence[tuple[str, Any]] = ()) -> GenerationSettings:

@@ -1,7 +1,10 @@
 """The HTTP API: OpenAI-shaped chat completions with media in and out, health and metrics.
 
     POST /v1/chat/completions   JSON (serving/messages.py), or multipart/form-data with the
-                                JSON in the `request` field and files referenced by field name
+                                JSON in the `request` field and files referenced by field name;
+                                `"stream": true` answers with server-sent events, text as it is
+                                decoded (chat mode; the last event has the media and the whole
+                                reply)
     GET  /v1/media/{name}       a generated file (PNG, WAV, or codes as JSON)
     GET  /                      the chat page (static/: no asset from anywhere else)
     GET  /health                {"status": "ok", "model": ..., "queue": N}
@@ -27,7 +30,7 @@ import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -130,6 +133,10 @@ def make_app(scheduler: RoundScheduler, store: MediaStore, model_name: str,
             return error(413, "too_large", str(e))
         except RequestError as e:
             return error(400, "invalid_request", str(e))
+        if payload.get("stream") is True and job.base is None:
+            metrics.requests.labels("200").inc()
+            return StreamingResponse(_events(scheduler, job, model_name, files, metrics),
+                                     media_type="text/event-stream")
         try:
             record = await asyncio.wrap_future(scheduler.submit(job))
         except Exception as e:  # noqa: BLE001 - a fault of the server: said, not hidden
@@ -140,6 +147,46 @@ def make_app(scheduler: RoundScheduler, store: MediaStore, model_name: str,
         return _completion(record, job.reply_modality, model_name, scheduler.media_dir, files)
 
     return app
+
+
+async def _events(scheduler: RoundScheduler, job, model_name: str,
+                  files: dict[str, tuple[str, str]], metrics: Metrics):
+    """Server-sent events of a streamed chat: a chunk per piece of text as it is decoded, then
+    one with the media and finish reason (or the error), then [DONE]."""
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue[str] = asyncio.Queue()
+    future = scheduler.submit(job, lambda text: loop.call_soon_threadsafe(pieces.put_nowait,
+                                                                          text))
+    done = asyncio.wrap_future(future)
+    chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
+
+    def event(delta: dict, finish: str | None = None, **extra) -> str:
+        body = {"id": chunk_id, "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": model_name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        return f"data: {json.dumps(body)}\n\n"
+
+    yield event({"role": "assistant"})
+    while not (done.done() and pieces.empty()):
+        getter = asyncio.ensure_future(pieces.get())
+        finished, _ = await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
+        if getter in finished:
+            yield event({"content": getter.result()})
+        else:
+            getter.cancel()
+    try:
+        record = done.result()
+    except Exception as e:  # noqa: BLE001 - a fault of the server, said in the stream
+        record = {"error": f"{type(e).__name__}: {e}"}
+    if record.get("error"):
+        metrics.errors.labels("invalid_request").inc()
+        yield f"data: {json.dumps({'error': {'message': record['error']}})}\n\n"
+    else:
+        whole = _completion(record, job.reply_modality, model_name, scheduler.media_dir, files)
+        message = whole["choices"][0]["message"]
+        yield event({"media": message["media"]}, whole["choices"][0]["finish_reason"],
+                    content=message["content"], usage=whole["usage"])
+    yield "data: [DONE]\n\n"
 
 
 async def _read_body(request: Request) -> tuple[Any, dict[str, bytes]]:

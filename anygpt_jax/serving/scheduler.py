@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from anygpt_jax.inference.chat import Conversation, chat_style
 from anygpt_jax.inference.session import Engine
@@ -25,6 +26,7 @@ class _Pending:
     job: ChatJob
     future: cf.Future
     queued_at: float
+    on_text: Callable[[str], None] | None = None
 
 
 class RoundScheduler:
@@ -39,10 +41,11 @@ class RoundScheduler:
         self._thread = threading.Thread(target=self._run, name="anygpt-rounds", daemon=True)
         self._thread.start()
 
-    def submit(self, job: ChatJob) -> cf.Future:
-        """Queues `job`; the future resolves to its turn record."""
+    def submit(self, job: ChatJob, on_text: Callable[[str], None] | None = None) -> cf.Future:
+        """Queues `job`; the future resolves to its turn record. `on_text` (chat jobs) gets
+        the reply's text as it grows, a piece at a time, from the worker thread."""
         future: cf.Future = cf.Future()
-        self._queue.put(_Pending(job, future, time.perf_counter()))
+        self._queue.put(_Pending(job, future, time.perf_counter(), on_text))
         return future
 
     def queue_length(self) -> int:
@@ -94,9 +97,11 @@ class RoundScheduler:
                     chats.append(k)
                     conversations.append(conversation)
             if chats:
+                streams = [_text_stream(c, batch[k].on_text)
+                           for c, k in zip(conversations, chats, strict=True)]
                 done = self.engine.chat_round(
                     conversations, [batch[k].job.message for k in chats], self.media_dir,
-                    [uuid.uuid4().hex for _ in chats])
+                    [uuid.uuid4().hex for _ in chats], streams)
                 for k, record in zip(chats, done, strict=True):
                     records[k] = record
         except Exception as e:  # noqa: BLE001 - the server stays up; each request hears why
@@ -127,3 +132,29 @@ class RoundScheduler:
             raise bad
         it = iter(spans)
         return [p if isinstance(p, str) else next(it) for p in message.parts]
+
+
+def _text_stream(conversation: Conversation,
+                 on_text: Callable[[str], None] | None) -> Callable[[list[int]], None] | None:
+    """New ids -> `on_text` with what the reply's visible text gained (the conversation's own
+    cut: no role or end markers; media spans show in the final record, not here)."""
+    if on_text is None:
+        return None
+    ids: list[int] = []
+    sent = [""]
+    stops = conversation.stop_ids
+
+    def stream(new: list[int]) -> None:
+        ids.extend(new)
+        segments, _ = conversation.reply(ids, stops)
+        text = "".join(s for s in segments if isinstance(s, str)).lstrip()
+        # What may be a marker still forming (`[Hum`, `<eo`) is held back: once whole, the
+        # conversation cuts it, and a sent piece cannot be taken back.
+        opening = max(text.rfind("["), text.rfind("<"))
+        if opening >= 0 and not {"]", ">"} & set(text[opening:]):
+            text = text[:opening]
+        if text.startswith(sent[0]) and len(text) > len(sent[0]):
+            on_text(text[len(sent[0]):])
+            sent[0] = text
+
+    return stream

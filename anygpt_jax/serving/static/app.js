@@ -140,30 +140,85 @@ async function send(event) {
   status("generating ...");
   const started = performance.now();
   try {
+    const stream = mode === "chat";
     const response = await fetch("/v1/chat/completions", {
-      method: "POST", headers: apiHeaders(), body: JSON.stringify(body) });
-    const reply = await response.json();
+      method: "POST", headers: apiHeaders(), body: JSON.stringify({ ...body, stream: stream }) });
     if (!response.ok) {
+      const reply = await response.json();
       addTurn("assistant", [{ text: (reply.error && reply.error.message) || response.statusText }], "error");
       status("error " + response.status);
       return;
     }
-    const msg = reply.choices[0].message;
-    const parts = msg.content ? [{ text: msg.content }] : [];
-    for (const m of msg.media || []) {
-      if (m.format === "png") parts.push({ image: m.url, alt: m.modality });
-      else if (m.format === "wav") parts.push({ audio: m.url });
-      else parts.push({ link: m.url, label: m.modality + " codes" + (m.note ? " (" + m.note + ")" : "") });
+    let final;
+    if (stream) {
+      const turn = addTurn("assistant", [{ text: "" }]);
+      const shown = turn.querySelector(".text");
+      for await (const event of events(response)) {
+        if (event.error) {
+          turn.classList.add("error");
+          shown.textContent = event.error.message;
+          status("error");
+          return;
+        }
+        const delta = event.choices[0].delta;
+        if (delta.content) { shown.textContent += delta.content; turn.scrollIntoView({ block: "end" }); }
+        if (event.choices[0].finish_reason) final = event;
+      }
+      if (!final) throw new Error("the reply ended early");
+      shown.textContent = final.content;
+      for (const m of final.choices[0].delta.media || []) renderMedia(turn, m);
+      if (!final.content && !(final.choices[0].delta.media || []).length) shown.textContent = "(empty reply)";
+      history.push(message, { role: "assistant", content: final.content || " " });
+      status("replied in " + ((performance.now() - started) / 1000).toFixed(1) + " s, " +
+             final.usage.completion_tokens + " tokens");
+    } else {
+      const reply = await response.json();
+      const msg = reply.choices[0].message;
+      const turn = addTurn("assistant", msg.content ? [{ text: msg.content }] : []);
+      for (const m of msg.media || []) renderMedia(turn, m);
+      if (!msg.content && !(msg.media || []).length) turn.textContent = "(empty reply)";
+      status("replied in " + ((performance.now() - started) / 1000).toFixed(1) + " s, " +
+             reply.usage.completion_tokens + " tokens");
     }
-    addTurn("assistant", parts.length ? parts : [{ text: "(empty reply)" }]);
-    if (mode === "chat") history.push(message, { role: "assistant", content: msg.content || " " });
-    status("replied in " + ((performance.now() - started) / 1000).toFixed(1) + " s, " +
-           reply.usage.completion_tokens + " tokens");
   } catch (e) {
     addTurn("assistant", [{ text: String(e) }], "error");
     status("the server could not be reached");
   } finally {
     $("send").disabled = false;
+  }
+}
+
+function renderMedia(turn, m) {
+  // A generated medium: PNG as an image, WAV as a player, codes as a link to them.
+  if (m.format === "png") {
+    const img = document.createElement("img"); img.src = m.url; img.alt = m.modality; turn.appendChild(img);
+  } else if (m.format === "wav") {
+    const audio = document.createElement("audio"); audio.controls = true; audio.src = m.url; turn.appendChild(audio);
+  } else {
+    const a = document.createElement("a"); a.href = m.url; a.target = "_blank";
+    a.textContent = m.modality + " codes" + (m.note ? " (" + m.note + ")" : "");
+    turn.appendChild(document.createElement("br")); turn.appendChild(a);
+  }
+}
+
+async function* events(response) {
+  // The server-sent events of a streamed reply, parsed; stops at [DONE].
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const line = buffer.slice(0, end).trim();
+      buffer = buffer.slice(end + 2);
+      if (!line.startsWith("data: ")) continue;
+      const data = line.slice(6);
+      if (data === "[DONE]") return;
+      yield JSON.parse(data);
+    }
   }
 }
 

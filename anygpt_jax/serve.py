@@ -31,6 +31,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help=f"require this key (default: ${API_KEY_ENV}, else no key)")
     parser.add_argument("--max_batch", type=int, default=16,
                         help="requests generated together in one round")
+    parser.add_argument("--gather_ms", type=float, default=10.0,
+                        help="how long a round waits for more requests once one is in")
     parser.add_argument("--max_upload_mb", type=float, default=20.0,
                         help="media bytes one request may carry")
     parser.add_argument("--media_dir", default=None,
@@ -39,8 +41,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="chat template: the paper's (anygpt) or the release's (mmgpt)")
     args, bindings = gin_utils.parse_flags(parser, argv)
     check_engine_flags(parser, args)
-    if args.max_batch < 1 or args.max_upload_mb <= 0:
-        parser.error("--max_batch must be >= 1 and --max_upload_mb > 0")
+    if args.max_batch < 1 or args.max_upload_mb <= 0 or args.gather_ms < 0:
+        parser.error("--max_batch must be >= 1, --max_upload_mb > 0 and --gather_ms >= 0")
     return args, bindings
 
 
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                        int(args.max_upload_mb * 1024 * 1024))
     out = os.path.join(media_dir, "generated")
     os.makedirs(out, exist_ok=True)
-    scheduler = RoundScheduler(engine, out, args.max_batch, args.template)
+    scheduler = RoundScheduler(engine, out, args.max_batch, args.template,
+                               gather_ms=args.gather_ms)
     app = make_app(scheduler, store, os.path.basename(os.path.normpath(args.ckpt)),
                    args.api_key or os.environ.get(API_KEY_ENV))
     print(f"serving {args.ckpt} on http://{args.host}:{args.port}/ (media in {media_dir})",

@@ -34,8 +34,14 @@ class RoundScheduler:
     future of the engine's turn record (text, media, finished, num_new_tokens, error)."""
 
     def __init__(self, engine: Engine, media_dir: str, max_batch: int = 16,
-                 template: str = "anygpt", observer=None):
+                 template: str = "anygpt", observer=None, gather_ms: float = 10.0):
         self.engine, self.media_dir, self.max_batch = engine, media_dir, max_batch
+        # How long a round waits for company once its first request is in, when the last
+        # round had company: clients answered by one round come back at nearly the same time,
+        # and a round started with the first of them would leave the rest to the next. A lone
+        # client never waits.
+        self.gather_s = gather_ms / 1000
+        self._last_round = 1
         self.template, self.observer = template, observer
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="anygpt-rounds", daemon=True)
@@ -63,15 +69,17 @@ class RoundScheduler:
             if first is None:
                 return
             batch = [first]
+            deadline = time.perf_counter() + (self.gather_s if self._last_round > 1 else 0.0)
             while len(batch) < self.max_batch:
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
                 except queue.Empty:
                     break
                 if nxt is None:
                     self._queue.put(None)  # stop after this round
                     break
                 batch.append(nxt)
+            self._last_round = len(batch)
             self._round(batch)
 
     def _round(self, batch: list[_Pending]) -> None:

@@ -360,3 +360,7 @@ def test_a_streamed_reply_arrives_in_pieces_as_it_is_decoded(server):
     assert len(pieces) >= 2, events
     squeeze = lambda text: "".join(text.split())  # noqa: E731
     assert squeeze(final["content"]).startswith(squeeze("".join(pieces)))
+    # What the engine refuses is still a 4xx, not an error inside a 200 stream.
+    body["messages"][0]["content"] = "word " * 3000
+    status, got = call(server, "/v1/chat/completions", body)
+    assert status == 400 and "the prompt" in got["error"]["message"], got

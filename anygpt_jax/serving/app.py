@@ -134,8 +134,25 @@ def make_app(scheduler: RoundScheduler, store: MediaStore, model_name: str,
         except RequestError as e:
             return error(400, "invalid_request", str(e))
         if payload.get("stream") is True and job.base is None:
+            # The stream opens with the reply's first piece, so that a request the engine
+            # refuses (an unreadable medium, a prompt past the context) still gets its 4xx.
+            loop = asyncio.get_running_loop()
+            pieces: asyncio.Queue[str] = asyncio.Queue()
+            done = asyncio.wrap_future(scheduler.submit(
+                job, lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)))
+            first = asyncio.ensure_future(pieces.get())
+            await asyncio.wait({first, done}, return_when=asyncio.FIRST_COMPLETED)
+            if not first.done():
+                first.cancel()
+                if done.exception() is not None:
+                    return error(500, "server_error", f"{type(done.exception()).__name__}: "
+                                 f"{done.exception()}")
+                if done.result().get("error"):
+                    return error(400, "invalid_request", done.result()["error"])
+            head = first.result() if first.done() and not first.cancelled() else None
             metrics.requests.labels("200").inc()
-            return StreamingResponse(_events(scheduler, job, model_name, files, metrics),
+            return StreamingResponse(_events(done, pieces, head, job, model_name,
+                                             scheduler.media_dir, files, metrics),
                                      media_type="text/event-stream")
         try:
             record = await asyncio.wrap_future(scheduler.submit(job))
@@ -149,15 +166,11 @@ def make_app(scheduler: RoundScheduler, store: MediaStore, model_name: str,
     return app
 
 
-async def _events(scheduler: RoundScheduler, job, model_name: str,
-                  files: dict[str, tuple[str, str]], metrics: Metrics):
-    """Server-sent events of a streamed chat: a chunk per piece of text as it is decoded, then
-    one with the media and finish reason (or the error), then [DONE]."""
-    loop = asyncio.get_running_loop()
-    pieces: asyncio.Queue[str] = asyncio.Queue()
-    future = scheduler.submit(job, lambda text: loop.call_soon_threadsafe(pieces.put_nowait,
-                                                                          text))
-    done = asyncio.wrap_future(future)
+async def _events(done: asyncio.Future, pieces: asyncio.Queue, head: str | None, job,
+                  model_name: str, media_dir: str, files: dict[str, tuple[str, str]],
+                  metrics: Metrics):
+    """Server-sent events of a streamed chat: a chunk per piece of text as it is decoded
+    (`head` first), then one with the media and finish reason (or the error), then [DONE]."""
     chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
 
     def event(delta: dict, finish: str | None = None, **extra) -> str:
@@ -167,6 +180,8 @@ async def _events(scheduler: RoundScheduler, job, model_name: str,
         return f"data: {json.dumps(body)}\n\n"
 
     yield event({"role": "assistant"})
+    if head is not None:
+        yield event({"content": head})
     while not (done.done() and pieces.empty()):
         getter = asyncio.ensure_future(pieces.get())
         finished, _ = await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
@@ -182,7 +197,7 @@ async def _events(scheduler: RoundScheduler, job, model_name: str,
         metrics.errors.labels("invalid_request").inc()
         yield f"data: {json.dumps({'error': {'message': record['error']}})}\n\n"
     else:
-        whole = _completion(record, job.reply_modality, model_name, scheduler.media_dir, files)
+        whole = _completion(record, job.reply_modality, model_name, media_dir, files)
         message = whole["choices"][0]["message"]
         yield event({"media": message["media"]}, whole["choices"][0]["finish_reason"],
                     content=message["content"], usage=whole["usage"])

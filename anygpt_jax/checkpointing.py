@@ -139,7 +139,12 @@ def restore_subtree(path: str, prefix: tuple[str, ...], target: Any) -> Any:
     """
     if target is None:
         with ocp.StandardCheckpointer() as checkpointer:
-            tree = checkpointer.metadata(path).item_metadata.tree
+            metadata = checkpointer.metadata(path).item_metadata
+        if metadata is None:
+            # The checkpointer logs and drops why it could not read the tree's metadata (seen
+            # once in CI under load, not reproduced): its handler raises the reason itself.
+            metadata = ocp.StandardCheckpointHandler().metadata(storage.path(path))
+        tree = metadata.tree
         for key in prefix:
             tree = tree[key]
         target = jax.tree_util.tree_map(

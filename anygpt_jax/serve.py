@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     store = MediaStore(os.path.join(media_dir, "uploads"),
                        int(args.max_upload_mb * 1024 * 1024))
     out = os.path.join(media_dir, "generated")
-    os.makedirs(out, exist_ok=True)
+    os.makedirs(out, exist_ok=True)  # local: uploads and renders are files on this host
     scheduler = RoundScheduler(engine, out, args.max_batch, args.template,
                                gather_ms=args.gather_ms)
     app = make_app(scheduler, store, os.path.basename(os.path.normpath(args.ckpt)),

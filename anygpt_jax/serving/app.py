@@ -46,7 +46,7 @@ from anygpt_jax.serving.messages import MediaStore, PayloadTooLarge, parse_chat_
 from anygpt_jax.serving.scheduler import RoundScheduler
 
 MEDIA_TYPES = {"png": "image/png", "wav": "audio/wav", "codes": "application/json"}
-STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")  # local: its page
 
 
 class Metrics:

@@ -71,7 +71,7 @@ class MediaStore:
 
     def __init__(self, root: str, max_bytes: int):
         self.root, self.max_bytes = root, max_bytes
-        os.makedirs(root, exist_ok=True)
+        os.makedirs(root, exist_ok=True)  # local: a directory of this host's, never a request's
 
     def save(self, data: bytes, suffix: str = "") -> str:
         """Writes `data` to a new file of the store; returns its path."""

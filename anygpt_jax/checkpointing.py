@@ -109,6 +109,14 @@ def load_vocab(directory: str):
     return MergedVocabulary.load(os.fspath(vocab_dir))
 
 
+def newest_committed_step(checkpoints_dir: storage.PathLike) -> int | None:
+    """The newest step of a checkpoints/ directory whose save was committed, read from the
+    directory itself (a running CheckpointManager also lists a step whose save has begun)."""
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    with ocp.CheckpointManager(storage.path(checkpoints_dir), options=options) as manager:
+        return manager.latest_step()
+
+
 def params_location(directory: str) -> tuple[str, tuple[str, ...]]:
     """(orbax checkpoint path, key path of the params inside it) of a model directory.
 
@@ -121,9 +129,7 @@ def params_location(directory: str) -> tuple[str, tuple[str, ...]]:
 
     checkpoints = q / CHECKPOINTS_DIR
     if checkpoints.is_dir():
-        options = ocp.CheckpointManagerOptions(read_only=True)
-        with ocp.CheckpointManager(checkpoints, options=options) as manager:
-            step = manager.latest_step()
+        step = newest_committed_step(checkpoints)
         if step is not None:
             return os.fspath(checkpoints / str(step) / STATE_ITEM), ("params",)
     raise FileNotFoundError(

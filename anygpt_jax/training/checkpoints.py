@@ -28,6 +28,7 @@ from anygpt_jax.checkpointing import (
     INTEGRITY_ITEM,
     STATE_ITEM,
     fingerprint_record,
+    newest_committed_step,
 )
 from anygpt_jax.training.hooks import TrainHook
 
@@ -139,7 +140,8 @@ class TrainCheckpointer:
         reason = " ".join(str(e).split())[:300] or type(e).__name__
         return CheckpointSaveError(
             f"saving checkpoint step {self._saving} to {self.model_dir / CHECKPOINTS_DIR} "
-            f"failed: {reason}; the last committed step is {self.latest_step()}"
+            f"failed: {reason}; the last committed step is "
+            f"{newest_committed_step(self.model_dir / CHECKPOINTS_DIR)}"
         )
 
     def close(self) -> None:

@@ -135,11 +135,7 @@ class Engine:
         for i, m in enumerate(messages):
             mine, k = flat[k : k + len(refs[i])], k + len(refs[i])
             try:
-                bad = next((s for s in mine if isinstance(s, Exception)), None)
-                if bad is not None:
-                    raise bad
-                it = iter(mine)
-                segments[i] = [next(it) if isinstance(p, MediaRef) else p for p in m.parts]
+                segments[i] = message_segments(m, mine)
                 prompt = conversations[i].prompt_ids(segments[i])
                 self._check_length(prompt, m.to or "chat", m.settings)
                 prompts[i] = prompt
@@ -217,6 +213,17 @@ class Engine:
             else:
                 parts.append(s)
         return {"text": "".join(parts).strip(), "media": media}
+
+
+def message_segments(message: ChatMessage,
+                     spans: Sequence[ModalitySpan | Exception]) -> list[Segment]:
+    """The message's parts with its media references replaced by their encoded spans, in
+    order; raises the first encoding error among `spans`."""
+    bad = next((s for s in spans if isinstance(s, Exception)), None)
+    if bad is not None:
+        raise bad
+    it = iter(spans)
+    return [next(it) if isinstance(p, MediaRef) else p for p in message.parts]
 
 
 def _fan_out(streams: Sequence[Callable[[list[int]], None] | None]

@@ -80,6 +80,7 @@ def make_app(scheduler: RoundScheduler, store: MediaStore, model_name: str,
     """The ASGI app over a running scheduler; `api_key` None serves anyone."""
     app = FastAPI(title="anygpt-jax", docs_url=None, redoc_url=None)
     metrics = metrics or Metrics(scheduler.queue_length)
+    scheduler.observer = metrics.observe  # each answered request: latency, round time, tokens
     files: dict[str, tuple[str, str]] = {}  # name -> (path, media type): what we wrote
 
     def error(status: int, kind: str, message: str) -> JSONResponse:

@@ -17,8 +17,10 @@ import uuid
 from collections.abc import Callable
 
 from anygpt_jax.inference.chat import Conversation, chat_style
-from anygpt_jax.inference.session import Engine
+from anygpt_jax.inference.requests import ChatMessage, MediaRef
+from anygpt_jax.inference.session import Engine, message_segments
 from anygpt_jax.serving.messages import ChatJob
+from anygpt_jax.vocab import Segment
 
 
 @dataclasses.dataclass
@@ -132,14 +134,9 @@ class RoundScheduler:
             return str(e)
         return None
 
-    def _segments(self, message):
-        refs = [p for p in message.parts if not isinstance(p, str)]
-        spans = self.engine.codecs.encode(refs) if refs else []
-        bad = next((s for s in spans if isinstance(s, Exception)), None)
-        if bad is not None:
-            raise bad
-        it = iter(spans)
-        return [p if isinstance(p, str) else next(it) for p in message.parts]
+    def _segments(self, message: ChatMessage) -> list[Segment]:
+        refs = [p for p in message.parts if isinstance(p, MediaRef)]
+        return message_segments(message, self.engine.codecs.encode(refs) if refs else [])
 
 
 def _text_stream(conversation: Conversation,

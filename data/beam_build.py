@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import re
@@ -37,7 +36,6 @@ from anygpt_jax.vocab import MergedVocabulary
 
 from . import build, readers
 
-log = logging.getLogger("data.beam_build")
 NAMESPACE = "data.build"
 DEAD_LETTER = "dead_letter"
 

@@ -397,7 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     args, beam_args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Our own progress at INFO; other libraries only past their warnings (fsspec announces
+    # its read caches at INFO on every gs:// file).
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("data").setLevel(logging.INFO)
     try:
         if args.runner is not None:
             return _run_on_beam(args, beam_args)

@@ -244,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
     p.add_argument("--no-progress", dest="no_progress", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Our own progress at INFO; other libraries only past their warnings (fsspec announces
+    # its read caches at INFO on every gs:// file).
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("data").setLevel(logging.INFO)
     try:
         summary = prepare(args.name, args)
     except (ValueError, OSError) as e:

@@ -76,6 +76,9 @@ def test_build_to_gs_equals_local_build(corpus, gs_dir, anygpt_tokenizer_dir, me
              "--vocab", anygpt_tokenizer_dir, "--tokenizer", "image=demo",
              "--examples-per-shard", "3", "--workers", "1", "--no-progress")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
+    # Only the builder's own lines: no library's notices (gcsfs/fsspec caches, ...).
+    own = ("INFO data.build:", "WARNING data.build:")
+    assert [x for x in r.stderr.splitlines() if not x.startswith(own)] == [], r.stderr[-3000:]
     got = json.loads(r.stdout)
     assert (got["examples"], got["skipped"], got["shards"]) == (7, 1, 3) == (
         want["examples"], want["skipped"], want["shards"])  # fmt: skip

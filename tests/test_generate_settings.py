@@ -91,3 +91,7 @@ def test_plans_leave_out_filters_that_do_nothing():
     beams = Plan.of(GenerationSettings(num_beams=4, early_stopping=True), False, 3)
     assert beams.num_stop == 3 and beams.min_tokens_to_keep == 4
     assert [bucket(n) for n in (1, 16, 17, 100, 129)] == [16, 16, 32, 128, 256]
+    # Prompt lengths: two sizes per octave, never below the minimum, each n fits its bucket.
+    halves = [bucket(n, per_octave=2) for n in (1, 16, 17, 25, 33, 49, 65, 79, 97, 129, 4000)]
+    assert halves == [16, 16, 24, 32, 48, 64, 96, 96, 128, 192, 4096]
+    assert all(n <= bucket(n, per_octave=p) < 2 * n + 16 for n in range(1, 600) for p in (1, 2, 4))

@@ -9,6 +9,7 @@ ending with the assistant's role marker; the style (`[AnyGPT]:`/`<eom>` or the r
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from collections.abc import Sequence
@@ -97,12 +98,16 @@ class Conversation:
     def stop_ids(self) -> list[int]:
         """Ids that end a reply: `</s>`, the user's role marker (a new turn) and the
         assistant's end marker when it is one token (`<eos>`; `<eom>` is plain text)."""
+        return list(self._stops)
+
+    @functools.cached_property
+    def _stops(self) -> tuple[int, ...]:  # a server asks per request and per batch group
         stops = [self.vocab.eos_id]
         for marker in (self.style.user, self.style.assistant_end):
             ids = self.vocab.encode(marker)
             if len(ids) == 1 and self.vocab.id_to_token(ids[0]) == marker:
                 stops.append(ids[0])
-        return stops
+        return tuple(stops)
 
     @property
     def end_text(self) -> str | None:

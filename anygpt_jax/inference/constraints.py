@@ -11,6 +11,7 @@ code added, only if enough new tokens remain to reach a valid end marker.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import flax.struct
@@ -103,15 +104,16 @@ def span_table(
     )
 
 
-def _need(table: SpanTable, span: jax.Array, pos: jax.Array) -> jax.Array:
-    """Fewest tokens (codes + end marker) that close a span of index `span` at `pos` codes."""
+def _need(table: SpanTable, span: jax.Array, pos: jax.Array, xp=jnp) -> jax.Array:
+    """Fewest tokens (codes + end marker) that close a span of index `span` at `pos` codes;
+    `xp` is jnp, or np for a table of host arrays."""
     q = table.num_codebooks[span]
     to_frame = (-pos) % q
-    to_min = jnp.maximum(table.min_len[span] - pos, 0)
-    free = jnp.maximum(to_min, to_frame) + 1
+    to_min = xp.maximum(table.min_len[span] - pos, 0)
+    free = xp.maximum(to_min, to_frame) + 1
     fixed = table.fixed_len[span]
-    need = jnp.where(fixed > 0, jnp.maximum(fixed - pos, 0) + 1, free)
-    return jnp.where(span > 0, need, 0)
+    need = xp.where(fixed > 0, xp.maximum(fixed - pos, 0) + 1, free)
+    return xp.where(span > 0, need, 0)
 
 
 def allowed_mask(
@@ -187,4 +189,8 @@ def prompt_state(
 
 def state_need(table: SpanTable, span: int, pos: int) -> int:
     """Host-side: fewest new tokens that close a span in state (span, pos); 0 in text."""
-    return int(_need(table, jnp.asarray(span, jnp.int32), jnp.asarray(pos, jnp.int32)))
+    if span == 0:
+        return 0
+    # numpy, not jax: a request checks this per prompt, and eager jax ops cost ~0.1 ms each.
+    host = SpanTable(*(np.asarray(getattr(table, f.name)) for f in dataclasses.fields(table)))
+    return int(_need(host, np.int32(span), np.int32(pos), xp=np))

@@ -186,12 +186,23 @@ def row_keys(seed: int | Sequence[int], num_prompts: int, rows: int) -> jax.Arra
     """One PRNG key per batch row: fold_in(key(seed), i) for an int seed, else
     fold_in(key(seed[i]), 0), which is what prompt i alone with seed[i] gets."""
     if isinstance(seed, (int, np.integer)):
-        return jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(int(seed)), jnp.arange(rows))
+        return _seed_row_keys(int(seed), rows)
     seeds = [int(s) for s in seed]
     if len(seeds) != num_prompts:
         raise ValueError(f"{len(seeds)} seeds for {num_prompts} prompts: give one per prompt")
     seeds += [0] * (rows - num_prompts)  # padding rows: their draws are discarded
-    return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0))(jnp.asarray(seeds))
+    return _own_seed_keys(jnp.asarray(seeds))
+
+
+# Traced once, not per call: eager vmap retraces each time (~2 ms, a server's every round).
+@functools.lru_cache(maxsize=64)
+def _seed_row_keys(seed: int, rows: int) -> jax.Array:
+    return jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), jnp.arange(rows))
+
+
+@jax.jit
+def _own_seed_keys(seeds: jax.Array) -> jax.Array:
+    return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0))(seeds)
 
 
 def sample_loop(

@@ -192,11 +192,13 @@ class Engine:
         search streams nothing (its beams reorder their past): its reply comes whole."""
         try:
             settings = settings_for(settings_name, overrides)
+            _t = time.perf_counter()
             outs = generate(self.model, prompts, settings, seed=self.seed, stop_ids=stops,
                             constrain=self.constrain,
                             on_tokens=on_tokens if settings.num_beams == 1 else None)
         except ValueError as e:
             return [e] * len(prompts)
+        self._gen_ms = (time.perf_counter() - _t) * 1e3
         return [[int(t) for t in ids] for ids in outs]
 
     def _write_reply(self, segments: Sequence[Segment], out_dir: str, name: str,

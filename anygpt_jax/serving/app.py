@@ -46,6 +46,7 @@ from anygpt_jax.serving.messages import MediaStore, PayloadTooLarge, parse_chat_
 from anygpt_jax.serving.scheduler import RoundScheduler
 
 MEDIA_TYPES = {"png": "image/png", "wav": "audio/wav", "codes": "application/json"}
+INLINE_PARSE_BYTES = 64 * 1024  # larger bodies (media) are parsed on a worker thread
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")  # local: its page
 
 
@@ -88,17 +89,9 @@ def make_app(scheduler: RoundScheduler, store: MediaStore, model_name: str,
         metrics.requests.labels(str(status)).inc()
         return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        # Generated media are fetched by players and <img> tags, which send no key: their
-        # names are 128 random bits, known only to whoever got the reply.
-        path = request.url.path
-        if api_key is not None and path.startswith("/v1/") and not path.startswith("/v1/media/"):
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return error(401, "unauthorized",
-                             "missing or wrong API key (Authorization: Bearer KEY)")
-        return await call_next(request)
+    if api_key is not None:
+        app.add_middleware(_KeyCheck, api_key=api_key, refuse=lambda: error(
+            401, "unauthorized", "missing or wrong API key (Authorization: Bearer KEY)"))
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -128,8 +121,13 @@ def make_app(scheduler: RoundScheduler, store: MediaStore, model_name: str,
             return error(413, "too_large", f"the request is {length} bytes; the limit is "
                          f"{store.max_bytes} bytes of media")
         try:
-            payload, uploads = await _read_body(request)
-            job = await asyncio.to_thread(parse_chat_request, payload, store, uploads)
+            payload, uploads, size = await _read_body(request)
+            # Media are decoded and written off the event loop; a text request parses in
+            # microseconds, less than the hop to a thread.
+            if size > INLINE_PARSE_BYTES or uploads:
+                job = await asyncio.to_thread(parse_chat_request, payload, store, uploads)
+            else:
+                job = parse_chat_request(payload, store, uploads)
         except PayloadTooLarge as e:
             return error(413, "too_large", str(e))
         except RequestError as e:
@@ -165,6 +163,26 @@ def make_app(scheduler: RoundScheduler, store: MediaStore, model_name: str,
         return _completion(record, job.reply_modality, model_name, scheduler.media_dir, files)
 
     return app
+
+
+class _KeyCheck:
+    """ASGI middleware: /v1/ requests need `Authorization: Bearer KEY`, except generated
+    media, which players and <img> tags fetch without one (their names are 128 random bits,
+    known only to whoever got the reply). Plain ASGI: starlette's BaseHTTPMiddleware costs
+    every request a task and a queue."""
+
+    def __init__(self, app, api_key: str, refuse):
+        self.app, self.expected, self.refuse = app, f"Bearer {api_key}".encode(), refuse
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if (scope["type"] == "http" and path.startswith("/v1/")
+                and not path.startswith("/v1/media/")):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                await self.refuse()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _events(done: asyncio.Future, pieces: asyncio.Queue, head: str | None, job,
@@ -205,8 +223,8 @@ async def _events(done: asyncio.Future, pieces: asyncio.Queue, head: str | None,
     yield "data: [DONE]\n\n"
 
 
-async def _read_body(request: Request) -> tuple[Any, dict[str, bytes]]:
-    """The JSON payload and uploaded files of a JSON or multipart request."""
+async def _read_body(request: Request) -> tuple[Any, dict[str, bytes], int]:
+    """The JSON payload, uploaded files and the JSON's size of a JSON or multipart request."""
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
         form = await request.form()
@@ -218,8 +236,9 @@ async def _read_body(request: Request) -> tuple[Any, dict[str, bytes]]:
                 uploads[field] = await value.read()
         if payload is None:
             raise RequestError("a multipart request needs its JSON in the 'request' field")
-        return _json(payload), uploads
-    return _json((await request.body()).decode("utf-8", errors="replace")), {}
+        return _json(payload), uploads, len(payload)
+    body = (await request.body()).decode("utf-8", errors="replace")
+    return _json(body), {}, len(body)
 
 
 def _json(text: str) -> Any:

@@ -60,6 +60,11 @@ def control_tokens(proto: sentencepiece_model_pb2.ModelProto) -> list[AddedToken
     ]
 
 
+# sentencepiece encodes a list on a thread pool it starts per call (~0.13 ms): a chat prompt's
+# few chunks encode ~20x faster one by one, a document's hundreds faster on the pool.
+BATCH_ENCODE_FROM = 128
+
+
 class TextCodec:
     """Encodes and decodes strings; knows nothing of modalities."""
 
@@ -135,7 +140,9 @@ class TextCodec:
 
     def encode_chunks(self, chunks: Sequence[str]) -> list[list[int]]:
         """BPE of already-Metaspaced chunks."""
-        return self._sp.encode(list(chunks)) if chunks else []
+        if len(chunks) < BATCH_ENCODE_FROM:
+            return [self._sp.encode(c) for c in chunks]
+        return self._sp.encode(list(chunks))
 
     def encode(self, text: str, at_start: bool = True) -> list[int]:
         """Ids of `text`, no BOS/EOS added; at_start=False: `text` continues an earlier one."""

@@ -83,6 +83,7 @@ EXTRAS_REQUIRE = {
         "gcp-storage-emulator>=2024.8",  # a real GCS JSON API on 127.0.0.1 for gs:// tests
         "selenium>=4.20,<5",  # drives Debian's chromium through chromium-driver (test_serve)
         "requests>=2.28",  # multipart uploads in test_serve
+        "aiohttp>=3.9",  # bench_serve's concurrent clients (gcsfs brings it too)
         "ruff>=0.6",
         *EVAL_REQUIRE,
         *BEAM_REQUIRE,

@@ -45,16 +45,20 @@ def server(tmp_path_factory, merged_vocab):
     engine = make_engine(build_assets(root, merged_vocab))
     scheduler = RoundScheduler(engine, str(root / "generated"), max_batch=8)
     (root / "generated").mkdir()
-    rounds = []
+    rounds, joins = [], []  # requests per round; (joiners, rows busy after) per admission
     app = make_app(scheduler, MediaStore(str(root / "uploads"), LIMIT), "tiny",
                    api_key="sekrit")
-    original = scheduler._round
+    original_round, original_admit = scheduler._round, scheduler._admit
 
     def counting(batch):
         rounds.append(len(batch))
-        original(batch)
+        original_round(batch)
 
-    scheduler._round = counting
+    def admitting(joiners):
+        original_admit(joiners)
+        joins.append((len(joiners), scheduler._running.busy))
+
+    scheduler._round, scheduler._admit = counting, admitting
     port = _free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
@@ -64,7 +68,8 @@ def server(tmp_path_factory, merged_vocab):
         if srv.started:
             break
         time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "rounds": rounds, "root": root}
+    yield {"url": f"http://127.0.0.1:{port}", "rounds": rounds, "joins": joins, "root": root,
+           "scheduler": scheduler}
     srv.should_exit = True
     thread.join(timeout=10)
     scheduler.close()
@@ -189,10 +194,13 @@ def test_bad_requests_get_a_4xx_and_the_server_goes_on(server):
     assert status == 200
 
 
-def test_concurrent_requests_share_rounds_and_none_is_lost(server):
-    """32 clients at once, a quarter of them bad: every good one is answered, in fewer rounds
-    than requests; the metrics count them."""
-    before = len(server["rounds"])
+@pytest.mark.parametrize("batching", ["continuous", "rounds"])
+def test_concurrent_requests_decode_together_and_none_is_lost(server, batching):
+    """32 clients at once, a quarter of them bad: every good one is answered, decoded with
+    others (rows of one continuous batch, or rounds); the metrics count them."""
+    scheduler = server["scheduler"]
+    scheduler.continuous = batching == "continuous"
+    before_rounds, before_joins = len(server["rounds"]), len(server["joins"])
 
     def one(k):
         if k % 4 == 3:
@@ -200,21 +208,60 @@ def test_concurrent_requests_share_rounds_and_none_is_lost(server):
         return call(server, "/v1/chat/completions",
                     {"messages": [{"role": "user", "content": f"Tell me about {k}"}]})
 
-    with cf.ThreadPoolExecutor(32) as pool:
-        results = list(pool.map(one, range(32)))
+    try:
+        with cf.ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(one, range(32)))
+    finally:
+        scheduler.continuous = True
     assert [s for k, (s, _) in enumerate(results) if k % 4 != 3] == [200] * 24
     assert [s for k, (s, _) in enumerate(results) if k % 4 == 3] == [400] * 8
-    rounds = server["rounds"][before:]
-    assert sum(rounds) == 24 and len(rounds) < 24 and max(rounds) > 1
+    rounds, joins = server["rounds"][before_rounds:], server["joins"][before_joins:]
+    if batching == "rounds":
+        assert sum(rounds) == 24 and len(rounds) < 24 and max(rounds) > 1 and not joins
+    else:
+        assert sum(n for n, _ in joins) == 24 and max(busy for _, busy in joins) > 1
+        assert not rounds
     status, text = call(server, "/metrics", key=None)
     text = text.decode()
     assert status == 200 and 'anygpt_requests_total{status="200"}' in text
     assert "anygpt_queue_length" in text
-    # The rounds' observations reach the metrics: tokens generated, latencies counted.
+    # The scheduler's observations reach the metrics: tokens generated, latencies counted.
     values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
               if line and not line.startswith("#")}
     assert values["anygpt_generated_tokens_total"] > 0
     assert values["anygpt_request_seconds_count"] >= 24
+
+
+def test_a_request_joins_a_running_generation_and_leaves_before_it_ends(server):
+    """Continuous batching: a short request sent while a long one is decoding is answered
+    before the long one ends (it joined at a decode step, not after the long one's batch), and
+    a beam-search request waits for the batch to drain, then runs in a round."""
+    import requests
+
+    headers = {"Authorization": "Bearer sekrit"}
+    long_body = {"messages": [{"role": "user", "content": "Tell me a long story"}],
+                 "max_tokens": 400, "stream": True, "temperature": 0.9, "do_sample": True}
+    times = {}
+    with requests.post(server["url"] + "/v1/chat/completions", json=long_body,
+                       headers=headers, stream=True, timeout=300) as long_reply:
+        lines = long_reply.iter_lines()
+        next(line for line in lines if line.startswith(b"data: "))  # it is decoding
+        status, short = call(server, "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 12,
+            "temperature": 0.9, "do_sample": True})
+        times["short"] = time.perf_counter()
+        assert status == 200, short
+        rest = [line for line in lines if line.startswith(b"data: ")]
+        times["long"] = time.perf_counter()
+    assert rest[-1] == b"data: [DONE]"
+    final = json.loads(rest[-2][len(b"data: "):])
+    assert final["usage"]["completion_tokens"] > 12  # still decoding when the short one ended
+    assert times["short"] < times["long"]
+    rounds = len(server["rounds"])
+    status, body = call(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "Hi"}], "num_beams": 2, "max_tokens": 16})
+    assert status == 200, body
+    assert len(server["rounds"]) == rounds + 1
 
 
 def test_the_serve_command_starts_answers_and_prints_nothing_alarming(tmp_path, merged_vocab):
@@ -369,3 +416,48 @@ def test_a_streamed_reply_arrives_in_pieces_as_it_is_decoded(server):
     body["messages"][0]["content"] = "word " * 3000
     status, got = call(server, "/v1/chat/completions", body)
     assert status == 400 and "the prompt" in got["error"]["message"], got
+
+
+def test_uploads_live_as_long_as_their_request(server):
+    """Decoded uploads are deleted once the request is answered, refused or failed: a server
+    that runs for weeks keeps none (a history carries its media again)."""
+    uploads = server["root"] / "uploads"
+    png = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + _png()}}
+    wav = {"type": "input_audio", "input_audio": {"data": _wav(), "format": "wav"}}
+    cases = [
+        ([{"type": "text", "text": "What is this? "}, png, wav], 200),
+        # the PNG is saved before the bad part is met: the 400 takes it away too
+        ([png, {"type": "media", "modality": "smell", "data": "AAAA"}], 400),
+        # saved, then refused by the engine (not an image)
+        ([{"type": "media", "modality": "image",
+           "data": base64.b64encode(b"not a png").decode()}], 400),
+    ]
+    for content, want in cases:
+        status, body = call(server, "/v1/chat/completions",
+                            {"messages": [{"role": "user", "content": content}],
+                             "max_tokens": 12})
+        assert status == want, body
+        assert not list(uploads.iterdir()), (content, list(uploads.iterdir()))
+    status, body = call(server, "/v1/chat/completions",
+                        {"messages": [{"role": "user", "content": [png]}], "stream": True})
+    assert status == 200 and b"[DONE]" in body
+    assert not list(uploads.iterdir())
+
+
+def test_generated_media_expire_and_their_files_go(tmp_path):
+    from anygpt_jax.serving.app import GeneratedMedia
+
+    table = GeneratedMedia(ttl_s=0.3)
+    first, second = tmp_path / "a.wav", tmp_path / "b.png"
+    first.write_bytes(b"RIFF")
+    table.add("a", str(first), "audio/wav")
+    time.sleep(0.2)
+    second.write_bytes(b"PNG")
+    table.add("b", str(second), "image/png")
+    assert table.get("a") == (str(first), "audio/wav") and len(table) == 2
+    time.sleep(0.15)  # a is past its time, b is not
+    assert table.get("a") is None and not first.exists()
+    assert table.get("b") == (str(second), "image/png") and second.exists()
+    time.sleep(0.2)
+    assert table.get("b") is None and not second.exists() and len(table) == 0
+    assert table.get("never") is None

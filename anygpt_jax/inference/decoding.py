@@ -298,11 +298,13 @@ def process_scores(
 ) -> jax.Array:
     """transformers' processor order: penalty, min new tokens, constraint, then the warpers.
 
-    `new_tokens` is how many tokens each row has generated (a scalar: all rows step together).
+    `new_tokens` is how many tokens each row has generated: [rows], or a scalar when all
+    rows step together (beam search).
     """
     if plan.use_penalty:
         scores = processors.repetition_penalty(scores, seen, knobs.repetition_penalty)
-    hold_stop = knobs.stop_mask[None, :] & (new_tokens < knobs.min_new_tokens)
+    early = jnp.reshape(new_tokens < knobs.min_new_tokens, (-1, 1))  # [rows or 1, 1]
+    hold_stop = knobs.stop_mask[None, :] & early
     if plan.constrain:
         remaining = jnp.broadcast_to(knobs.max_new_tokens - new_tokens, span.shape)
         allowed = constraints.allowed_mask(table, span, pos, remaining)

@@ -254,39 +254,47 @@ def sample_advance(model: Transformer, plan: decoding.Plan, params: Any,
                    keys: jax.Array, state: dict, until: jax.Array | int) -> dict:
     """Decodes from `state` until every row is done, max_new_tokens, or `until` new tokens
     (a streaming caller advances in chunks; the tokens are the same either way)."""
-    rows = state["tokens"].shape[0]
-    row_index = jnp.arange(rows)
 
     def cond(c):
         return (c["t"] < jnp.minimum(knobs.max_new_tokens, until)) & ~jnp.all(c["done"])
 
     def body(c):
-        t, done = c["t"], c["done"]
-        scores = decoding.process_scores(
-            c["logits"], t, plan, knobs, table, c["span"], c["pos"], c["seen"]
-        )
-        if plan.do_sample:
-            step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, t)
-            token = decoding.processors.sample_rows(step_keys, scores)
-        else:
-            token = argmax(scores)
-        token = jnp.where(done, 0, token)
-        out = dict(c)
-        out["tokens"] = jax.lax.dynamic_update_slice(c["tokens"], token[:, None], (0, t))
-        out["counts"] = c["counts"] + (~done).astype(jnp.int32)
-        if plan.constrain:
-            span, pos = constraints.advance(table, c["span"], c["pos"], token)
-            out["span"] = jnp.where(done, c["span"], span)
-            out["pos"] = jnp.where(done, c["pos"], pos)
-        if plan.use_penalty:
-            out["seen"] = c["seen"].at[row_index, token].set(True)
-        out["done"] = done | knobs.stop_mask[token]
-        out["logits"], out["cache"] = decoding.step(model, params, token, c["position"], c["cache"])
-        out["position"] = c["position"] + 1
-        out["t"] = t + 1
-        return out
+        return {**decode_step(model, plan, params, knobs, table, keys, c), "t": c["t"] + 1}
 
     return jax.lax.while_loop(cond, body, state)
+
+
+def decode_step(model: Transformer, plan: decoding.Plan, params: Any, knobs: decoding.Knobs,
+                table: constraints.SpanTable | None, keys: jax.Array, c: dict) -> dict:
+    """One token for every row that is not done, each row at its own count of new tokens
+    (`counts`: rows of a continuous batch joined at different steps), then the model step.
+
+    A row is done at a stop id or at max_new_tokens; a done row's token is discarded.
+    """
+    done, made = c["done"], c["counts"]
+    scores = decoding.process_scores(
+        c["logits"], made, plan, knobs, table, c["span"], c["pos"], c["seen"]
+    )
+    if plan.do_sample:
+        step_keys = jax.vmap(jax.random.fold_in)(keys, made)
+        token = decoding.processors.sample_rows(step_keys, scores)
+    else:
+        token = argmax(scores)
+    token = jnp.where(done, 0, token)
+    rows = jnp.arange(token.shape[0])
+    out = dict(c)
+    out["tokens"] = c["tokens"].at[rows, made].set(token, mode="drop")
+    out["counts"] = made + (~done).astype(jnp.int32)
+    if plan.constrain:
+        span, pos = constraints.advance(table, c["span"], c["pos"], token)
+        out["span"] = jnp.where(done, c["span"], span)
+        out["pos"] = jnp.where(done, c["pos"], pos)
+    if plan.use_penalty:
+        out["seen"] = c["seen"].at[rows, token].set(True)
+    out["done"] = done | knobs.stop_mask[token] | (out["counts"] >= knobs.max_new_tokens)
+    out["logits"], out["cache"] = decoding.step(model, params, token, c["position"], c["cache"])
+    out["position"] = c["position"] + 1
+    return out
 
 
 def _programs(model: Generator) -> dict:

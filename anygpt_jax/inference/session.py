@@ -84,7 +84,7 @@ class Engine:
                  names: Sequence[str]) -> list[dict]:
         """Results (module docstring of infer) of base requests, in order; media in out_dir."""
         results: list[dict | None] = [None] * len(requests)
-        resolve = _settings_cache()
+        resolve = settings_cache()
         spans = self._encode_inputs([r.media for r in requests])
         prompts: dict[int, list[int]] = {}
         for i, r in enumerate(requests):
@@ -130,7 +130,7 @@ class Engine:
         """Sends message i to conversation i (all generated together, grouped by settings) and
         returns one turn record each; a conversation's history grows only on success.
         streams[i], when given, receives message i's new ids as they are decoded."""
-        resolve = _settings_cache()
+        resolve = settings_cache()
         refs = [[p for p in m.parts if isinstance(p, MediaRef)] for m in messages]
         flat = self._encode_inputs([r for rs in refs for r in rs])
         records: list[dict] = [{"user": describe_message(m)} for m in messages]
@@ -140,10 +140,7 @@ class Engine:
         for i, m in enumerate(messages):
             mine, k = flat[k : k + len(refs[i])], k + len(refs[i])
             try:
-                segments[i] = message_segments(m, mine)
-                prompt = conversations[i].prompt_ids(segments[i])
-                self._check_length(prompt, resolve(m.to or "chat", m.settings))
-                prompts[i] = prompt
+                segments[i], prompts[i], _ = self.chat_prompt(conversations[i], m, mine, resolve)
             except REQUEST_ERRORS as e:
                 records[i].update(error_record(e))
 
@@ -157,18 +154,38 @@ class Engine:
             outs = self._generate([prompts[i] for i in group], resolve(settings_name, overrides),
                                   list(stops), _fan_out(row_streams))
             for i, ids in zip(group, outs, strict=True):
-                if isinstance(ids, Exception):
-                    records[i].update(error_record(ids))
-                    continue
-                segs, finished = conversations[i].reply(ids, stops)
                 try:
-                    records[i].update(self._write_reply(segs, out_dir, names[i]))
+                    if isinstance(ids, Exception):
+                        raise ids
+                    records[i].update(self.chat_reply(conversations[i], segments[i], ids,
+                                                      stops, out_dir, names[i]))
                 except REQUEST_ERRORS as e:
                     records[i].update(error_record(e))
-                    continue
-                records[i].update(finished=finished, num_new_tokens=len(ids), error=None)
-                conversations[i].add_exchange(segments[i], segs)
         return records
+
+    def chat_prompt(self, conversation: Conversation, message: ChatMessage,
+                    spans: Sequence[ModalitySpan | Exception],
+                    resolve: Callable[..., GenerationSettings] | None = None,
+                    ) -> tuple[list[Segment], list[int], GenerationSettings]:
+        """(the message's segments, the prompt ids, the generation settings) of sending
+        `message` (its media encoded as `spans`) to `conversation`; raises a request error
+        (REQUEST_ERRORS) when it cannot be sent. `resolve`: settings_for or a cache of it."""
+        resolve = resolve or settings_for
+        segments = message_segments(message, spans)
+        prompt = conversation.prompt_ids(segments)
+        settings = resolve(message.to or "chat", message.settings)
+        self._check_length(prompt, settings)
+        return segments, prompt, settings
+
+    def chat_reply(self, conversation: Conversation, segments: Sequence[Segment],
+                   ids: list[int], stops: Sequence[int], out_dir: str, name: str) -> dict:
+        """The turn record's fields for the new `ids` generated after chat_prompt (media
+        written to out_dir); the conversation then holds the exchange. Raises a request error
+        when a medium cannot be written."""
+        reply, finished = conversation.reply(ids, stops)
+        fields = self._write_reply(reply, out_dir, name)
+        conversation.add_exchange(segments, reply)
+        return {**fields, "finished": finished, "num_new_tokens": len(ids), "error": None}
 
     # ----- shared -----------------------------------------------------------------------------
 
@@ -242,7 +259,7 @@ def _fan_out(streams: Sequence[Callable[[list[int]], None] | None]
     return on_tokens
 
 
-def _settings_cache() -> Callable[..., GenerationSettings]:
+def settings_cache() -> Callable[..., GenerationSettings]:
     """settings_for, memoized for one batch of requests: each call reads gin's bindings
     (~0.4 ms), and a batch's requests mostly share their settings."""
     return functools.lru_cache(maxsize=None)(settings_for)

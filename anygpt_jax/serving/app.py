@@ -21,6 +21,8 @@ server wrote, looked up by name in its own table.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import hmac
 import json
 import os
@@ -77,12 +79,14 @@ class Metrics:
 
 
 def make_app(scheduler: RoundScheduler, store: MediaStore, model_name: str,
-             api_key: str | None = None, metrics: Metrics | None = None) -> FastAPI:
-    """The ASGI app over a running scheduler; `api_key` None serves anyone."""
+             api_key: str | None = None, metrics: Metrics | None = None,
+             media_ttl_s: float = 3600.0) -> FastAPI:
+    """The ASGI app over a running scheduler; `api_key` None serves anyone; generated media
+    are served (then deleted) `media_ttl_s` seconds after they are made."""
     app = FastAPI(title="anygpt-jax", docs_url=None, redoc_url=None)
     metrics = metrics or Metrics(scheduler.queue_length)
     scheduler.observer = metrics.observe  # each answered request: latency, round time, tokens
-    files: dict[str, tuple[str, str]] = {}  # name -> (path, media type): what we wrote
+    files = GeneratedMedia(media_ttl_s)  # what this server wrote, by name
 
     def error(status: int, kind: str, message: str) -> JSONResponse:
         metrics.errors.labels(kind).inc()
@@ -109,9 +113,11 @@ def make_app(scheduler: RoundScheduler, store: MediaStore, model_name: str,
 
     @app.get("/v1/media/{name}")
     async def media(name: str):
-        if name not in files:
-            return error(404, "not_found", f"no generated file named {name!r}")
-        path, media_type = files[name]
+        found = files.get(name)
+        if found is None:
+            return error(404, "not_found", f"no generated file named {name!r} (generated files "
+                         f"are kept {media_ttl_s:g} s)")
+        path, media_type = found
         return FileResponse(path, media_type=media_type)
 
     @app.post("/v1/chat/completions")
@@ -120,25 +126,33 @@ def make_app(scheduler: RoundScheduler, store: MediaStore, model_name: str,
         if length > 2 * store.max_bytes:  # base64 and form overhead on top of the media
             return error(413, "too_large", f"the request is {length} bytes; the limit is "
                          f"{store.max_bytes} bytes of media")
-        try:
-            payload, uploads, size = await _read_body(request)
-            # Media are decoded and written off the event loop; a text request parses in
-            # microseconds, less than the hop to a thread.
-            if size > INLINE_PARSE_BYTES or uploads:
-                job = await asyncio.to_thread(parse_chat_request, payload, store, uploads)
-            else:
-                job = parse_chat_request(payload, store, uploads)
-        except PayloadTooLarge as e:
-            return error(413, "too_large", str(e))
-        except RequestError as e:
-            return error(400, "invalid_request", str(e))
+        with store.collecting() as saved:
+            try:
+                payload, uploads, size = await _read_body(request)
+                # Media are decoded and written off the event loop; a text request parses in
+                # microseconds, less than the hop to a thread.
+                if size > INLINE_PARSE_BYTES or uploads:
+                    job = await asyncio.to_thread(parse_chat_request, payload, store, uploads)
+                else:
+                    job = parse_chat_request(payload, store, uploads)
+            except RequestError as e:
+                store.remove(saved)
+                if isinstance(e, PayloadTooLarge):
+                    return error(413, "too_large", str(e))
+                return error(400, "invalid_request", str(e))
+
+        def submit(on_text=None):
+            # The uploads are read when the request's round encodes them: gone once answered.
+            future = scheduler.submit(job, on_text)
+            future.add_done_callback(lambda _: store.remove(saved))
+            return asyncio.wrap_future(future)
+
         if payload.get("stream") is True and job.base is None:
             # The stream opens with the reply's first piece, so that a request the engine
             # refuses (an unreadable medium, a prompt past the context) still gets its 4xx.
             loop = asyncio.get_running_loop()
             pieces: asyncio.Queue[str] = asyncio.Queue()
-            done = asyncio.wrap_future(scheduler.submit(
-                job, lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)))
+            done = submit(lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text))
             first = asyncio.ensure_future(pieces.get())
             await asyncio.wait({first, done}, return_when=asyncio.FIRST_COMPLETED)
             if not first.done():
@@ -154,7 +168,7 @@ def make_app(scheduler: RoundScheduler, store: MediaStore, model_name: str,
                                              scheduler.media_dir, files, metrics),
                                      media_type="text/event-stream")
         try:
-            record = await asyncio.wrap_future(scheduler.submit(job))
+            record = await submit()
         except Exception as e:  # noqa: BLE001 - a fault of the server: said, not hidden
             return error(500, "server_error", f"{type(e).__name__}: {e}")
         if record.get("error"):
@@ -163,6 +177,41 @@ def make_app(scheduler: RoundScheduler, store: MediaStore, model_name: str,
         return _completion(record, job.reply_modality, model_name, scheduler.media_dir, files)
 
     return app
+
+
+class GeneratedMedia:
+    """The files this server generated, by name, each kept `ttl_s` seconds after it is made
+    (players and <img> tags fetch them after the reply), then deleted. Used from the event
+    loop only."""
+
+    def __init__(self, ttl_s: float):
+        self.ttl_s = ttl_s
+        self._files: collections.OrderedDict[str, tuple[str, str, float]] = (
+            collections.OrderedDict())  # name -> (path, media type, when made), oldest first
+
+    def add(self, name: str, path: str, media_type: str) -> None:
+        """Serves `path` as `name` from now until it expires."""
+        self._files[name] = (path, media_type, time.monotonic())
+        self._expire()
+
+    def get(self, name: str) -> tuple[str, str] | None:
+        """(path, media type) of a file not yet expired, else None."""
+        self._expire()
+        entry = self._files.get(name)
+        return None if entry is None else entry[:2]
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def _expire(self) -> None:
+        oldest_kept = time.monotonic() - self.ttl_s
+        while self._files:
+            name, (path, _, made) = next(iter(self._files.items()))
+            if made > oldest_kept:
+                return
+            del self._files[name]
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)  # local: a file this server wrote into its media directory
 
 
 class _KeyCheck:
@@ -186,7 +235,7 @@ class _KeyCheck:
 
 
 async def _events(done: asyncio.Future, pieces: asyncio.Queue, head: str | None, job,
-                  model_name: str, media_dir: str, files: dict[str, tuple[str, str]],
+                  model_name: str, media_dir: str, files: GeneratedMedia,
                   metrics: Metrics):
     """Server-sent events of a streamed chat: a chunk per piece of text as it is decoded
     (`head` first), then one with the media and finish reason (or the error), then [DONE]."""
@@ -249,15 +298,15 @@ def _json(text: str) -> Any:
 
 
 def _completion(record: dict, reply_modality: str, model_name: str, media_dir: str,
-                files: dict[str, tuple[str, str]]) -> dict:
+                files: GeneratedMedia) -> dict:
     """The engine's turn record as an OpenAI chat completion, media as URLs of this server."""
     text = record.get("text", "")
     media = []
     for m in record.get("media", []):
         text = text.replace(f"[{m['modality']}: {m['path']}]", "")
         name = os.path.basename(m["path"])
-        files[name] = (os.path.join(media_dir, m["path"]), MEDIA_TYPES.get(m["format"],
-                                                                          "application/json"))
+        files.add(name, os.path.join(media_dir, m["path"]),
+                  MEDIA_TYPES.get(m["format"], "application/json"))
         media.append({"modality": m["modality"], "format": m["format"],
                       "url": f"/v1/media/{name}", **({"note": m["note"]} if "note" in m else {})})
     return {

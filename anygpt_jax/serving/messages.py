@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import contextvars
 import dataclasses
 import os
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from anygpt_jax.inference.requests import (
@@ -66,8 +68,15 @@ def reply_modalities() -> tuple[str, ...]:
     return (*REPLY_MODALITIES, *media_modalities())
 
 
+# The files saved for the request being parsed (a context variable: asyncio.to_thread and
+# concurrent requests each see their own list).
+_SAVED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("saved", default=None)
+
+
 class MediaStore:
-    """Where decoded uploads go: files named by the server, never by a request."""
+    """Where decoded uploads go: files named by the server, never by a request. A request's
+    uploads live as long as the request (the API is stateless: a history carries its media
+    again), so a long-running server keeps none of them."""
 
     def __init__(self, root: str, max_bytes: int):
         self.root, self.max_bytes = root, max_bytes
@@ -78,7 +87,26 @@ class MediaStore:
         path = os.path.join(self.root, uuid.uuid4().hex + suffix)
         with open(path, "wb") as f:  # local: the server's own upload directory
             f.write(data)
+        saved = _SAVED.get()
+        if saved is not None:
+            saved.append(path)
         return path
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[list[str]]:
+        """Yields the list of files `save` writes inside the block (for `remove`)."""
+        token = _SAVED.set([])
+        try:
+            yield _SAVED.get()
+        finally:
+            _SAVED.reset(token)
+
+    def remove(self, paths: list[str]) -> None:
+        """Deletes files this store saved (those already gone are skipped)."""
+        for path in paths:
+            if os.path.dirname(path) == self.root:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)  # local: the server's own upload directory
 
 
 def parse_chat_request(payload: Any, store: MediaStore,

@@ -1,14 +1,16 @@
 """Serving throughput and latency on loopback: 1, 4 and 16 concurrent clients.
 
     python -m benchmarks.bench_serve [--ckpt runs/cpu_default] [--requests 256] [--tokens 32]
+                                     [--batching continuous rounds]
 
 Starts `python -m anygpt_jax.serve` on the CPU default checkpoint (README command 1) and runs,
 for each client count C, C clients sending --requests chat requests in all, each client one
 after another on its own kept-alive connection (asyncio + aiohttp, as vLLM's serving benchmark
 drives a server; text replies by greedy search, not the chat default's 5 beams; exactly
---tokens new tokens), after unmeasured warm-up waves of 1, 2, 4, 8 and 16 clients (every batch
-bucket's programs compile then). Prints requests/s, new tokens/s, p50/p99 latency, and the
-throughput at 16 clients over 1 client (goal >= 4x).
+--tokens new tokens), after unmeasured warm-up waves of 1, 2, 4, 8 and 16 clients, 4 requests
+each (the programs of every batch bucket and of most joins compile then). Prints requests/s,
+new tokens/s, p50/p99 latency, and the throughput at 16 clients over 1 client (goal >= 4x),
+for the server's continuous batching (its default) and its rounds, each server on its own.
 """
 
 from __future__ import annotations
@@ -67,20 +69,15 @@ def wave(url: str, clients: int, total: int, tokens: int) -> dict:
     return asyncio.run(_wave(url, clients, total, tokens))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default=os.path.join(REPO, "runs", "cpu_default"))
-    p.add_argument("--requests", type=int, default=256, help="per wave, over its clients")
-    p.add_argument("--tokens", type=int, default=32, help="new tokens per reply")
-    args = p.parse_args()
-    if not os.path.isdir(args.ckpt):
-        raise SystemExit(f"{args.ckpt}: no model directory; run README command 1 first")
+def serve_and_measure(ckpt: str, batching: str, requests: int, tokens: int) -> dict:
+    """Starts the server with `--batching batching`, warms it up, measures 1, 4 and 16
+    clients (printing a row each); their results by client count."""
     port = _port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "anygpt_jax.serve", "--ckpt", args.ckpt, "--port", str(port),
-         "--max_batch", "16", f"--gin.GenerationSettings.min_new_tokens={args.tokens}"],
+        [sys.executable, "-m", "anygpt_jax.serve", "--ckpt", ckpt, "--port", str(port),
+         "--max_batch", "16", "--batching", batching,
+         f"--gin.GenerationSettings.min_new_tokens={tokens}"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(1200):
@@ -91,21 +88,41 @@ def main() -> None:
                 if server.poll() is not None:
                     raise SystemExit(server.communicate()[1][-3000:]) from None
                 time.sleep(0.5)
-        print(f"{args.ckpt}, {args.tokens} new tokens per reply, {args.requests} requests per "
-              f"wave, {os.cpu_count()} CPU cores", flush=True)
-        print(f"{'clients':>7} {'req/s':>7} {'tok/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
         for clients in (1, 2, 4, 8, 16):  # warm-up: every batch bucket's programs compile
-            wave(url, clients, clients, args.tokens)
+            wave(url, clients, 4 * clients, tokens)
         results = {}
         for clients in (1, 4, 16):
-            r = results[clients] = wave(url, clients, args.requests, args.tokens)
-            print(f"{clients:>7} {r['requests_per_s']:7.2f} {r['tokens_per_s']:8.1f} "
-                  f"{r['p50'] * 1e3:7.1f} {r['p99'] * 1e3:7.1f}", flush=True)
-        ratio = results[16]["tokens_per_s"] / results[1]["tokens_per_s"]
-        print(f"throughput at 16 clients / 1 client: {ratio:.2f}x (goal >= 4x)")
+            r = results[clients] = wave(url, clients, requests, tokens)
+            print(f"{batching:>10} {clients:>7} {r['requests_per_s']:7.2f} "
+                  f"{r['tokens_per_s']:8.1f} {r['p50'] * 1e3:7.1f} {r['p99'] * 1e3:7.1f}",
+                  flush=True)
+        return results
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default=os.path.join(REPO, "runs", "cpu_default"))
+    p.add_argument("--requests", type=int, default=256, help="per wave, over its clients")
+    p.add_argument("--tokens", type=int, default=32, help="new tokens per reply")
+    p.add_argument("--batching", nargs="+", default=["continuous", "rounds"],
+                   choices=("continuous", "rounds"), help="the server's modes to measure")
+    args = p.parse_args()
+    if not os.path.isdir(args.ckpt):
+        raise SystemExit(f"{args.ckpt}: no model directory; run README command 1 first")
+    print(f"{args.ckpt}, {args.tokens} new tokens per reply, {args.requests} requests per "
+          f"wave, {os.cpu_count()} CPU cores", flush=True)
+    print(f"{'batching':>10} {'clients':>7} {'req/s':>7} {'tok/s':>8} {'p50 ms':>7} "
+          f"{'p99 ms':>7}")
+    ratios = {}
+    for batching in args.batching:
+        results = serve_and_measure(args.ckpt, batching, args.requests, args.tokens)
+        ratios[batching] = results[16]["tokens_per_s"] / results[1]["tokens_per_s"]
+    for batching, ratio in ratios.items():
+        print(f"{batching}: throughput at 16 clients / 1 client: {ratio:.2f}x (goal >= 4x)")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,34 @@ def test_staggered_sampling_equals_each_prompt_alone_with_its_seed(model):
     assert got == alone
 
 
+def test_each_row_keeps_its_own_budget_of_new_tokens(model):
+    """Requests differing only in min/max new tokens share a batch; each decodes what it
+    decodes alone with its own settings, and one past the rows' size cannot join."""
+    import dataclasses
+
+    v = model.vocab
+    prompts = span_prompts(v) + text_prompts(v, 2, seed=9)
+    base = GenerationSettings(do_sample=False, max_new_tokens=40, repetition_penalty=1.1)
+    budgets = [(0, 40), (12, 34), (0, 6), (20, 20), (5, 9), (0, 1)]
+    own = [dataclasses.replace(base, min_new_tokens=lo, max_new_tokens=hi) for lo, hi in budgets]
+    slots = DecodeSlots(model, base, rows=4, prompt_capacity=16)
+    assert slots.takes(own[1]) and not slots.takes(dataclasses.replace(base, max_new_tokens=65))
+    assert not slots.takes(dataclasses.replace(base, repetition_penalty=1.3))
+    done, waiting = {}, list(range(len(prompts)))
+    while len(done) < len(prompts):
+        take = waiting[: len(slots.free_rows())]
+        if take:
+            slots.admit([prompts[i] for i in take], take, [0] * len(take), [own[i] for i in take])
+            del waiting[: len(take)]
+        slots.advance(3)
+        done.update((f.owner, f.ids) for f in slots.harvest())
+    alone = [model.generate([p], s)[0] for p, s in zip(prompts, own, strict=True)]
+    assert [done[i] for i in range(len(prompts))] == alone
+    assert [len(x) for x in alone][2] <= 6 and len(alone[5]) == 1
+    with pytest.raises(ValueError, match="cannot take"):
+        slots.admit(prompts[:1], ["x"], [0], [dataclasses.replace(base, max_new_tokens=65)])
+
+
 def test_a_batch_grows_under_its_running_rows(model):
     v = model.vocab
     prompts = span_prompts(v)[:3]

@@ -7,10 +7,10 @@ so every row attends only to its own sequence (rotary positions are per row). `a
 up to `steps` decode steps for every row at once (generate's own decode step; each row counts
 its own new tokens), and `harvest` hands back the rows that finished, freeing them.
 
-The cache has room for two of the longest sequences a row may hold (prompt capacity plus new
-tokens). When the shared index nears its end, the cache is shifted left past the oldest live
-row's first slot (`_compact`), which frees at least one sequence's room: one copy of the cache
-every few hundred steps, no paging.
+The cache holds the longest sequence a row may hold (prompt capacity plus new tokens) and a
+quarter more. When the shared index nears its end, the cache is shifted left past the oldest
+live row's first slot (`_compact`), which frees at least that quarter: one copy of the cache
+every so many steps, no paging.
 
 A row decodes what `generate` decodes for its prompt alone with the same seed (one key per
 prompt, as with generate's per-prompt seeds): joining, leaving and shifting change no token.
@@ -52,8 +52,10 @@ class Finished:
 class DecodeSlots:
     """A running generation that prompts join and leave; see the module docstring.
 
-    settings: shared by every row (one compiled program); prompt_capacity: the longest
-    prompt (tokens) a row may take; owners: any value naming a row's request.
+    settings: shared by every row (one compiled program), except min_new_tokens and
+    max_new_tokens, which are each row's own (`admit`); max_new_tokens here sizes the rows
+    (no row may ask for more). prompt_capacity: the longest prompt (tokens) a row may take;
+    owners: any value naming a row's request.
     """
 
     def __init__(self, model: Generator, settings: GenerationSettings, rows: int,
@@ -83,12 +85,16 @@ class DecodeSlots:
         self.capacity = decoding.bucket(prompt_capacity,
                                         per_octave=decoding.PROMPT_BUCKETS_PER_OCTAVE)
         self.width = self.capacity + self.slots  # the most slots one row's sequence spans
-        self.length = 2 * self.width
+        # Room past one sequence: every step attends over the whole cache, and a shift copies
+        # it once every `room` steps or more.
+        self.room = max(self.width // 4, 16)
+        self.length = self.width + self.room
         self.rows = _rows(rows, model.mesh)
         self.owners: list[Any] = [None] * self.rows
         self.first_slot = [0] * self.rows  # where each row's sequence starts in the cache
         self.index = self.capacity  # the next slot to write, shared (host copy)
         self._sent = [0] * self.rows
+        self._finished: dict[int, list[int]] = {}  # row -> ids, done at the last advance
         self.shifts = 0  # cache shifts so far
         self.state = _programs_of(model, self.plan)["empty"](
             model.params, rows=self.rows, length=self.length, slots=self.slots,
@@ -118,9 +124,22 @@ class DecodeSlots:
         self._sent += [0] * extra
         self.rows = rows
 
-    def check(self, prompt: Sequence[int]) -> tuple[int, int]:
-        """The constraint state after `prompt`; ValueError when it cannot join: longer than
-        the rows' prompt capacity, or ending inside a span the budget cannot close."""
+    def takes(self, settings: GenerationSettings) -> bool:
+        """Whether a request with these settings may join: the batch's own, but for its
+        budget of new tokens, which must fit the rows."""
+        own = dataclasses.replace(settings, min_new_tokens=self.settings.min_new_tokens,
+                                  max_new_tokens=self.settings.max_new_tokens)
+        return own == self.settings and settings.max_new_tokens <= self.slots
+
+    def check(self, prompt: Sequence[int], settings: GenerationSettings | None = None,
+              ) -> tuple[int, int]:
+        """The constraint state after `prompt`; ValueError when it cannot join (with
+        `settings`, default the batch's): longer than the rows' prompt capacity, settings
+        the batch cannot take, or ending inside a span the budget cannot close."""
+        settings = settings or self.settings
+        if not self.takes(settings):
+            raise ValueError(f"this batch decodes with {self.settings} up to {self.slots} "
+                             f"new tokens; it cannot take {settings}")
         cfg = self.model.config
         [array] = decoding.check_prompts([prompt], cfg.vocab_size)
         if len(array) > self.capacity:
@@ -129,24 +148,26 @@ class DecodeSlots:
         if not self.constrain:
             return 0, 0
         span, pos = constraints.prompt_state(self.model.vocab, self.table, array, "the prompt")
-        if constraints.state_need(self.table, span, pos) > self.settings.max_new_tokens:
+        if constraints.state_need(self.table, span, pos) > settings.max_new_tokens:
             raise ValueError(f"the prompt ends inside a {self.model.vocab.modality_names[span]} "
-                             f"span that max_new_tokens={self.settings.max_new_tokens} cannot "
-                             f"close")
+                             f"span that max_new_tokens={settings.max_new_tokens} cannot close")
         return span, pos
 
     def admit(self, prompts: Sequence[Sequence[int]], owners: Sequence[Any],
-              seeds: Sequence[int]) -> list[int]:
+              seeds: Sequence[int],
+              settings: Sequence[GenerationSettings] | None = None) -> list[int]:
         """Prompts join free rows (prefilled now, decoding from the next `advance`), held by
-        `owners` (not None); returns their rows. ValueError (nothing joins) as `check` says,
-        naming the prompt."""
+        `owners` (not None), each with its settings (default the batch's: `takes` says which
+        may differ); returns their rows. ValueError (nothing joins) as `check` says, naming
+        the prompt."""
         free = self.free_rows()
         if len(prompts) > len(free):
             raise ValueError(f"{len(prompts)} prompts for {len(free)} free rows")
+        settings = list(settings or [self.settings] * len(prompts))
         states = []
-        for i, p in enumerate(prompts):
+        for i, (p, own) in enumerate(zip(prompts, settings, strict=True)):
             try:
-                states.append(self.check(p))
+                states.append(self.check(p, own))
             except ValueError as e:
                 raise ValueError(f"prompt {i}: {e}") from None
         arrays = [np.asarray(p, np.int32) for p in prompts]
@@ -157,39 +178,48 @@ class DecodeSlots:
         targets = np.full(joiners, self.rows, np.int32)  # padding joiners land nowhere
         targets[: len(rows)] = rows
         keys = _own_seed_keys(jnp.asarray(list(seeds) + [0] * (joiners - len(seeds))))
-        self.state = _programs_of(self.model, self.plan)["admit"](
-            self.model.params, self.state, batch, jnp.asarray(targets), keys)
+        budgets = np.zeros((joiners, 2), np.int32)  # (min, max) new tokens per joiner
+        budgets[: len(settings)] = [(x.min_new_tokens, x.max_new_tokens) for x in settings]
+        programs = _programs_of(self.model, self.plan)
+        logits, joined = programs["prefill"](self.model.params, batch)
+        self.state = programs["admit"](self.state, batch, logits, joined, jnp.asarray(targets),
+                                       keys, jnp.asarray(budgets))
         prompt_slots = batch.ids.shape[1]
         for r, owner in zip(rows, owners, strict=True):
             self.owners[r], self.first_slot[r], self._sent[r] = owner, self.index - prompt_slots, 0
         return rows
 
-    def advance(self, steps: int) -> dict[int, list[int]]:
-        """Up to `steps` decode steps (fewer if every row is done); the new ids of each held
-        row since the last call, by row."""
-        steps = max(1, min(int(steps), self.slots))
+    def advance(self, steps: int, at_least: int | None = None) -> dict[int, list[int]]:
+        """Up to `steps` decode steps, fewer if every row is done or, past `at_least` steps,
+        once a row finishes (its request can be answered and its row taken); the new ids of
+        each held row since the last call, by row."""
+        steps = max(1, min(int(steps), self.slots, self.room))
         if self.index + steps > self.length:
             self._compact()
         programs = _programs_of(self.model, self.plan)
         self.state = programs["advance"](self.model.params, self.knobs, self.table, self.state,
-                                         np.int32(steps))
-        host = jax.device_get({k: self.state[k] for k in ("counts", "tokens", "steps")})
+                                         np.int32(steps), np.int32(at_least or steps))
+        host = jax.device_get({k: self.state[k] for k in ("counts", "tokens", "steps", "done")})
         self.index += int(host["steps"])
         new = {}
         for r, owner in enumerate(self.owners):
-            if owner is not None and host["counts"][r] > self._sent[r]:
-                new[r] = host["tokens"][r, self._sent[r] : host["counts"][r]].tolist()
-                self._sent[r] = int(host["counts"][r])
+            if owner is None:
+                continue
+            count = int(host["counts"][r])
+            if count > self._sent[r]:
+                new[r] = host["tokens"][r, self._sent[r] : count].tolist()
+                self._sent[r] = count
+            if host["done"][r] and r not in self._finished:
+                self._finished[r] = host["tokens"][r, :count].tolist()
         return new
 
     def harvest(self) -> list[Finished]:
-        """The held rows that are done, with all their new ids; their rows are freed."""
-        host = jax.device_get({k: self.state[k] for k in ("counts", "tokens", "done")})
-        out = []
-        for r, owner in enumerate(self.owners):
-            if owner is not None and host["done"][r]:
-                out.append(Finished(owner, host["tokens"][r, : host["counts"][r]].tolist()))
-                self.owners[r] = None
+        """The held rows that were done at the last `advance`, with all their new ids; their
+        rows are freed."""
+        out = [Finished(self.owners[r], ids) for r, ids in sorted(self._finished.items())]
+        for r in self._finished:
+            self.owners[r] = None
+        self._finished = {}
         return out
 
     def _compact(self) -> None:
@@ -218,7 +248,8 @@ def _programs_of(model: Generator, plan: decoding.Plan) -> dict:
         programs[key] = {
             "empty": jax.jit(traced(_empty),
                              static_argnames=("rows", "length", "slots", "index", "with_seen")),
-            "admit": jax.jit(traced(_admit), donate_argnames=("state",)),
+            "prefill": jax.jit(traced(_prefill)),
+            "admit": jax.jit(_admit, donate_argnames=("state",)),
             "advance": jax.jit(traced(functools.partial(_advance, plan=plan)),
                                donate_argnames=("state",)),
             "shift": jax.jit(_shift, donate_argnames=("state",)),
@@ -244,15 +275,22 @@ def _empty(model, params, *, rows: int, length: int, slots: int, index: int,
         logits=jnp.zeros_like(logits), cache=cache, tokens=jnp.zeros((rows, slots), jnp.int32),
         counts=jnp.zeros(rows, jnp.int32), done=jnp.ones(rows, bool),
         span=prompt.span, pos=prompt.pos, seen=prompt.seen, position=prompt.next_position,
-        keys=jax.random.split(jax.random.key(0), rows), steps=jnp.zeros((), jnp.int32))
+        keys=jax.random.split(jax.random.key(0), rows), steps=jnp.zeros((), jnp.int32),
+        budgets=jnp.zeros((rows, 2), jnp.int32))
 
 
-def _admit(model, params, state: dict, batch: decoding.PromptBatch, targets: jax.Array,
-           keys: jax.Array) -> dict:
-    """Prefills `batch` alone and writes each prompt into row targets[j] (a row number past
-    the last drops padding joiners), its cache slots ending at the shared index."""
+def _prefill(model, params, batch: decoding.PromptBatch):
+    """The joiners' prefill on their own: (last logits, their cache of exactly their slots).
+    A program of its own: it compiles per joiner count and prompt bucket, not per batch."""
+    return decoding.prefill(model, params, batch, batch.ids.shape[1])
+
+
+def _admit(state: dict, batch: decoding.PromptBatch, logits: jax.Array, joined: decoding.Cache,
+           targets: jax.Array, keys: jax.Array, budgets: jax.Array) -> dict:
+    """Writes each prefilled prompt into row targets[j] (a row number past the last drops
+    padding joiners), its cache slots ending at the shared index; budgets [j, 2] are its
+    (min, max) new tokens."""
     length = batch.ids.shape[1]
-    logits, joined = decoding.prefill(model, params, batch, length)
     cache = state["cache"]
     at = cache.index - length
     cache = _write_rows(cache, joined, targets, at)
@@ -267,7 +305,7 @@ def _admit(model, params, state: dict, batch: decoding.PromptBatch, targets: jax
                done=put(state["done"], ~batch.real), span=put(state["span"], batch.span),
                pos=put(state["pos"], batch.pos), seen=put(state["seen"], batch.seen),
                position=put(state["position"], batch.next_position),
-               keys=put(state["keys"], keys))
+               keys=put(state["keys"], keys), budgets=put(state["budgets"], budgets))
     return out
 
 
@@ -298,17 +336,19 @@ def _write_rows(cache: decoding.Cache, joined: decoding.Cache, targets: jax.Arra
                          segment_ids=cache.segment_ids.at[targets].set(segments, mode="drop"))
 
 
-def _advance(model, params, knobs: decoding.Knobs, table, state: dict, steps: jax.Array, *,
-             plan: decoding.Plan) -> dict:
-    """Up to `steps` decode steps for every row (stops early when every row is done);
-    state["steps"] says how many ran."""
+def _advance(model, params, knobs: decoding.Knobs, table, state: dict, steps: jax.Array,
+             at_least: jax.Array, *, plan: decoding.Plan) -> dict:
+    """Up to `steps` decode steps for every row; stops early when every row is done, or past
+    `at_least` steps when a row has finished. state["steps"] says how many ran."""
 
     def cond(c):
-        return (c["steps"] < steps) & ~jnp.all(c["done"])
+        finished = (c["steps"] >= at_least) & jnp.any(c["done"] & ~state["done"])
+        return (c["steps"] < steps) & ~jnp.all(c["done"]) & ~finished
 
     def body(c):
-        keys = c["keys"]
-        return {**decode_step(model, plan, params, knobs, table, keys, c), "keys": keys,
+        # Each row's own budget of new tokens; the rest of the knobs are the batch's.
+        own = knobs.replace(min_new_tokens=c["budgets"][:, 0], max_new_tokens=c["budgets"][:, 1])
+        return {**decode_step(model, plan, params, own, table, c["keys"], c),
                 "steps": c["steps"] + 1}
 
     return jax.lax.while_loop(cond, body, {**state, "steps": jnp.zeros((), jnp.int32)})

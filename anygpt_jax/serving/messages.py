@@ -14,8 +14,8 @@ Every earlier user message must be followed by the assistant's reply; the last m
 user's. `"mode": "base"` runs AnyGPT's pre-training templates instead (a base checkpoint cannot
 chat): one user message, text or one medium, to `reply_modality` (text|image, image|text,
 text|speech, ...; the reply's modality is then guaranteed). AnyGPT's settings ride along (chat
-mode): `temperature`, `top_p`, `top_k`, `max_tokens` (new tokens), `repetition_penalty`,
-`num_beams`, `do_sample`. Media become files the server names
+mode): `temperature`, `top_p`, `top_k`, `max_tokens` and `min_tokens` (new tokens),
+`repetition_penalty`, `num_beams`, `do_sample`. Media become files the server names
 in its own upload directory: no path of a request is ever opened.
 """
 
@@ -44,8 +44,9 @@ from anygpt_jax.modalities.registry import media_modalities
 REPLY_MODALITIES = ("text",)  # plus every registered media modality (reply_modalities())
 # API setting -> GenerationSettings field.
 SETTINGS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
-            "max_tokens": "max_new_tokens", "repetition_penalty": "repetition_penalty",
-            "num_beams": "num_beams", "do_sample": "do_sample"}
+            "max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens",
+            "repetition_penalty": "repetition_penalty", "num_beams": "num_beams",
+            "do_sample": "do_sample"}
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*;base64,(.*)$", re.S)
 
 

@@ -11,6 +11,8 @@ drives a server; text replies by greedy search, not the chat default's 5 beams; 
 each (the programs of every batch bucket and of most joins compile then). Prints requests/s,
 new tokens/s, p50/p99 latency, and the throughput at 16 clients over 1 client (goal >= 4x),
 for the server's continuous batching (its default) and its rounds, each server on its own.
+A last wave (16m) has 16 clients ask for mixed lengths, --tokens/4 to 2 x --tokens new tokens
+(max_tokens = min_tokens, drawn with a fixed seed): what continuous batching is for.
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-async def _client(session: aiohttp.ClientSession, url: str, c: int, n: int, tokens: int,
+async def _client(session: aiohttp.ClientSession, url: str, c: int, lengths: list[int],
                   done: list[tuple[float, int]]) -> None:
-    """One client: `n` chat requests in turn; (seconds, new tokens) of each into `done`."""
-    for k in range(n):
+    """One client: a chat request per entry of `lengths` (its exact number of new tokens),
+    in turn; (seconds, new tokens) of each into `done`."""
+    for k, n in enumerate(lengths):
         body = {"messages": [{"role": "user",
                               "content": f"Tell me something about the number {c * 1000 + k}."}],
-                "max_tokens": tokens, "do_sample": False, "num_beams": 1}
+                "max_tokens": n, "min_tokens": n, "do_sample": False, "num_beams": 1}
         t = time.perf_counter()
         async with session.post(url + "/v1/chat/completions", json=body) as r:
             if r.status != 200:
@@ -51,12 +54,16 @@ async def _client(session: aiohttp.ClientSession, url: str, c: int, n: int, toke
         done.append((time.perf_counter() - t, reply["usage"]["completion_tokens"]))
 
 
-async def _wave(url: str, clients: int, total: int, tokens: int) -> dict:
+async def _wave(url: str, clients: int, total: int, tokens: int, mixed: bool) -> dict:
     done: list[tuple[float, int]] = []
+    rng = np.random.default_rng(0)
+    per_client = total // clients
+    lengths = [rng.integers(tokens // 4, 2 * tokens + 1, per_client).tolist() if mixed
+               else [tokens] * per_client for _ in range(clients)]
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
         t = time.perf_counter()
-        await asyncio.gather(*(_client(session, url, c, total // clients, tokens, done)
+        await asyncio.gather(*(_client(session, url, c, lengths[c], done)
                                for c in range(clients)))
         wall = time.perf_counter() - t
     latencies = np.array([s for s, _ in done])
@@ -64,9 +71,10 @@ async def _wave(url: str, clients: int, total: int, tokens: int) -> dict:
             "p50": float(np.percentile(latencies, 50)), "p99": float(np.percentile(latencies, 99))}
 
 
-def wave(url: str, clients: int, total: int, tokens: int) -> dict:
-    """`clients` concurrent clients sending `total` requests in all; throughput and latency."""
-    return asyncio.run(_wave(url, clients, total, tokens))
+def wave(url: str, clients: int, total: int, tokens: int, mixed: bool = False) -> dict:
+    """`clients` concurrent clients sending `total` requests in all, each of exactly `tokens`
+    new tokens, or (mixed) of tokens/4 to 2 x tokens; throughput and latency."""
+    return asyncio.run(_wave(url, clients, total, tokens, mixed))
 
 
 def serve_and_measure(ckpt: str, batching: str, requests: int, tokens: int) -> dict:
@@ -76,8 +84,7 @@ def serve_and_measure(ckpt: str, batching: str, requests: int, tokens: int) -> d
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "anygpt_jax.serve", "--ckpt", ckpt, "--port", str(port),
-         "--max_batch", "16", "--batching", batching,
-         f"--gin.GenerationSettings.min_new_tokens={tokens}"],
+         "--max_batch", "16", "--batching", batching],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(1200):
@@ -90,12 +97,13 @@ def serve_and_measure(ckpt: str, batching: str, requests: int, tokens: int) -> d
                 time.sleep(0.5)
         for clients in (1, 2, 4, 8, 16):  # warm-up: every batch bucket's programs compile
             wave(url, clients, 4 * clients, tokens)
+        wave(url, 16, 64, tokens, mixed=True)
         results = {}
-        for clients in (1, 4, 16):
-            r = results[clients] = wave(url, clients, requests, tokens)
-            print(f"{batching:>10} {clients:>7} {r['requests_per_s']:7.2f} "
-                  f"{r['tokens_per_s']:8.1f} {r['p50'] * 1e3:7.1f} {r['p99'] * 1e3:7.1f}",
-                  flush=True)
+        for clients, mixed in ((1, False), (4, False), (16, False), (16, True)):
+            r = results[clients, mixed] = wave(url, clients, requests, tokens, mixed)
+            print(f"{batching:>10} {clients:>7}{'m' if mixed else ' '} "
+                  f"{r['requests_per_s']:7.2f} {r['tokens_per_s']:8.1f} {r['p50'] * 1e3:7.1f} "
+                  f"{r['p99'] * 1e3:7.1f}", flush=True)
         return results
     finally:
         server.terminate()
@@ -115,12 +123,13 @@ def main() -> None:
         raise SystemExit(f"{args.ckpt}: no model directory; run README command 1 first")
     print(f"{args.ckpt}, {args.tokens} new tokens per reply, {args.requests} requests per "
           f"wave, {os.cpu_count()} CPU cores", flush=True)
-    print(f"{'batching':>10} {'clients':>7} {'req/s':>7} {'tok/s':>8} {'p50 ms':>7} "
+    print(f"{'batching':>10} {'clients':>8} {'req/s':>7} {'tok/s':>8} {'p50 ms':>7} "
           f"{'p99 ms':>7}")
     ratios = {}
     for batching in args.batching:
         results = serve_and_measure(args.ckpt, batching, args.requests, args.tokens)
-        ratios[batching] = results[16]["tokens_per_s"] / results[1]["tokens_per_s"]
+        ratios[batching] = (results[16, False]["tokens_per_s"]
+                            / results[1, False]["tokens_per_s"])
     for batching, ratio in ratios.items():
         print(f"{batching}: throughput at 16 clients / 1 client: {ratio:.2f}x (goal >= 4x)")
 

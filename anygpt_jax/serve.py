@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from anygpt_jax.inference.engine_flags import engine_from_flags
     from anygpt_jax.serving.app import make_app
     from anygpt_jax.serving.messages import MediaStore
-    from anygpt_jax.serving.scheduler import RoundScheduler
+    from anygpt_jax.serving.scheduler import BatchScheduler
 
     try:
         storage.check_access(args.ckpt)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                        int(args.max_upload_mb * 1024 * 1024))
     out = os.path.join(media_dir, "generated")
     os.makedirs(out, exist_ok=True)  # local: uploads and renders are files on this host
-    scheduler = RoundScheduler(engine, out, args.max_batch, args.template,
+    scheduler = BatchScheduler(engine, out, args.max_batch, args.template,
                                gather_ms=args.gather_ms,
                                continuous=args.batching == "continuous")
     app = make_app(scheduler, store, os.path.basename(os.path.normpath(args.ckpt)),

@@ -22,7 +22,7 @@ from PIL import Image
 
 from anygpt_jax.serving.app import make_app
 from anygpt_jax.serving.messages import MediaStore
-from anygpt_jax.serving.scheduler import RoundScheduler
+from anygpt_jax.serving.scheduler import BatchScheduler
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 LIMIT = 200_000
@@ -43,7 +43,7 @@ def server(tmp_path_factory, merged_vocab):
     next(gin_state)
     root = tmp_path_factory.mktemp("serve")
     engine = make_engine(build_assets(root, merged_vocab))
-    scheduler = RoundScheduler(engine, str(root / "generated"), max_batch=8)
+    scheduler = BatchScheduler(engine, str(root / "generated"), max_batch=8)
     (root / "generated").mkdir()
     rounds, joins = [], []  # requests per round; (joiners, rows busy after) per admission
     app = make_app(scheduler, MediaStore(str(root / "uploads"), LIMIT), "tiny",

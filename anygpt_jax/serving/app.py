@@ -45,7 +45,7 @@ from prometheus_client import (
 
 from anygpt_jax.inference.requests import RequestError
 from anygpt_jax.serving.messages import MediaStore, PayloadTooLarge, parse_chat_request
-from anygpt_jax.serving.scheduler import RoundScheduler
+from anygpt_jax.serving.scheduler import BatchScheduler
 
 MEDIA_TYPES = {"png": "image/png", "wav": "audio/wav", "codes": "application/json"}
 INLINE_PARSE_BYTES = 64 * 1024  # larger bodies (media) are parsed on a worker thread
@@ -78,7 +78,7 @@ class Metrics:
         self.tokens.inc(record.get("num_new_tokens") or 0)
 
 
-def make_app(scheduler: RoundScheduler, store: MediaStore, model_name: str,
+def make_app(scheduler: BatchScheduler, store: MediaStore, model_name: str,
              api_key: str | None = None, metrics: Metrics | None = None,
              media_ttl_s: float = 3600.0) -> FastAPI:
     """The ASGI app over a running scheduler; `api_key` None serves anyone; generated media

@@ -62,7 +62,7 @@ class _Prepared:
     joined_at: float = 0.0
 
 
-class RoundScheduler:
+class BatchScheduler:
     """Runs ChatJobs on `engine` from one worker thread (see the module docstring); `submit`
     returns a future of the engine's turn record (text, media, finished, num_new_tokens,
     error). continuous=False batches in rounds only."""

@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 from anygpt_jax import checkpointing, partitioning
 from anygpt_jax.inference import GenerationSettings
 from anygpt_jax.inference import generate as _generate
-from anygpt_jax.model import ModelConfig, Transformer
+from anygpt_jax.model import ModelConfig, Transformer, quantize
 
 
 class AnyGPT:
@@ -33,6 +33,8 @@ class AnyGPT:
         cls,
         ckpt_dir: str,
         mesh: Mesh | None = None,
+        weights: str = "float32",
+        int8_groups: Sequence[str] = quantize.DEFAULT_INT8_GROUPS,
         **config_overrides: Any,
     ) -> AnyGPT:
         """Loads a model directory (imported or trained, local or gs://); overrides change
@@ -40,9 +42,13 @@ class AnyGPT:
 
         E.g. `AnyGPT.load(d, dtype="bfloat16", scan_layers=False)`; with a mesh the
         parameters restore straight into their shardings. See `inference_config`.
+        weights: "float32" as stored, "bfloat16" (half the bytes, computed in `dtype`), or
+        "int8": the `int8_groups` of model/quantize.py as int8 with a scale per output
+        channel (a quarter of the bytes).
         """
         config = cls.inference_config(checkpointing.load_config(ckpt_dir), **config_overrides)
         params, config = checkpointing.load_params(ckpt_dir, config, mesh=mesh)
+        params, config = quantize.convert(params, config, weights, int8_groups)
         if mesh is None:
             params = jax.tree_util.tree_map(jnp.asarray, params)
         try:

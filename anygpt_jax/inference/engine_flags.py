@@ -6,6 +6,7 @@ import argparse
 
 from anygpt_jax.inference.renderers import tokenizer_flag
 from anygpt_jax.modalities.registry import media_modalities, media_modality
+from anygpt_jax.model.quantize import WEIGHT_FORMATS
 
 
 def add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +22,10 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
                         help="converted SoundStorm directory to turn speech units into WAV")
     parser.add_argument("--render_steps", type=int, default=None,
                         help="unCLIP denoising steps (default MediaSettings.render_steps, 20)")
+    parser.add_argument("--weights", choices=WEIGHT_FORMATS, default="float32",
+                        help="how the weights are held: as stored (float32), bfloat16, or int8 "
+                        "with a scale per output channel (layers and LM head; a quarter of "
+                        "the bytes)")
     parser.add_argument("--seed", type=int, default=0, help="sampling and instruction seed")
     parser.add_argument("--unconstrained", action="store_true",
                         help="do not constrain decoding to well-formed modality spans")
@@ -40,7 +45,7 @@ def engine_from_flags(args: argparse.Namespace):
     from anygpt_jax.inference.media import MediaCodecs, MediaSettings
     from anygpt_jax.inference.session import Engine, load_model
 
-    model = load_model(args.ckpt)
+    model = load_model(args.ckpt, weights=args.weights)
     dirs = {m: getattr(args, f"{m}_tokenizer") for m in media_modalities()}
     media = MediaSettings().overridden(dirs, unclip_pipeline=args.unclip_pipeline,
                                        soundstorm=args.soundstorm, render_steps=args.render_steps)

@@ -52,10 +52,12 @@ REQUEST_ERRORS = (RequestError, ValueError, OSError)
 
 
 @gin.configurable
-def load_model(ckpt: str, use_mesh: bool = False, overrides: dict | None = None) -> AnyGPT:
-    """The model of `ckpt`; with `use_mesh`, sharded over `partitioning.make_mesh()` (gin)."""
+def load_model(ckpt: str, use_mesh: bool = False, overrides: dict | None = None,
+               weights: str = "float32") -> AnyGPT:
+    """The model of `ckpt`; with `use_mesh`, sharded over `partitioning.make_mesh()` (gin);
+    `weights` as AnyGPT.load takes it (float32, bfloat16, int8)."""
     mesh = partitioning.make_mesh() if use_mesh else None
-    model = AnyGPT.load(ckpt, mesh=mesh, **(overrides or {}))
+    model = AnyGPT.load(ckpt, mesh=mesh, weights=weights, **(overrides or {}))
     if model.vocab is None:
         raise ValueError(f"{ckpt} has no vocabulary (vocab/); inference needs one")
     return model

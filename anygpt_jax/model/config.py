@@ -14,6 +14,9 @@ REMAT_POLICIES = ("none", "full", "minimal", "save_dot_except_mlp", "save_qkv_pr
 ATTENTION_KERNELS = ("xla", "splash")
 
 
+INT8_GROUPS = ("layers", "lm_head", "embed")
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -49,8 +52,16 @@ class ModelConfig:
     scan_unroll: int = 1
     remat_policy: str = "none"
     attention_kernel: str = "xla"
+    # Weight groups stored as int8 with one fp32 scale per output channel (inference only):
+    # "layers" (every projection of the decoder layers), "lm_head", "embed" (the embedding
+    # table, a scale per vocabulary row). model/quantize.py converts float parameters.
+    int8_weights: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "int8_weights", tuple(self.int8_weights))
+        unknown = sorted(set(self.int8_weights) - set(INT8_GROUPS))
+        if unknown:
+            raise ValueError(f"int8_weights names {unknown}; the groups are {INT8_GROUPS}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"

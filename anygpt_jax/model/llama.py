@@ -35,8 +35,30 @@ _REMAT_POLICIES = {
 }
 
 
-def _init(config: ModelConfig, axes: tuple[str, ...]):
-    return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
+def _init(config: ModelConfig, axes: tuple[str, ...], int8: bool = False):
+    # int8 weights are converted from trained ones (model/quantize.py), never initialized.
+    init = nn.initializers.zeros if int8 else nn.initializers.normal(config.initializer_range)
+    return nn.with_logical_partitioning(init, axes)
+
+
+class Int8Embed(nn.Module):
+    """The embedding table as int8 rows with an fp32 scale each (ModelConfig.int8_weights
+    "embed"); looks up like nn.Embed."""
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        shape = (cfg.padded_vocab_size, cfg.hidden_size)
+        self.embedding = self.param("embedding", _init(cfg, ("vocab", "embed"), True), shape,
+                                    jnp.int8)
+        self.scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("vocab", None)),
+            (cfg.padded_vocab_size, 1), jnp.float32)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        rows = jnp.take(self.embedding, ids, axis=0).astype(jnp.float32)
+        return (rows * jnp.take(self.scale, ids, axis=0)).astype(self.config.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -71,19 +93,33 @@ class Projection(nn.Module):
     out_shape: tuple[int, ...]
     kernel_axes: tuple[str, ...]
     out_dtype: str | None = None  # default: the compute dtype
+    group: str = "layers"  # its weight group (ModelConfig.int8_weights)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
+        int8 = self.group in cfg.int8_weights
         kernel = self.param(
             "kernel",
-            _init(cfg, self.kernel_axes),
+            _init(cfg, self.kernel_axes, int8),
             (*self.in_shape, *self.out_shape),
-            jnp.dtype(cfg.param_dtype),
+            jnp.int8 if int8 else jnp.dtype(cfg.param_dtype),
         )
         n_in = len(self.in_shape)
         contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        return mixed_dot(x, kernel, contract, cfg.dtype, self.out_dtype)
+        if not int8:
+            return mixed_dot(x, kernel, contract, cfg.dtype, self.out_dtype)
+        # Weight-only int8: the integer kernel in the compute dtype, then each output
+        # channel's scale (kept with size-1 input axes: model/quantize.py reads them).
+        scale_axes = (None,) * n_in + self.kernel_axes[n_in:]
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, scale_axes),
+            (*(1,) * n_in, *self.out_shape),
+            jnp.float32,
+        )
+        out = mixed_dot(x, kernel, contract, cfg.dtype, jnp.float32)
+        return (out * scale.reshape(self.out_shape)).astype(self.out_dtype or cfg.dtype)
 
 
 class Attention(nn.Module):
@@ -236,13 +272,16 @@ class Transformer(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.embed_tokens = nn.Embed(
-            num_embeddings=cfg.padded_vocab_size,
-            features=cfg.hidden_size,
-            dtype=jnp.dtype(cfg.dtype),
-            param_dtype=jnp.dtype(cfg.param_dtype),
-            embedding_init=_init(cfg, ("vocab", "embed")),
-        )
+        if "embed" in cfg.int8_weights:
+            self.embed_tokens = Int8Embed(cfg)
+        else:
+            self.embed_tokens = nn.Embed(
+                num_embeddings=cfg.padded_vocab_size,
+                features=cfg.hidden_size,
+                dtype=jnp.dtype(cfg.dtype),
+                param_dtype=jnp.dtype(cfg.param_dtype),
+                embedding_init=_init(cfg, ("vocab", "embed")),
+            )
         layer_cls = _layer_class(cfg)
         if cfg.scan_layers:
             self.layers = layer_cls(cfg)  # its parameters get a leading layers axis: see _scan
@@ -256,6 +295,7 @@ class Transformer(nn.Module):
                 (cfg.padded_vocab_size,),
                 ("embed", "vocab"),
                 out_dtype="float32",
+                group="lm_head",
                 name="lm_head",
             )
 
@@ -354,6 +394,8 @@ class Transformer(nn.Module):
         if cfg.tie_word_embeddings:
             table = self.embed_tokens.embedding
             logits = mixed_dot(hidden, table, ((-1,), (1,)), cfg.dtype, jnp.float32)
+            if "embed" in cfg.int8_weights:
+                logits = logits * self.embed_tokens.scale[:, 0]
         else:
             logits = self.lm_head(hidden)
         logits = constrain(

@@ -121,7 +121,7 @@ def test_infer_batch_from_and_to_gcs(assets, engine, gs_dir, monkeypatch):
     requests = storage.join(gs_dir, "in", "requests.jsonl")
     storage.write_text(requests, "".join(json.dumps(x) + "\n" for x in lines))
     out = storage.join(gs_dir, "out")
-    monkeypatch.setattr(session, "load_model", lambda ckpt: engine.model)
+    monkeypatch.setattr(session, "load_model", lambda ckpt, **_: engine.model)
     stdout, stderr = io.StringIO(), io.StringIO()
     try:
         status = infer.main(_argv(assets, requests, out), stdout=stdout, stderr=stderr)
@@ -146,7 +146,7 @@ def test_infer_batch_from_and_to_gcs(assets, engine, gs_dir, monkeypatch):
     wav, _ = sf.read(io.BytesIO(storage.read_bytes(storage.join(out, "00005-jazz.wav"))))
     assert len(wav) > 0
     # A committed output is never overwritten; the model is not loaded for that.
-    monkeypatch.setattr(session, "load_model", lambda ckpt: pytest.fail("loaded"))
+    monkeypatch.setattr(session, "load_model", lambda ckpt, **_: pytest.fail("loaded"))
     stderr = io.StringIO()
     assert infer.main(_argv(assets, requests, out), stdout=io.StringIO(), stderr=stderr) == 1
     assert f"--out {out} already exists and is not empty" in stderr.getvalue()
@@ -155,7 +155,7 @@ def test_infer_batch_from_and_to_gcs(assets, engine, gs_dir, monkeypatch):
 def test_infer_missing_bucket_one_error_line(assets, gs_dir, monkeypatch):
     requests = storage.join(gs_dir, "requests.jsonl")
     storage.write_text(requests, json.dumps({"request": "text|music|jazz"}) + "\n")
-    monkeypatch.setattr(session, "load_model", lambda ckpt: pytest.fail("loaded"))
+    monkeypatch.setattr(session, "load_model", lambda ckpt, **_: pytest.fail("loaded"))
     for argv, bad in ((_argv(assets, requests, f"{NO_BUCKET}/out"), f"{NO_BUCKET}/out"),
                       (_argv(assets, f"{NO_BUCKET}/r.jsonl", storage.join(gs_dir, "o")),
                        f"{NO_BUCKET}/r.jsonl")):

@@ -96,7 +96,7 @@ def test_cli_batch_writes_results_and_media(assets, engine, unclip_dir, tmp_path
             *[f"--gin.{b.replace(' ', '')}" for b in FAST]]
     # The engine's model: its compiled decoding programs are reused (loading is tested below
     # and by the real command).
-    monkeypatch.setattr(session, "load_model", lambda ckpt: engine.model)
+    monkeypatch.setattr(session, "load_model", lambda ckpt, **_: engine.model)
     try:
         status = infer.main(argv, stdout=stdout, stderr=stderr)
     finally:

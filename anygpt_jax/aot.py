@@ -1,12 +1,13 @@
 """`python -m anygpt_jax.aot --gin_file=F [...] --topology=v5p-128 [--num_slices=N]`.
 
 Compiles, on any host, the real train step and one KV-cache decode step of the run that
-the gin files describe, for the devices of a TPU slice (libtpu's compile-only topology, as
-MaxText's train_compile does), and prints per chip: memory (arguments, temporaries, total
-against HBM), compiled FLOPs per step against model FLOPs, the custom kernels lowered, and
-the sharding of each parameter group. The gin files are the training run's own (a recipe
-plus a topology layer); `--gin.KEY=VALUE` overrides as in `anygpt_jax.train`, and
-`DecodeShape.batch_size` / `DecodeShape.max_length` set the serving shape.
+the gin files describe (`--skip_train` / `--skip_decode`: one of them), for the devices of a
+TPU slice (libtpu's compile-only topology, as MaxText's train_compile does), and prints per
+chip: memory (arguments, temporaries, total against HBM), compiled FLOPs per step against
+model FLOPs, the custom kernels lowered, and the sharding of each parameter group. The gin
+files are the training run's own (a recipe plus a topology layer); `--gin.KEY=VALUE`
+overrides as in `anygpt_jax.train`, and `DecodeShape.batch_size` / `.max_length` /
+`.int8_weights` set the serving shape.
 
 Exit status: 0 when every step fits (with --min_headroom of HBM free), 1 when one does not,
 2 on bad flags or configuration.
@@ -63,6 +64,8 @@ def _parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str], list[st
         help="fraction of HBM that must stay free for a step to count as fitting",
     )
     parser.add_argument("--skip_decode", action="store_true", help="compile the train step only")
+    parser.add_argument("--skip_train", action="store_true",
+                        help="compile the decode step only (a serving slice)")
     parser.add_argument(
         "--skip_flops",
         action="store_true",
@@ -79,8 +82,10 @@ def run(
     num_slices: int | None = None,
     decode: bool = True,
     count_flops: bool = True,
+    train: bool = True,
 ) -> AotResult:
-    """Compiles the gin-configured run (gin already parsed) for `topology_name`."""
+    """Compiles the gin-configured run (gin already parsed) for `topology_name`: its train
+    step and one decode step (each unless skipped)."""
     import gin
 
     from anygpt_jax import aot_compile, tpu_topology
@@ -104,22 +109,13 @@ def run(
     batch_size, seq_len = int(bound["batch_size"]), int(bound["seq_len"])
     tx, schedule = components.tx, components.schedule
     where = f"{topology_name} x {num_slices}" if num_slices > 1 else topology_name
-    with _narrated(f"compiling the train step for {where} ({len(devices)} chips, mesh "
-                   f"{dict(mesh.shape)}); minutes for a large model"):
-        steps = [
-            aot_compile.compile_train(
-                cfg,
-                mesh,
-                batch_size,
-                seq_len,
-                topology.hbm_bytes,
-                tx,
-                schedule,
-                loss_cfg,
-                rules,
-                count_flops=count_flops,
-            )
-        ]
+    steps = []
+    if train:
+        with _narrated(f"compiling the train step for {where} ({len(devices)} chips, mesh "
+                       f"{dict(mesh.shape)}); minutes for a large model"):
+            steps.append(aot_compile.compile_train(
+                cfg, mesh, batch_size, seq_len, topology.hbm_bytes, tx, schedule, loss_cfg,
+                rules, count_flops=count_flops))
     if decode:
         with _narrated(f"compiling one decode step for {where}"):
             steps.append(
@@ -222,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         train_cli.parse_gin(gin_files, bindings, search_paths)
-        result = run(args.topology, args.num_slices, not args.skip_decode, not args.skip_flops)
+        result = run(args.topology, args.num_slices, not args.skip_decode, not args.skip_flops,
+                     train=not args.skip_train)
     except (ValueError, RuntimeError) as e:  # ConfigError included
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -264,6 +264,9 @@ class DecodeShape:
     batch_size: int | None = None  # None: one sequence per batch shard of the mesh
     max_length: int | None = None  # None: ModelConfig.max_position_embeddings
     param_dtype: str | None = None  # None: the compute dtype (weights cast once for serving)
+    # Weight groups held as int8 with a scale per output channel (ModelConfig.int8_weights),
+    # e.g. ("layers", "lm_head"): what `AnyGPT.load(d, weights="int8")` serves.
+    int8_weights: tuple[str, ...] = ()
 
 
 def decode_step(cfg: ModelConfig, rules: Any) -> Callable:
@@ -327,7 +330,8 @@ def compile_decode(
     """Compiles one decode step (cache donated, sharded by the CACHE_AXES rules) and reports it."""
     shape = shape or DecodeShape()
     rules = partitioning.logical_axis_rules() if rules is None else rules
-    cfg = cfg.replace(param_dtype=shape.param_dtype or cfg.dtype)
+    cfg = cfg.replace(param_dtype=shape.param_dtype or cfg.dtype,
+                      int8_weights=tuple(shape.int8_weights))
     shards = partitioning.batch_shards(mesh, rules)
     batch = shape.batch_size or shards
     length = shape.max_length or cfg.max_position_embeddings

@@ -185,6 +185,15 @@ def test_v5e_16_splash_train_and_decode_lower_for_tpu():
     # with batch over fsdp and kv heads over tensor: 1/16 of it per chip.
     cache_bytes = 2 * 3 * 16 * 256 * 2 * 32 * 2 // 16
     assert decode.memory.aliased >= cache_bytes
+    # int8 layers and LM head: the decode step's arguments shrink by about half the bf16
+    # kernels' bytes (one byte a weight, plus a scale per output channel).
+    int8 = aot_compile.compile_decode(
+        cfg, mesh, topology.hbm_bytes,
+        aot_compile.DecodeShape(batch_size=16, int8_weights=("layers", "lm_head")),
+        count_flops=False)
+    assert int8.fits()
+    saved = decode.memory.arguments - int8.memory.arguments
+    assert saved > 0.3 * (decode.memory.arguments - cache_bytes), (decode.memory, int8.memory)
 
 
 def test_out_of_hbm_is_a_verdict_not_a_crash():
@@ -241,6 +250,11 @@ def test_v4_8_run_from_gin_and_the_cli_exit_codes(tmp_path, capsys):
     # Demanding all of HBM free cannot be met: exit 1, and the report says why.
     assert aot.main([*argv, "--skip_decode", "--min_headroom=0.9999999"]) == 1
     assert "DOES NOT FIT (needs 100% free)" in capsys.readouterr().out
+    # A serving slice: the decode step only, its weights int8.
+    assert aot.main([*argv, "--skip_train",
+                     "--gin.DecodeShape.int8_weights=('layers', 'lm_head')"]) == 0
+    out = capsys.readouterr().out
+    assert "decode step (compiled in" in out and "train step" not in out
     assert aot.main(["--topology=v9-8", f"--gin_file={write_run(tmp_path)}"]) == 2
     assert "unknown TPU topology 'v9-8'" in capsys.readouterr().err
 

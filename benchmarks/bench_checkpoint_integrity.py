@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -25,16 +24,7 @@ from anygpt_jax import integrity
 from anygpt_jax.model import ModelConfig, Transformer
 from anygpt_jax.training.optimizer import learning_rate_schedule, make_optimizer
 from anygpt_jax.training.step import init_train_state
-
-
-def best_of(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+from benchmarks import best_of
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +31,7 @@ from anygpt_jax.evaluation.teacher_forced import _batches
 from anygpt_jax.inference import GenerationSettings
 from anygpt_jax.model import Transformer
 from anygpt_jax.training.loss import per_token_loss
+from benchmarks import best_of
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = ("float32", "bfloat16", "int8")
@@ -68,26 +68,14 @@ def copy_bandwidth() -> float:
     """Bytes/s of a 256 MiB fp32 copy (read + write), best of 5."""
     x = jnp.ones((64 << 20,), jnp.float32)
     copy = jax.jit(lambda a: a + 1.0)
-    copy(x).block_until_ready()
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        copy(x).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * x.nbytes / best
+    return 2 * x.nbytes / best_of(lambda: copy(x).block_until_ready(), 5)
 
 
 def decode_rate(model: AnyGPT, prompts, tokens: int, repeats: int = 3) -> float:
     """New tokens/s of greedy decoding (exactly `tokens` per prompt), best of `repeats`."""
     settings = GenerationSettings(do_sample=False, num_beams=1, max_new_tokens=tokens,
                                   min_new_tokens=tokens)
-    model.generate(prompts, settings)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model.generate(prompts, settings)
-        best = min(best, time.perf_counter() - t)
-    return len(prompts) * tokens / best
+    return len(prompts) * tokens / best_of(lambda: model.generate(prompts, settings), repeats)
 
 
 def main() -> None:

@@ -127,9 +127,7 @@ class DecodeSlots:
     def takes(self, settings: GenerationSettings) -> bool:
         """Whether a request with these settings may join: the batch's own, but for its
         budget of new tokens, which must fit the rows."""
-        own = dataclasses.replace(settings, min_new_tokens=self.settings.min_new_tokens,
-                                  max_new_tokens=self.settings.max_new_tokens)
-        return own == self.settings and settings.max_new_tokens <= self.slots
+        return same_but_budget(settings, self.settings) and settings.max_new_tokens <= self.slots
 
     def check(self, prompt: Sequence[int], settings: GenerationSettings | None = None,
               ) -> tuple[int, int]:
@@ -233,6 +231,13 @@ class DecodeSlots:
         self.index -= shift
         self.shifts += 1
         self.first_slot = [s - shift for s in self.first_slot]
+
+
+def same_but_budget(a: GenerationSettings, b: GenerationSettings) -> bool:
+    """Whether `a` and `b` differ at most in min/max new tokens (one batch's program: each row
+    has its own budget)."""
+    budget = {"min_new_tokens": 0, "max_new_tokens": 1}
+    return dataclasses.replace(a, **budget) == dataclasses.replace(b, **budget)
 
 
 def _programs_of(model: Generator, plan: decoding.Plan) -> dict:

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable
 
 from anygpt_jax.inference.chat import Conversation, chat_style
-from anygpt_jax.inference.continuous import DecodeSlots
+from anygpt_jax.inference.continuous import DecodeSlots, same_but_budget
 from anygpt_jax.inference.decoding import PROMPT_BUCKETS_PER_OCTAVE, bucket
 from anygpt_jax.inference.requests import ChatMessage, MediaRef
 from anygpt_jax.inference.session import (
@@ -338,9 +338,8 @@ class BatchScheduler:
 def _compatible(prepared: _Prepared, other: _Prepared) -> bool:
     """Whether two requests can share a continuous batch: the same settings but for their
     budgets of new tokens (each row has its own), the same stop ids."""
-    mine = dataclasses.replace(prepared.settings, min_new_tokens=0, max_new_tokens=1)
-    theirs = dataclasses.replace(other.settings, min_new_tokens=0, max_new_tokens=1)
-    return mine == theirs and sorted(prepared.stops) == sorted(other.stops)
+    return (same_but_budget(prepared.settings, other.settings)
+            and sorted(prepared.stops) == sorted(other.stops))
 
 
 def _text_stream(conversation: Conversation,
